@@ -1,0 +1,1 @@
+"""Model families; importing registers each family's models with timm."""

@@ -1,0 +1,165 @@
+"""`selective_scan_2d`: the one entry point of the Mamba2D 2D selective scan, a `torch.library` custom op.
+
+Backends (each a module with `forward(...) -> y` and `backward(dy, ...) -> 9 grads`, same arguments as the reference):
+    "reference"  pure PyTorch (`scan2d_ref`), any device; backward by autograd through a recompute
+    "cpu"        compiled C++/OpenMP kernel from `kernels/cpu/` (CPU tensors)
+    "triton"     Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
+Choose with `backend=` or the environment variable VISION2D_SCAN_BACKEND; `resolve_backend(device)` reports the choice.
+"""
+import importlib
+import os
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+BACKENDS = ("reference", "cpu", "triton")
+_BACKEND_MODULES = {"reference": "vision2d.ops.scan2d_ref", "cpu": "vision2d.ops.scan2d_cpu",
+                    "triton": "vision2d.ops.scan2d_triton"}
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_warned = set()
+
+
+def _warn_once(msg: str):
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def backend_unavailable_reason(name: str, device: torch.device) -> Optional[str]:
+    """None when backend `name` can run on `device`, else why not."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; expected one of {BACKENDS}")
+    try:
+        module = importlib.import_module(_BACKEND_MODULES[name])
+    except ImportError as e:
+        return f"cannot import {_BACKEND_MODULES[name]}: {e}"
+    return module.unavailable_reason(torch.device(device))
+
+
+def resolve_backend(device, backend: Optional[str] = None) -> str:
+    """The backend that runs a scan on `device`: `backend`, else $VISION2D_SCAN_BACKEND, else the fastest available.
+
+    An explicitly requested backend that cannot run raises; the automatic choice warns once when it falls back
+    to the slow reference.
+    """
+    device = torch.device(device)
+    requested = backend or os.environ.get("VISION2D_SCAN_BACKEND") or "auto"
+    if requested != "auto":
+        reason = backend_unavailable_reason(requested, device)
+        if reason is not None:
+            raise RuntimeError(f"scan backend {requested!r} cannot run on {device.type}: {reason}")
+        return requested
+    preferred = {"cuda": "triton", "cpu": "cpu"}.get(device.type)
+    if preferred is None:
+        return "reference"
+    reason = backend_unavailable_reason(preferred, device)
+    if reason is None:
+        return preferred
+    _warn_once(f"vision2d: the {preferred!r} scan backend is unavailable on {device.type} ({reason}); "
+               f"falling back to the slow 'reference' backend")
+    return "reference"
+
+
+def _backend_module(name: str):
+    return importlib.import_module(_BACKEND_MODULES[name])
+
+
+def _forward_impl(backend, *args):
+    return _backend_module(backend).forward(*args)
+
+
+def _backward_impl(backend, *args):
+    return _backend_module(backend).backward(*args)
+
+
+@torch.library.custom_op("vision2d::selective_scan_2d", mutates_args=())
+def _scan_op(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
+             C: Tensor, D: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str) -> Tensor:
+    return _forward_impl(backend, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse)
+
+
+@_scan_op.register_fake
+def _(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse, backend):
+    return torch.empty_like(u)
+
+
+@torch.library.custom_op("vision2d::selective_scan_2d_backward", mutates_args=())
+def _scan_backward_op(dy: Tensor, u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor,
+                      B_t: Tensor, B_l: Tensor, C: Tensor, D: Optional[Tensor], delta_softplus: bool, reverse: bool,
+                      backend: str) -> list[Tensor]:
+    grads = _backward_impl(backend, dy.contiguous(), u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus,
+                           reverse)
+    # a custom op cannot return None: a missing D gets an empty placeholder that autograd drops
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_backward_op.register_fake
+def _(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse, backend):
+    like = (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)
+    return [torch.empty_like(t) for t in like] + [torch.empty_like(D) if D is not None else u.new_empty(0)]
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, delta_softplus, reverse, backend = inputs
+    ctx.save_for_backward(*tensors[:8])
+    ctx.has_d = tensors[8] is not None
+    if ctx.has_d:
+        ctx.d = tensors[8]
+    ctx.options = (delta_softplus, reverse, backend)
+
+
+def _backward(ctx, dy):
+    saved = ctx.saved_tensors
+    D = ctx.d if ctx.has_d else None
+    grads = _scan_backward_op(dy, *saved, D, *ctx.options)
+    return (*grads[:8], grads[8] if ctx.has_d else None, None, None, None)
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D):
+    tensors = dict(u=u, delta_t=delta_t, delta_l=delta_l, A_t=A_t, A_l=A_l, B_t=B_t, B_l=B_l, C=C)
+    if D is not None:
+        tensors["D"] = D
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"selective_scan_2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"selective_scan_2d: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
+        if t.device != u.device:
+            raise ValueError(f"selective_scan_2d: {name} is on {t.device} but u is on {u.device}")
+    if u.dim() != 4:
+        raise ValueError(f"selective_scan_2d: u must be 4-D (B, H, W, E) channels-last, got shape {tuple(u.shape)}")
+    Bsz, H, W, E = u.shape
+    if A_t.dim() != 2 or A_t.shape[0] != E:
+        raise ValueError(f"selective_scan_2d: A_t must be (E, N) = ({E}, N), got {tuple(A_t.shape)}")
+    N = A_t.shape[1]
+    expected = dict(delta_t=(Bsz, H, W, E), delta_l=(Bsz, H, W, E), A_t=(E, N), A_l=(E, N), B_t=(Bsz, H, W, N),
+                    B_l=(Bsz, H, W, N), C=(Bsz, H, W, N), D=(E,))
+    for name, shape in expected.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise ValueError(f"selective_scan_2d: {name} must have shape {shape} (from u {tuple(u.shape)} and "
+                             f"A_t {tuple(A_t.shape)}), got {tuple(tensors[name].shape)}")
+    for name in ("delta_t", "delta_l", "B_t", "B_l", "C"):
+        if tensors[name].dtype != u.dtype:
+            raise TypeError(f"selective_scan_2d: {name} has dtype {tensors[name].dtype} but u has {u.dtype}; "
+                            f"per-pixel inputs must share one dtype")
+
+
+def selective_scan_2d(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor, B_t: Tensor,
+                      B_l: Tensor, C: Tensor, D: Optional[Tensor] = None, delta_softplus: bool = True,
+                      reverse: bool = False, backend: Optional[str] = None) -> Tensor:
+    """Mamba2D 2D selective scan on channels-last inputs; see `scan2d_ref` for the math.
+
+    u, delta_t, delta_l: (B, H, W, E); A_t, A_l: (E, N); B_t, B_l, C: (B, H, W, N); D: (E,) or None.
+    Per-pixel inputs share one dtype (fp32, bf16, fp16 or fp64); A and D may be any float dtype. The state is fp32
+    (fp64 for fp64 inputs). Returns y (B, H, W, E) in u's dtype. Any strides are accepted.
+    """
+    _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D)
+    name = resolve_backend(u.device, backend)
+    args = [t.contiguous() for t in (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)]
+    return _scan_op(*args, None if D is None else D.contiguous(), bool(delta_softplus), bool(reverse), name)
