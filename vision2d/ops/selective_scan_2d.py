@@ -4,7 +4,8 @@ Backends (each a module with `forward(...) -> y` and `backward(dy, ...) -> 9 gra
     "reference"  pure PyTorch (`scan2d_ref`), any device; backward by autograd through a recompute
     "cpu"        compiled C++/OpenMP kernel from `kernels/cpu/` (CPU tensors)
     "triton"     Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
-Choose with `backend=` or the environment variable VISION2D_SCAN_BACKEND; `resolve_backend(device)` reports the choice.
+Choose with `backend=` or the environment variable VISION2D_SCAN_BACKEND (default "auto": the fastest available, with a
+warning once when a device falls back to the reference); `resolve_backend(device)` reports the choice.
 """
 import importlib
 import os
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "triton")  # "auto" picks one per device
 _BACKEND_MODULES = {"reference": "vision2d.ops.scan2d_ref", "cpu": "vision2d.ops.scan2d_cpu",
                     "triton": "vision2d.ops.scan2d_triton"}
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -46,7 +47,7 @@ def resolve_backend(device, backend: Optional[str] = None) -> str:
     to the slow reference.
     """
     device = torch.device(device)
-    requested = backend or os.environ.get("VISION2D_SCAN_BACKEND") or "auto"
+    requested = backend if backend not in (None, "auto") else os.environ.get("VISION2D_SCAN_BACKEND", "auto")
     if requested != "auto":
         reason = backend_unavailable_reason(requested, device)
         if reason is not None:
@@ -68,11 +69,11 @@ def _backend_module(name: str):
 
 
 def _forward_impl(backend, *args):
-    return _backend_module(backend).forward(*args)
+    return _backend_module(resolve_backend(args[0].device, backend)).forward(*args)
 
 
 def _backward_impl(backend, *args):
-    return _backend_module(backend).backward(*args)
+    return _backend_module(resolve_backend(args[0].device, backend)).backward(*args)
 
 
 @torch.library.custom_op("vision2d::selective_scan_2d", mutates_args=())
@@ -160,6 +161,9 @@ def selective_scan_2d(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, 
     (fp64 for fp64 inputs). Returns y (B, H, W, E) in u's dtype. Any strides are accepted.
     """
     _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D)
-    name = resolve_backend(u.device, backend)
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
+    # resolved inside the op (untraced), so torch.compile sees a constant string
+    name = backend or "auto"
     args = [t.contiguous() for t in (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)]
     return _scan_op(*args, None if D is None else D.contiguous(), bool(delta_softplus), bool(reverse), name)

@@ -1,0 +1,166 @@
+"""The 2D selective scan: reference vs naive loop, every backend vs the reference, the custom-op contract."""
+import os
+
+import pytest
+import torch
+
+from vision2d.ops import BACKENDS, backend_unavailable_reason, resolve_backend, selective_scan_2d
+from vision2d.ops.scan2d_ref import selective_scan_2d_naive, selective_scan_2d_ref, selective_scan_2d_ref_backward
+from scan2d_cases import SHAPES, TOLERANCES, make_scan_inputs
+
+GRAD_NAMES = ("u", "delta_t", "delta_l", "A_t", "A_l", "B_t", "B_l", "C", "D")
+
+
+def _require(backend):
+    reason = backend_unavailable_reason(backend, torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(f"{backend} unavailable on CPU: {reason}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reference_matches_naive_loop(shape, reverse):
+    args = make_scan_inputs(*shape, dtype=torch.float64)
+    torch.testing.assert_close(selective_scan_2d_ref(*args, reverse=reverse),
+                               selective_scan_2d_naive(*args, reverse=reverse), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 2, 3), (1, 1, 3, 2, 2), (1, 4, 1, 1, 2)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("delta_softplus", [True, False])
+def test_reference_gradcheck(shape, reverse, delta_softplus):
+    args = [t.requires_grad_() for t in make_scan_inputs(*shape, dtype=torch.float64)]
+    if not delta_softplus:  # raw deltas must be positive step sizes
+        args[1], args[2] = (torch.nn.functional.softplus(a).detach().requires_grad_() for a in args[1:3])
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_2d_ref(*a, delta_softplus=delta_softplus,
+                                                                     reverse=reverse), args)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_d", [True, False])
+def test_reference_backward_matches_autograd(shape, reverse, with_d):
+    args = [t.requires_grad_() if t is not None else None
+            for t in make_scan_inputs(*shape, dtype=torch.float64, with_d=with_d)]
+    y = selective_scan_2d_ref(*args, reverse=reverse)
+    dy = torch.randn_like(y)
+    leaves = [a for a in args if a is not None]
+    expected = torch.autograd.grad(y, leaves, dy)
+    got = [g for g in selective_scan_2d_ref_backward(dy, *args, reverse=reverse) if g is not None]
+    for name, e, g in zip(GRAD_NAMES, expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"grad of {name}: {m}")
+
+
+def _assert_backend_matches_reference(backend, shape, dtype, reverse, with_d=True, delta_scale=1.0):
+    args = make_scan_inputs(*shape, dtype=dtype, with_d=with_d, delta_scale=delta_scale)
+    leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
+    y = selective_scan_2d(*leaves, reverse=reverse, backend=backend)
+    assert y.dtype == dtype and y.shape == args[0].shape
+    # the oracle: float64 reference on the same (rounded) inputs
+    ref_leaves = [a.detach().double().requires_grad_() if a is not None else None for a in args]
+    y_ref = selective_scan_2d_ref(*ref_leaves, reverse=reverse)
+    atol, rtol = TOLERANCES[dtype]
+    scale = y_ref.abs().max().item() + 1e-6
+    torch.testing.assert_close(y.double(), y_ref, atol=atol * scale, rtol=rtol)
+    dy = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, [a for a in leaves if a is not None], dy.to(dtype))
+    ref_grads = torch.autograd.grad(y_ref, [a for a in ref_leaves if a is not None], dy)
+    for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
+        assert g.dtype == dict(zip(GRAD_NAMES, args))[name].dtype, f"grad of {name} has dtype {g.dtype}"
+        assert torch.isfinite(g).all(), f"grad of {name} is not finite"
+        gscale = r.abs().max().item() + 1e-6
+        torch.testing.assert_close(g.double(), r, atol=atol * gscale, rtol=rtol, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backend_matches_reference(backend, dtype, shape, reverse):
+    _require(backend)
+    _assert_backend_matches_reference(backend, shape, dtype, reverse)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_backend_without_d(backend):
+    _require(backend)
+    _assert_backend_matches_reference(backend, (2, 4, 3, 3, 4), torch.float32, False, with_d=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_with_large_deltas_stay_finite(backend, dtype):
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton on CPU tensors needs TRITON_INTERPRET=1")
+    _require(backend)
+    args = make_scan_inputs(1, 6, 40, 4, 16, dtype=dtype, delta_scale=8.0)
+    leaves = [a.detach().requires_grad_() for a in args]
+    y = selective_scan_2d(*leaves, backend=backend)
+    assert torch.isfinite(y).all()
+    grads = torch.autograd.grad(y.float().sum(), leaves)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_opcheck(backend):
+    _require(backend)
+    args = [a.requires_grad_() for a in make_scan_inputs(2, 3, 4, 3, 4)]
+    torch.library.opcheck(torch.ops.vision2d.selective_scan_2d.default, (*args, True, True, backend))
+
+
+def test_non_contiguous_inputs_work():
+    args = list(make_scan_inputs(2, 5, 4, 3, 4))
+    # channels-first storage permuted to channels-last, and B/C as views of one projection like the model produces
+    u = args[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    proj = torch.cat(args[5:8], dim=-1)
+    b_t, b_l, c = proj.split(4, dim=-1)
+    assert not u.is_contiguous() and not b_t.is_contiguous()
+    y = selective_scan_2d(u, args[1], args[2], args[3], args[4], b_t, b_l, c, args[8])
+    torch.testing.assert_close(y, selective_scan_2d_ref(*args))
+
+
+def test_bad_inputs_raise_clear_errors():
+    args = list(make_scan_inputs(2, 3, 4, 3, 4))
+    with pytest.raises(ValueError, match="4-D"):
+        selective_scan_2d(args[0][0], *args[1:])
+    bad = list(args)
+    bad[5] = args[5][..., :3]
+    with pytest.raises(ValueError, match="B_t must have shape"):
+        selective_scan_2d(*bad)
+    bad = list(args)
+    bad[1] = args[1].double()
+    with pytest.raises(TypeError, match="delta_t has dtype"):
+        selective_scan_2d(*bad)
+    bad = list(args)
+    bad[0] = args[0].to(torch.int32)
+    with pytest.raises(TypeError, match="u has dtype"):
+        selective_scan_2d(*bad)
+    bad = list(args)
+    bad[8] = args[8][:2]
+    with pytest.raises(ValueError, match="D must have shape"):
+        selective_scan_2d(*bad)
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        selective_scan_2d(*args, backend="cuda-magic")
+
+
+def test_backend_choice_is_reported_and_overridable(monkeypatch):
+    monkeypatch.setenv("VISION2D_SCAN_BACKEND", "reference")
+    assert resolve_backend("cpu") == "reference"
+    monkeypatch.delenv("VISION2D_SCAN_BACKEND")
+    assert resolve_backend("cpu", "reference") == "reference"
+    assert resolve_backend("cpu") in BACKENDS
+    if backend_unavailable_reason("triton", torch.device("cpu")) is not None:
+        with pytest.raises(RuntimeError, match="'triton' cannot run on cpu"):
+            resolve_backend("cpu", "triton")
+
+
+def test_meta_device_and_compile():
+    args = make_scan_inputs(1, 4, 5, 3, 4)
+    meta = [a.to("meta") for a in args]
+    assert selective_scan_2d(*meta, backend="reference").shape == (1, 4, 5, 3)
+
+    def f(*a):
+        return selective_scan_2d(*a, backend="reference", reverse=True).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), f(*args))
