@@ -362,8 +362,8 @@ _OFFICIAL_RENAMES = [
     (r"^ds\.stem\.conv\.", "stem.conv."),
     (r"^ds\.stem\.post_norm\.norm\.", "stem.norm."),
     (r"^ds\.ds(\d+)\.conv\.", r"stages.\1.downsample."),
+    (r"^head\.norm\.", "head.hidden_norm."),  # before the next rule, which produces `head.norm.`
     (r"^norm\.", "head.norm."),
-    (r"^head\.norm\.", "head.hidden_norm."),
     (r"^head\.fc2\.", "head.fc."),
     (r"\.token_mixer\.AT_log$", ".token_mixer.A_t_log"),
     (r"\.token_mixer\.AL_log$", ".token_mixer.A_l_log"),
@@ -371,6 +371,7 @@ _OFFICIAL_RENAMES = [
     (r"\.token_mixer\.dt_projL\.", ".token_mixer.dt_proj_l."),
     (r"\.MLP\.", ".mlp."),
 ]
+_OFFICIAL_KEY = re.compile(r"^(ds\.|norm\.|head\.fc2\.|stages\.\d+\.\d+\.)")  # keys only official files have
 _CHECKPOINT_WRAPPERS = ("model_ema", "state_dict_ema", "state_dict", "model")  # EMA weights first, like timm
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.")
 
@@ -415,12 +416,12 @@ def checkpoint_filter_fn(state_dict: Dict, model: Mamba2D) -> Dict[str, torch.Te
     """
     state_dict = _unwrap_state_dict(state_dict)
     depths = [len(stage.blocks) for stage in model.stages]
+    tensors = {_strip_prefixes(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    official = any(_OFFICIAL_KEY.match(k) for k in tensors)  # ours are only stripped: `head.norm` differs in meaning
     out = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = _strip_prefixes(key)
-        out[_rename_official_key(key, depths)] = value.contiguous()  # official convs are saved channels_last
+    for key, value in tensors.items():
+        key = _rename_official_key(key, depths) if official else key
+        out[key] = value.contiguous()  # official convs are saved channels_last
     _check_fits(out, model)
     return out
 
