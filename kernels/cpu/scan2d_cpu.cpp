@@ -1,0 +1,458 @@
+// Mamba2D 2D selective scan for CPUs: forward and backward, loaded by vision2d/ops/scan2d_cpu.py through ctypes.
+//
+// The math is vision2d/ops/scan2d_ref.py. Every tensor is contiguous and channels-last, in the state type Real
+// (float, or double for float64 inputs): u, delta_t, delta_l (B, H, W, E); A_t, A_l (E, N); B_t, B_l, C (B, H, W, N);
+// D (E,) or null. Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
+//
+// Work is split into tasks (batch item, block of kLanes consecutive channels) run by OpenMP threads. A vector holds
+// the kLanes channels of a block, so y, du and the delta gradients need no horizontal sums. A task scans its image
+// row by row keeping one row of state, (W + 1) x N vectors (column -1 is a zero pad), and never stores more.
+// The backward recomputes the task's states (all rows, or segments of rows from checkpointed rows when that would
+// exceed kStateBudgetBytes) and runs the adjoint sweep from the bottom-right corner. dB/dC sum over channel blocks
+// and dA/dD over pixels too: each thread accumulates its own, and shared sums are reduced in thread order, so
+// results do not depend on timing.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <vector>
+
+namespace {
+
+constexpr int kVectorBytes = 64;
+constexpr int64_t kStateBudgetBytes = int64_t(16) << 20;  // per thread, for the states the backward recomputes
+
+template <typename Real>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float Vec __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t Int __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct Simd<double> {
+  typedef double Vec __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t Int __attribute__((vector_size(kVectorBytes)));
+};
+
+template <typename Real>
+using Vec = typename Simd<Real>::Vec;
+template <typename Real>
+constexpr int kLanes = kVectorBytes / sizeof(Real);
+
+template <typename Real>
+inline Vec<Real> splat(Real x) {
+  return Vec<Real>{} + x;
+}
+
+// exp to ~1.2e-7 relative error: x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 minimax polynomial,
+// 2^k built in the exponent bits. x is clamped to [-87, 88], so results stay finite and normal.
+inline Vec<float> vexp(Vec<float> x) {
+  typedef Simd<float>::Int Int;
+  const Vec<float> lo = splat(-87.0f), hi = splat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+  const Vec<float> t = x * 1.44269504f + round_magic;
+  const Vec<float> k = t - round_magic;
+  Vec<float> r = x - k * 0.693359375f;  // ln2 split in two (Cody-Waite) so r stays accurate
+  r = r + k * 2.12194440e-4f;
+  Vec<float> q = splat(1.381460917e-3f);
+  q = q * r + 8.368710552e-3f;
+  q = q * r + 4.166838747e-2f;
+  q = q * r + 1.666652068e-1f;
+  q = q * r + 4.999999345e-1f;
+  const Vec<float> p = (q * r) * r + r + 1.0f;
+  const Int scale = ((Int)t - 0x4B400000 + 127) << 23;
+  return p * (Vec<float>)scale;
+}
+
+inline Vec<double> vexp(Vec<double> x) {
+  for (int l = 0; l < kLanes<double>; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
+// log(1 + t) for t in [0, 1]: 2 atanh(s) with s = t / (2 + t) <= 1/3, nine terms of the odd series (error < 2e-9)
+inline Vec<float> vlog1p_unit(Vec<float> t) {
+  const Vec<float> s = t / (t + 2.0f);
+  const Vec<float> s2 = s * s;
+  Vec<float> p = splat(1.0f / 17);
+  for (const float c : {1.0f / 15, 1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3, 1.0f}) p = p * s2 + c;
+  return 2.0f * s * p;
+}
+
+inline Vec<double> vlog1p_unit(Vec<double> t) {
+  for (int l = 0; l < kLanes<double>; ++l) t[l] = std::log1p(t[l]);
+  return t;
+}
+
+// softplus(x) (PyTorch's, identity above 20) into `value` and its derivative sigmoid(x) (1 above 20) into `slope`
+template <typename Real>
+inline void softplus(Vec<Real> x, Vec<Real>& value, Vec<Real>& slope) {
+  const Vec<Real> zero{}, one = splat<Real>(1), threshold = splat<Real>(20);
+  const Vec<Real> e = vexp(x < zero ? x : -x);  // exp(-|x|)
+  const Vec<Real> small = vlog1p_unit(e) + (x > zero ? x : zero);
+  value = x > threshold ? x : small;
+  const Vec<Real> inv = one / (one + e);
+  slope = x > threshold ? one : (x < zero ? e * inv : inv);
+}
+
+template <typename Real>
+inline Real hsum(Vec<Real> v) {
+  typedef typename Simd<Real>::Int Int;
+  Int idx;
+  for (int width = kLanes<Real> / 2; width >= 1; width /= 2) {
+    for (int l = 0; l < kLanes<Real>; ++l) idx[l] = l ^ width;
+    v += __builtin_shuffle(v, idx);
+  }
+  return v[0];
+}
+
+template <typename Real>
+inline Vec<Real> load(const Real* p, int count) {
+  Vec<Real> v{};
+  std::memcpy(&v, p, sizeof(Real) * count);
+  return v;
+}
+
+template <typename Real>
+inline void store(Real* p, Vec<Real> v, int count) {
+  std::memcpy(p, &v, sizeof(Real) * count);
+}
+
+template <typename Real>
+struct ScanArgs {
+  const Real *u, *delta_t, *delta_l, *A_t, *A_l, *B_t, *B_l, *C, *D;
+  int64_t batch, height, width, channels, state;
+  bool delta_softplus, reverse;
+
+  int64_t blocks() const { return (channels + kLanes<Real> - 1) / kLanes<Real>; }
+  // memory index within an image of the pixel the scan visits at row i, column j
+  int64_t pixel(int64_t i, int64_t j) const {
+    const int64_t q = i * width + j;
+    return reverse ? height * width - 1 - q : q;
+  }
+};
+
+// weights of the left and top updates at scan position (i, j): (1, 0) on row 0, (0, 1) on column 0, else (1/2, 1/2)
+template <typename Real>
+inline void direction_weights(int64_t i, int64_t j, Real& w_left, Real& w_top) {
+  w_left = i == 0 ? Real(1) : (j == 0 ? Real(0) : Real(0.5));
+  w_top = i == 0 ? Real(0) : (j == 0 ? Real(1) : Real(0.5));
+}
+
+// The gates and inputs of one pixel for one channel block: deltas after softplus and their slopes
+template <typename Real>
+struct PixelInputs {
+  Vec<Real> u, dt, dl, slope_t, slope_l;
+
+  PixelInputs(const ScanArgs<Real>& a, int64_t offset, int count) {
+    u = load(a.u + offset, count);
+    dt = load(a.delta_t + offset, count);
+    dl = load(a.delta_l + offset, count);
+    slope_t = slope_l = splat<Real>(1);
+    if (a.delta_softplus) {
+      softplus<Real>(dt, dt, slope_t);
+      softplus<Real>(dl, dl, slope_l);
+    }
+  }
+};
+
+// One channel block of one image: its channels, A transposed to (N, kLanes) vectors, D
+template <typename Real>
+struct ChannelBlock {
+  int64_t batch_index, first;
+  int count;
+  const Vec<Real>* A_t;
+  const Vec<Real>* A_l;
+  Vec<Real> D;
+
+  ChannelBlock(const ScanArgs<Real>& a, int64_t task, Vec<Real>* a_buffer) {
+    batch_index = task / a.blocks();
+    first = (task % a.blocks()) * kLanes<Real>;
+    count = int(std::min<int64_t>(kLanes<Real>, a.channels - first));
+    for (int64_t n = 0; n < a.state; ++n) {
+      a_buffer[n] = a_buffer[a.state + n] = Vec<Real>{};
+      for (int l = 0; l < count; ++l) {
+        a_buffer[n][l] = a.A_t[(first + l) * a.state + n];
+        a_buffer[a.state + n][l] = a.A_l[(first + l) * a.state + n];
+      }
+    }
+    A_t = a_buffer;
+    A_l = a_buffer + a.state;
+    D = a.D ? load(a.D + first, count) : Vec<Real>{};
+  }
+  int64_t offset(const ScanArgs<Real>& a, int64_t q) const {  // of pixel q's first channel in a (B, H, W, E) tensor
+    return (batch_index * a.height * a.width + q) * a.channels + first;
+  }
+  int64_t state_offset(const ScanArgs<Real>& a, int64_t q) const {  // of pixel q in a (B, H, W, N) tensor
+    return (batch_index * a.height * a.width + q) * a.state;
+  }
+};
+
+// Scan row i of a block: `prev` holds row i - 1 (ignored for i = 0), `out` gets row i; both (W + 1) x N vectors
+// with a zero column -1, and they may alias. Writes y when given.
+template <typename Real>
+void scan_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t i, const Vec<Real>* prev,
+              Vec<Real>* out, Real* y) {
+  const int64_t N = a.state;
+  for (int64_t j = 0; j < a.width; ++j) {
+    Real w_left, w_top;
+    direction_weights(i, j, w_left, w_top);
+    const int64_t q = a.pixel(i, j);
+    const PixelInputs<Real> in(a, blk.offset(a, q), blk.count);
+    const Real* b_t = a.B_t + blk.state_offset(a, q);
+    const Real* b_l = a.B_l + blk.state_offset(a, q);
+    const Real* c = a.C + blk.state_offset(a, q);
+    const Vec<Real> dtu = in.dt * in.u, dlu = in.dl * in.u;
+    const Vec<Real>* h_left = out + j * N;
+    const Vec<Real>* h_up = prev + (j + 1) * N;
+    Vec<Real>* h = out + (j + 1) * N;
+    Vec<Real> acc = blk.D * in.u;
+    for (int64_t n = 0; n < N; ++n) {
+      const Vec<Real> a_t = vexp(in.dt * blk.A_t[n]), a_l = vexp(in.dl * blk.A_l[n]);
+      const Vec<Real> hn = w_left * (a_l * h_left[n] + dlu * b_l[n]) + w_top * (a_t * h_up[n] + dtu * b_t[n]);
+      h[n] = hn;
+      acc += c[n] * hn;
+    }
+    if (y) store(y + blk.offset(a, q), acc, blk.count);
+  }
+}
+
+template <typename Real>
+struct Grads {
+  Real *du, *ddelta_t, *ddelta_l, *dA_t, *dA_l, *dB_t, *dB_l, *dC, *dD;
+};
+
+// Where a task adds its image's dB_t, dB_l, dC, each (H, W, N): the outputs when its thread owns the whole image,
+// else that thread's spill buffer
+template <typename Real>
+struct ImageSums {
+  Real *dB_t, *dB_l, *dC;
+};
+
+// Adjoint sweep over row i of a block, right to left. `h_row`, `h_up_row`: states of rows i and i - 1 (with the
+// zero column -1); `lam_down`: W x N, the adjoint passed up from row i + 1 (replaced by what row i passes to i - 1).
+template <typename Real>
+void adjoint_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t i, const Real* dy,
+                 const Vec<Real>* h_row, const Vec<Real>* h_up_row, Vec<Real>* lam_down, Vec<Real>* lam_right,
+                 Vec<Real>* dA_t, Vec<Real>* dA_l, Vec<Real>& dD, const Grads<Real>& g, const ImageSums<Real>& acc) {
+  const int64_t N = a.state;
+  std::fill(lam_right, lam_right + N, Vec<Real>{});
+  for (int64_t j = a.width - 1; j >= 0; --j) {
+    Real w_left, w_top;
+    direction_weights(i, j, w_left, w_top);
+    const int64_t q = a.pixel(i, j), offset = blk.offset(a, q);
+    const PixelInputs<Real> in(a, offset, blk.count);
+    const Vec<Real> dy_p = load(dy + offset, blk.count);
+    const Real* b_t = a.B_t + blk.state_offset(a, q);
+    const Real* b_l = a.B_l + blk.state_offset(a, q);
+    const Real* c = a.C + blk.state_offset(a, q);
+    Real* dB_t = acc.dB_t + q * N;
+    Real* dB_l = acc.dB_l + q * N;
+    Real* dC = acc.dC + q * N;
+    const Vec<Real> dtu = in.dt * in.u, dlu = in.dl * in.u;
+    const Vec<Real>* h = h_row + (j + 1) * N;
+    const Vec<Real>* h_left = h_row + j * N;
+    const Vec<Real>* h_up = h_up_row + (j + 1) * N;
+    Vec<Real>* down = lam_down + j * N;
+    Vec<Real> sum_bl{}, sum_bt{}, sum_al{}, sum_at{};  // sums over n of dx_l b_l, dx_t b_t, da_l A_l, da_t A_t
+    for (int64_t n = 0; n < N; ++n) {
+      const Vec<Real> lam = dy_p * c[n] + lam_right[n] + down[n];
+      const Vec<Real> dx_l = w_left * lam, dx_t = w_top * lam;
+      const Vec<Real> a_t = vexp(in.dt * blk.A_t[n]), a_l = vexp(in.dl * blk.A_l[n]);
+      const Vec<Real> da_l = dx_l * h_left[n] * a_l, da_t = dx_t * h_up[n] * a_t;  // w.r.t. the exponents
+      lam_right[n] = a_l * dx_l;
+      down[n] = a_t * dx_t;
+      sum_bl += dx_l * b_l[n];
+      sum_bt += dx_t * b_t[n];
+      sum_al += da_l * blk.A_l[n];
+      sum_at += da_t * blk.A_t[n];
+      dA_l[n] += da_l * in.dl;
+      dA_t[n] += da_t * in.dt;
+      dB_l[n] += hsum<Real>(dx_l * dlu);
+      dB_t[n] += hsum<Real>(dx_t * dtu);
+      dC[n] += hsum<Real>(h[n] * dy_p);
+    }
+    store(g.du + offset, in.dl * sum_bl + in.dt * sum_bt + blk.D * dy_p, blk.count);
+    store(g.ddelta_l + offset, (sum_al + in.u * sum_bl) * in.slope_l, blk.count);
+    store(g.ddelta_t + offset, (sum_at + in.u * sum_bt) * in.slope_t, blk.count);
+    dD += dy_p * in.u;
+  }
+}
+
+// Split of `tasks` over `threads`: thread k runs tasks [begin(k), begin(k + 1))
+inline int64_t task_begin(int64_t tasks, int threads, int k) { return tasks * k / threads; }
+
+template <typename Real>
+int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
+  const int64_t tasks = a.batch * a.blocks();
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
+  const int64_t per_thread = (a.width + 1) * a.state + 2 * a.state;  // row of state, A_t and A_l of the block
+  std::vector<Vec<Real>> scratch;
+  try {
+    scratch.resize(per_thread * threads);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int k = omp_get_thread_num(), team = omp_get_num_threads();
+    Vec<Real>* row = scratch.data() + k * per_thread;
+    Vec<Real>* a_buffer = row + (a.width + 1) * a.state;
+    for (int64_t task = task_begin(tasks, team, k); task < task_begin(tasks, team, k + 1); ++task) {
+      const ChannelBlock<Real> blk(a, task, a_buffer);
+      std::fill(row, row + (a.width + 1) * a.state, Vec<Real>{});
+      for (int64_t i = 0; i < a.height; ++i) scan_row(a, blk, i, row, row, y);
+    }
+  }
+  return 0;
+}
+
+template <typename Real>
+int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int num_threads) {
+  const int64_t N = a.state, E = a.channels, H = a.height, W = a.width, pixels = H * W;
+  const int64_t blocks = a.blocks(), tasks = a.batch * blocks;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
+  // rows of states recomputed at once: all of them when they fit the budget, else segments of >= sqrt(H) rows
+  // restarted from rows checkpointed by a first forward pass
+  const int64_t row_vecs = (W + 1) * N;
+  const int64_t fit = row_vecs > 0 ? kStateBudgetBytes / int64_t(sizeof(Vec<Real>) * row_vecs) : H;
+  const int64_t segment = std::min(H, std::max(fit, int64_t(std::ceil(std::sqrt(double(H))))));
+  const int64_t segments = (H + segment - 1) / segment;
+  const int64_t per_thread = 6 * N + W * N + (segment + segments) * row_vecs;  // vectors
+  const int64_t spill_size = 3 * pixels * N;  // dB_t, dB_l, dC of one image
+  const int64_t partial_size = 2 * E * N + E;  // dA_t, dA_l, dD
+  std::vector<Vec<Real>> scratch;
+  std::vector<Real> spill, partial;
+  try {
+    scratch.resize(per_thread * threads);
+    spill.assign(2 * spill_size * threads, Real(0));  // the first and the last image of each thread
+    partial.assign(partial_size * threads, Real(0));
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+  for (Real* out : {g.dB_t, g.dB_l, g.dC}) std::fill(out, out + a.batch * pixels * N, Real(0));
+  int team_size = threads;
+#pragma omp parallel num_threads(threads)
+  {
+    const int k = omp_get_thread_num(), team = omp_get_num_threads();
+    if (k == 0) team_size = team;
+    const int64_t begin = task_begin(tasks, team, k), end = task_begin(tasks, team, k + 1);
+    Vec<Real>* a_buffer = scratch.data() + k * per_thread;
+    Vec<Real>* lam_right = a_buffer + 2 * N;
+    Vec<Real>* dA_t = lam_right + N;
+    Vec<Real>* dA_l = dA_t + N;
+    Vec<Real>* lam_down = dA_l + N;
+    Vec<Real>* states = lam_down + W * N;  // segment + 1 rows: the row above the segment, then its rows
+    Vec<Real>* checkpoints = states + (segment + 1) * row_vecs;  // the row above each segment but the first
+    Real* partial_k = partial.data() + k * partial_size;
+    for (int64_t task = begin; task < end; ++task) {
+      const ChannelBlock<Real> blk(a, task, a_buffer);
+      const int64_t b = blk.batch_index;
+      const bool owned = begin <= b * blocks && (b + 1) * blocks <= end;
+      Real* sums = owned ? nullptr : spill.data() + (2 * k + (b == begin / blocks ? 0 : 1)) * spill_size;
+      const ImageSums<Real> acc{owned ? g.dB_t + b * pixels * N : sums, owned ? g.dB_l + b * pixels * N : sums + pixels * N,
+                                owned ? g.dC + b * pixels * N : sums + 2 * pixels * N};
+      std::fill(dA_t, dA_t + 2 * N, Vec<Real>{});
+      std::fill(lam_down, lam_down + W * N, Vec<Real>{});
+      Vec<Real> dD{};
+      if (segments > 1) {
+        std::fill(states, states + row_vecs, Vec<Real>{});
+        for (int64_t i = 0; i < (segments - 1) * segment; ++i) {
+          scan_row<Real>(a, blk, i, states, states, nullptr);
+          if ((i + 1) % segment == 0) std::copy(states, states + row_vecs, checkpoints + ((i + 1) / segment - 1) * row_vecs);
+        }
+      }
+      for (int64_t s = segments - 1; s >= 0; --s) {
+        const int64_t first_row = s * segment, last_row = std::min(H, first_row + segment);
+        if (s == 0) {
+          std::fill(states, states + row_vecs, Vec<Real>{});
+        } else {
+          std::copy(checkpoints + (s - 1) * row_vecs, checkpoints + s * row_vecs, states);
+        }
+        for (int64_t i = first_row; i < last_row; ++i) {
+          Vec<Real>* row = states + (i - first_row + 1) * row_vecs;
+          std::fill(row, row + N, Vec<Real>{});
+          scan_row<Real>(a, blk, i, row - row_vecs, row, nullptr);
+        }
+        for (int64_t i = last_row - 1; i >= first_row; --i) {
+          const Vec<Real>* row = states + (i - first_row + 1) * row_vecs;
+          adjoint_row(a, blk, i, dy, row, row - row_vecs, lam_down, lam_right, dA_t, dA_l, dD, g, acc);
+        }
+      }
+      for (int l = 0; l < blk.count; ++l) {
+        const int64_t e = blk.first + l;
+        for (int64_t n = 0; n < N; ++n) {
+          partial_k[e * N + n] += dA_t[n][l];
+          partial_k[E * N + e * N + n] += dA_l[n][l];
+        }
+        partial_k[2 * E * N + e] += dD[l];
+      }
+    }
+  }
+  // reduce in thread order: dA/dD from every thread, dB/dC of the images threads share
+  std::fill(g.dA_t, g.dA_t + E * N, Real(0));
+  std::fill(g.dA_l, g.dA_l + E * N, Real(0));
+  if (g.dD) std::fill(g.dD, g.dD + E, Real(0));
+  for (int k = 0; k < team_size; ++k) {
+    const Real* p = partial.data() + k * partial_size;
+    for (int64_t x = 0; x < E * N; ++x) {
+      g.dA_t[x] += p[x];
+      g.dA_l[x] += p[E * N + x];
+    }
+    if (g.dD)
+      for (int64_t e = 0; e < E; ++e) g.dD[e] += p[2 * E * N + e];
+    const int64_t begin = task_begin(tasks, team_size, k), end = task_begin(tasks, team_size, k + 1);
+    if (begin == end) continue;
+    const int64_t images[2] = {begin / blocks, (end - 1) / blocks};  // the first and the last image of thread k
+    for (int slot = 0; slot < (images[1] > images[0] ? 2 : 1); ++slot) {
+      const int64_t b = images[slot];
+      if (begin <= b * blocks && (b + 1) * blocks <= end) continue;  // owned: written in place
+      const Real* sums = spill.data() + (2 * k + slot) * spill_size;
+      for (int64_t x = 0; x < pixels * N; ++x) {
+        g.dB_t[b * pixels * N + x] += sums[x];
+        g.dB_l[b * pixels * N + x] += sums[pixels * N + x];
+        g.dC[b * pixels * N + x] += sums[2 * pixels * N + x];
+      }
+    }
+  }
+  return 0;
+}
+
+template <typename Real>
+ScanArgs<Real> make_args(const Real* u, const Real* delta_t, const Real* delta_l, const Real* A_t, const Real* A_l,
+                         const Real* B_t, const Real* B_l, const Real* C, const Real* D, int64_t batch, int64_t height,
+                         int64_t width, int64_t channels, int64_t state, int delta_softplus, int reverse) {
+  return ScanArgs<Real>{u,     delta_t, delta_l, A_t,   A_l,           B_t,           B_l,         C, D,
+                        batch, height,  width,   channels, state, delta_softplus != 0, reverse != 0};
+}
+
+}  // namespace
+
+// C entry points: 0 on success, 1 when scratch memory could not be allocated.
+#define SCAN2D_ENTRY_POINTS(Real, suffix)                                                                            \
+  extern "C" int scan2d_forward_##suffix(const Real* u, const Real* delta_t, const Real* delta_l, const Real* A_t,   \
+                                         const Real* A_l, const Real* B_t, const Real* B_l, const Real* C,           \
+                                         const Real* D, Real* y, int64_t batch, int64_t height, int64_t width,       \
+                                         int64_t channels, int64_t state, int delta_softplus, int reverse,           \
+                                         int num_threads) {                                                          \
+    return forward(make_args(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, batch, height, width, channels, state,  \
+                             delta_softplus, reverse),                                                               \
+                   y, num_threads);                                                                                  \
+  }                                                                                                                  \
+  extern "C" int scan2d_backward_##suffix(                                                                           \
+      const Real* dy, const Real* u, const Real* delta_t, const Real* delta_l, const Real* A_t, const Real* A_l,     \
+      const Real* B_t, const Real* B_l, const Real* C, const Real* D, Real* du, Real* ddelta_t, Real* ddelta_l,      \
+      Real* dA_t, Real* dA_l, Real* dB_t, Real* dB_l, Real* dC, Real* dD, int64_t batch, int64_t height,            \
+      int64_t width, int64_t channels, int64_t state, int delta_softplus, int reverse, int num_threads) {            \
+    return backward(make_args(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, batch, height, width, channels, state, \
+                              delta_softplus, reverse),                                                              \
+                    dy, Grads<Real>{du, ddelta_t, ddelta_l, dA_t, dA_l, dB_t, dB_l, dC, dD}, num_threads);           \
+  }
+
+SCAN2D_ENTRY_POINTS(float, f32)
+SCAN2D_ENTRY_POINTS(double, f64)
