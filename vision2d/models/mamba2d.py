@@ -253,7 +253,7 @@ class Mamba2D(nn.Module):
         self.stem = nn.Sequential()
         self.stem.add_module("conv", nn.Conv2d(in_chans, dims[0], 7, stride=4, padding=2, **dd))
         self.stem.add_module("norm", LayerNorm2d(dims[0], eps=1e-5, **dd))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, self.feature_info, start = [], [], 0
         for i, (depth, dim, mixer) in enumerate(zip(depths, dims, mixers)):
             stages.append(Mamba2DStage(
