@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Train a timm model on an ImageFolder tree, or, with no arguments, test_mamba2d on scikit-learn's digits.
+
+    python tools/train.py                                      # the embedded default job (CPU, a few minutes)
+    python tools/train.py --config configs/train/mamba2d_tiny.yaml --data-dir /data/imagenet
+    torchrun --nproc-per-node 8 tools/train.py --config ... --data-dir ... --grad-accum-steps 8
+    python tools/train.py --resume output/train/<run>           # continue exactly after a stop or crash
+
+Every epoch (and on SIGTERM/SIGINT, after the current optimizer step) the run folder gets an atomic checkpoint
+(see vision2d/train/checkpointing.py), metrics.csv and curves.png.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import timm
+import torch.distributed as dist
+import yaml
+from timm.data import resolve_data_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import vision2d  # noqa: E402,F401  (registers the models with timm)
+from vision2d.checkpoint import CheckpointError, atomic_write, check_model_name  # noqa: E402
+from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, checkpoint_name, load_training_checkpoint,  # noqa: E402
+                                          save_training_checkpoint)
+from vision2d.train.config import parse_args  # noqa: E402
+from vision2d.train.data import (build_digits_image_folder, create_eval_loader, create_image_folder_datasets,  # noqa: E402
+                                 create_train_loader)
+from vision2d.train.distributed import (all_reduce_sum, any_process, gather_objects, get_rng_state,  # noqa: E402
+                                        init_distributed, seed_everything, set_rng_state)
+from vision2d.train.evaluation import evaluate  # noqa: E402
+from vision2d.train.reporting import METRICS_FILE, PLOT_FILE, TensorBoardLogger, plot_curves, write_metrics_csv  # noqa: E402
+from vision2d.train.trainer import EpochProgress, Trainer  # noqa: E402
+
+# Settings that may change on --resume without a note (where output goes, and how to resume).
+RESUME_NEUTRAL_SETTINGS = {"resume", "experiment", "output", "tensorboard", "workers", "config"}
+
+
+class StopRequest:
+    """Records SIGTERM/SIGINT instead of dying, so the trainer can checkpoint after the current step."""
+
+    def __init__(self):
+        self.signal_name = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    context = init_distributed(args.device)
+    try:
+        return train(args, context)
+    finally:
+        dist.destroy_process_group()
+
+
+def train(args, context) -> int:
+    """The whole run; returns the exit status (128 + signal number when stopped by a signal)."""
+    stop_requested = StopRequest()
+    log = print if context.is_main else (lambda *_, **__: None)
+    data_dir = Path(args.data_dir) if args.data_dir else prepare_digits(Path(args.output), context, log)
+    datasets = create_image_folder_datasets(data_dir)
+    class_names = list(datasets["train"].reader.class_to_idx)
+    check_model_name(args.model)
+    seed_everything(args.seed)  # the same initial weights on every process
+    model_kwargs = {key: value for key, value in (("drop_path_rate", args.drop_path), ("drop_rate", args.drop_rate))
+                    if value is not None}
+    model = timm.create_model(args.model, num_classes=len(class_names), **model_kwargs)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    data_config = resolve_data_config(dict(img_size=args.img_size, crop_pct=args.crop_pct), model=model)
+    train_loader = create_train_loader(datasets["train"], args, data_config, context.device)
+    eval_loader = create_eval_loader(datasets["val"], data_config, args.batch_size, args.workers, context.device,
+                                     distributed=True)
+    steps_per_epoch = len(train_loader) // args.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(datasets['train'])} training images give no full optimizer step of "
+                         f"{args.batch_size} x {context.world_size} processes x {args.grad_accum_steps} accumulation")
+    trainer = Trainer(model, args, len(class_names), steps_per_epoch, context)
+
+    start_epoch, progress, history, best, resume_rng = 0, EpochProgress(), [], None, None
+    if args.resume:
+        checkpoint = load_training_checkpoint(args.resume, args.model)
+        state = checkpoint.trainer_state
+        check_resumable(state, args, class_names, trainer.global_batch, log)
+        trainer.load_state_dict(state["trainer"], checkpoint.model_state, checkpoint.ema_state)
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+        if state["progress"] is not None:
+            progress = EpochProgress(**state["progress"])
+            if state["world_size"] == context.world_size:
+                resume_rng = state["rng"][context.rank]
+            else:
+                log(f"note: the checkpoint was saved by {state['world_size']} processes, not {context.world_size}: "
+                    f"random augmentation of epoch {start_epoch + 1} will differ from the interrupted run")
+        run_dir = checkpoint.directory.parent
+        log(f"resuming {checkpoint.directory} at epoch {start_epoch + 1}, step {progress.step}")
+    else:
+        run_dir = new_run_dir(args, data_dir, context)
+    logger = TensorBoardLogger(run_dir / "tensorboard") if args.tensorboard and context.is_main else None
+    if context.is_main:
+        atomic_write(run_dir / "config.yaml", lambda path: path.write_text(yaml.safe_dump(vars(args))))
+    log(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(class_names)} "
+        f"classes, input {data_config['input_size']}; {len(datasets['train'])} train / {len(datasets['val'])} val "
+        f"images from {data_dir}")
+    log(f"global batch {trainer.global_batch} ({args.batch_size} x {context.world_size} processes x "
+        f"{args.grad_accum_steps} accumulation), lr {trainer.lr:.3g}, {steps_per_epoch} steps/epoch, "
+        f"{args.epochs} epochs on {context.device}; run folder {run_dir}")
+
+    def save(epoch_done: int, epoch_progress: EpochProgress | None, is_best: bool) -> None:
+        rng_states = gather_objects(get_rng_state())
+        if context.is_main:
+            save_training_checkpoint(
+                run_dir, checkpoint_name(epoch_done, epoch_progress and epoch_progress.step), args.model,
+                len(class_names), model.state_dict(), trainer.ema.module.state_dict() if trainer.ema else None,
+                dict(trainer=trainer.state_dict(), epoch=epoch_done,
+                     progress=asdict(epoch_progress) if epoch_progress else None, rng=rng_states, history=history,
+                     best=best, config=vars(args), world_size=context.world_size, global_batch=trainer.global_batch,
+                     class_names=class_names), is_best)
+
+    for epoch in range(start_epoch, args.epochs):
+        batches = start_epoch_batches(train_loader, epoch, progress, resume_rng, args, context)
+        if not trainer.train_epoch(batches, epoch, progress, stop_requested):
+            save(epoch, progress, is_best=False)
+            return report_stop(stop_requested, run_dir, log)
+        loss_sum, images = all_reduce_sum([progress.loss_sum, progress.images], context.device)
+        row = dict(epoch=epoch + 1, updates=trainer.num_updates, lr=trainer.current_lr, train_loss=loss_sum / images,
+                   train_images_per_s=images / progress.seconds)
+        metrics = evaluate(model, eval_loader, len(datasets["val"]), context.device, trainer.autocast_dtype,
+                           show_progress=context.is_main)
+        row.update({f"val_{key}": value for key, value in metrics.items() if key != "images_per_s"})
+        if trainer.ema is not None:
+            metrics = evaluate(trainer.ema.module, eval_loader, len(datasets["val"]), context.device,
+                               trainer.autocast_dtype, show_progress=context.is_main)
+            row.update({f"ema_val_{key}": value for key, value in metrics.items() if key != "images_per_s"})
+        row["epoch_seconds"] = progress.seconds
+        history.append(row)
+        top1 = row["ema_val_top1" if trainer.ema is not None else "val_top1"]
+        is_best = best is None or top1 > best["top1"]
+        if is_best:
+            best = dict(epoch=epoch + 1, top1=top1, weights=EMA_FILE if trainer.ema is not None else MODEL_FILE)
+        save(epoch + 1, None, is_best)
+        if context.is_main:
+            write_metrics_csv(history, run_dir / METRICS_FILE)
+            plot_curves(history, run_dir / PLOT_FILE)
+            if logger:
+                logger.log(row)
+        remaining = (args.epochs - epoch - 1) * sum(r["epoch_seconds"] for r in history) / len(history)
+        log(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val top-1 {row['val_top1']:.2f}%" + (f", EMA top-1 {row['ema_val_top1']:.2f}%" if trainer.ema else "")
+            + f", {row['train_images_per_s']:.0f} img/s, ETA {format_seconds(remaining)}")
+        progress, resume_rng = EpochProgress(), None
+        if any_process(stop_requested(), context.device) and epoch + 1 < args.epochs:
+            return report_stop(stop_requested, run_dir, log)
+    if logger:
+        logger.close()
+    log(f"done: {args.epochs} epochs, {format_seconds(sum(r['epoch_seconds'] for r in history))} of training; best "
+        f"val top-1 {best['top1']:.2f}% after epoch {best['epoch']}\n"
+        f"  checkpoint: {run_dir / 'best' / best['weights']}  (resumable: {run_dir / 'last'})\n"
+        f"  metrics:    {run_dir / METRICS_FILE}\n"
+        f"  plot:       {run_dir / PLOT_FILE}\n"
+        f"  validate:   python tools/validate.py --model {args.model} --checkpoint {run_dir / 'best' / best['weights']} "
+        f"--data-dir {data_dir}")
+    return 0
+
+
+def prepare_digits(output: Path, context, log) -> Path:
+    """Build (on the main process) and return the digits ImageFolder under ``output``."""
+    if context.is_main:
+        data_dir = build_digits_image_folder(output)
+    dist.barrier()
+    data_dir = build_digits_image_folder(output)  # already built: just the path
+    log(f"no --data-dir: using scikit-learn's digits as an ImageFolder at {data_dir}")
+    return data_dir
+
+
+def new_run_dir(args, data_dir: Path, context) -> Path:
+    """A fresh run folder (named by the main process); refuses one that already holds checkpoints."""
+    name = [args.experiment or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-{data_dir.name}"]
+    dist.broadcast_object_list(name)
+    run_dir = Path(args.output) / name[0]
+    if (run_dir / "last").exists():
+        raise CheckpointError(f"{run_dir} already holds checkpoints: pass --resume {run_dir} to continue it, or "
+                              f"another --experiment")
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_resumable(state: dict, args, class_names: list[str], global_batch: int, log) -> None:
+    """Refuse a checkpoint of another class list or global batch; note other changed settings."""
+    if state["class_names"] != class_names:
+        raise CheckpointError(f"the checkpoint was trained on {len(state['class_names'])} classes "
+                              f"({state['class_names'][:5]}...), the data has {len(class_names)} ({class_names[:5]}...)")
+    if state["global_batch"] != global_batch:
+        raise CheckpointError(f"the checkpoint was trained with global batch {state['global_batch']}, this run has "
+                              f"{global_batch}: keep batch size x processes x accumulation steps to resume exactly")
+    changed = {key: (value, getattr(args, key)) for key, value in state["config"].items()
+               if key not in RESUME_NEUTRAL_SETTINGS and getattr(args, key) != value}
+    for key, (before, now) in changed.items():
+        log(f"note: --{key.replace('_', '-')} was {before} in the checkpoint, now {now}")
+
+
+def start_epoch_batches(loader, epoch: int, progress: EpochProgress, resume_rng: dict | None, args, context):
+    """An iterator over the batches of ``epoch`` positioned after ``progress.step`` optimizer steps.
+
+    Every epoch seeds all RNGs from (seed, epoch, rank) before the loader starts its workers, so an epoch's data
+    order and augmentation do not depend on what ran before. Resuming mid-epoch re-reads the batches already
+    trained on (without training) so the loader's RNG streams line up, then restores the saved RNG state.
+    """
+    seed_everything(args.seed, epoch, context.rank)
+    loader.sampler.set_epoch(epoch)
+    batches = iter(loader)
+    for _ in range(progress.step * args.grad_accum_steps):
+        next(batches)
+    if resume_rng is not None:
+        set_rng_state(resume_rng)
+    return batches
+
+
+def report_stop(stop_requested: StopRequest, run_dir: Path, log) -> int:
+    log(f"stopped by {stop_requested.signal_name} after a checkpoint; continue with: python tools/train.py --resume "
+        f"{run_dir}")
+    return 128 + signal.Signals[stop_requested.signal_name].value
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m{seconds:02d}s" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,132 @@
+"""vision2d weight files: a timm model's ``state_dict()`` stored as safetensors and tagged with its model.
+
+A weight file holds every entry of ``model.state_dict()`` (floating tensors as fp32, all contiguous, on the CPU) and
+the safetensors metadata ``{"format": "vision2d", "model": <timm model name>, "num_classes": str(n)}``. It loads
+with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=n),
+num_classes=n)``, or with :func:`create_model_from_weights`, which reads name and class count from the file.
+Files are written atomically: a crash while writing leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Callable
+
+import safetensors
+import safetensors.torch
+import timm
+import torch
+
+WEIGHTS_FORMAT = "vision2d"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weight file is missing, unreadable, truncated, or belongs to another model."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp_path)`` for a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
+
+    Readers see either the old file or the complete new one; the temporary file is removed if ``write`` fails.
+    """
+    path = Path(path)
+    temp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temp_path)
+        with open(temp_path, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp_path, path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a directory's entries (renames, new files) to disk."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def save_safetensors_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, model_name: str,
+                             num_classes: int) -> None:
+    """Write ``state_dict`` (name -> tensor of any shape) to ``path`` in the vision2d weight format, atomically."""
+    tensors = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        tensors[name] = tensor.contiguous().clone()  # clone: safetensors refuses tensors that share storage
+    metadata = {"format": WEIGHTS_FORMAT, "model": model_name, "num_classes": str(int(num_classes))}
+    atomic_write(path, lambda temp_path: safetensors.torch.save_file(tensors, temp_path, metadata=metadata))
+
+
+def read_weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The safetensors metadata of ``path`` (empty for files without metadata); a clear error if unreadable."""
+    path = _existing_file(path)
+    try:
+        with safetensors.safe_open(path, framework="pt") as weights:
+            return dict(weights.metadata() or {})
+    except safetensors.SafetensorError as error:
+        raise CheckpointError(f"weight file {path} is truncated or corrupt: {error}") from error
+
+
+def load_safetensors_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a vision2d weight file: (state_dict on the CPU, metadata with "model" and "num_classes")."""
+    metadata = read_weights_metadata(path)
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path} is not a vision2d weight file: its metadata is {metadata}, expected "
+                              f"format={WEIGHTS_FORMAT!r} with 'model' and 'num_classes'")
+    try:
+        state_dict = safetensors.torch.load_file(path, device="cpu")
+    except safetensors.SafetensorError as error:
+        raise CheckpointError(f"weight file {path} is truncated or corrupt: {error}") from error
+    return state_dict, metadata
+
+
+def check_weights_model(metadata: dict[str, str], model_name: str, path: str | os.PathLike) -> None:
+    """Raise CheckpointError if vision2d weight metadata names a model other than ``model_name``."""
+    if metadata.get("format") == WEIGHTS_FORMAT and metadata.get("model") != model_name:
+        raise CheckpointError(f"{path} holds weights of model {metadata.get('model')!r}, not of {model_name!r}")
+
+
+def create_model_from_weights(path: str | os.PathLike, model_name: str | None = None,
+                              num_classes: int | None = None, **model_kwargs) -> torch.nn.Module:
+    """Create a timm model and load weights from ``path`` through timm's pretrained path (and its filter fn).
+
+    For vision2d weight files, the model name and class count default to those in the file, and a different
+    ``model_name`` is an error. Other files (e.g. official checkpoints) need ``model_name``; ``num_classes``
+    then defaults to the model's pretrained cfg.
+    """
+    path = _existing_file(path)
+    metadata = read_weights_metadata(path) if path.suffix == ".safetensors" else {}
+    if metadata.get("format") == WEIGHTS_FORMAT:
+        model_name = model_name or metadata["model"]
+        check_weights_model(metadata, model_name, path)
+        num_classes = num_classes if num_classes is not None else int(metadata["num_classes"])
+    elif model_name is None:
+        raise CheckpointError(f"{path} is not a vision2d weight file, so the model name must be given")
+    check_model_name(model_name)
+    overlay = dict(file=str(path))
+    if num_classes is not None:
+        overlay["num_classes"] = num_classes
+        model_kwargs["num_classes"] = num_classes
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
+
+
+def check_model_name(model_name: str) -> None:
+    """Raise ValueError naming close matches if timm has no model called ``model_name``."""
+    if not timm.is_model(model_name):
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown model {model_name!r} (not registered with timm; did you `import vision2d`?){hint}")
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist")
+    return path
