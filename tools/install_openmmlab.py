@@ -4,7 +4,7 @@ mmdet 3.3.0 and mmseg 1.2.2 need mmcv >=2.0.0rc4,<2.2.0. mmcv 2.1.0 is published
 not build against recent torch as is, so this script installs a prebuilt mmcv wheel that matches the running Python
 and torch (from ``--wheel-dir`` or the wheel cache) or builds one from the source release with the needed fixes
 (``setuptools<70`` for ``pkg_resources``, C++20 for the torch headers) and caches it. It then installs the packages of
-the ``mm`` extra in pyproject.toml.
+the ``mm`` extra in pyproject.toml and ``setuptools<82``, whose ``pkg_resources`` mmengine still imports.
 
     python tools/install_openmmlab.py [--wheel-dir DIR ...] [--cache-dir DIR] [--jobs N] [--force-build]
 
@@ -27,6 +27,8 @@ from packaging.utils import parse_wheel_filename
 
 MMCV_VERSION = "2.1.0"
 BUILD_TOOLS = ["setuptools<70", "wheel", "ninja"]
+# mmengine 0.10 imports pkg_resources at run time (config `mmdet::`/`mmseg::` references); setuptools 82 removed it.
+RUNTIME_FIXES = ["setuptools<82"]
 CXX_STANDARD_FLAGS = ("-std=c++14", "-std=c++17")
 CXX_STANDARD_FIX = "-std=c++20"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -134,9 +136,19 @@ def build_mmcv_wheel(output_dir, jobs):
         return Path(shutil.move(wheel, output_dir / wheel.name))
 
 
+def installed_mmcv_version():
+    result = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('mmcv'))"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def install_mmcv(wheel_dirs, cache_dir, jobs, force_build):
-    """Installs the first prebuilt or cached mmcv wheel whose ops work, else builds, caches and installs one."""
+    """Keeps a working mmcv 2.1.0, else installs the first prebuilt or cached wheel whose ops work, else builds,
+    caches and installs one."""
     if not force_build:
+        if installed_mmcv_version() == MMCV_VERSION and mmcv_ops_error() is None:
+            log(f"mmcv {MMCV_VERSION} is installed and its compiled ops work")
+            return
         for directory in [*wheel_dirs, cache_dir]:
             for wheel in compatible_wheels(directory):
                 if install_mmcv_wheel(wheel):
@@ -161,7 +173,7 @@ def main():
                         help="build mmcv from source even when a prebuilt or cached wheel exists")
     args = parser.parse_args()
     install_mmcv(args.wheel_dir, args.cache_dir / torch_build_key(), args.jobs, args.force_build)
-    pip("install", *mm_requirements())
+    pip("install", *mm_requirements(), *RUNTIME_FIXES)
     run([sys.executable, "-c", "import mmcv, mmdet, mmengine, mmseg; "
          "print('mmengine', mmengine.__version__, 'mmcv', mmcv.__version__, "
          "'mmdet', mmdet.__version__, 'mmseg', mmseg.__version__)"])

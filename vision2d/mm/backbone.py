@@ -1,0 +1,143 @@
+"""mmdet / mmseg backbones built on the zoo's timm models (``features_only``), one registered class per family."""
+from dataclasses import dataclass
+from itertools import takewhile
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import timm
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from timm.models import load_state_dict
+from timm.models._features import FeatureGetterNet
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import check_weights_model, read_weights_metadata
+from ..models import mamba2d
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """A model family of the zoo as mm backbones see it."""
+    models: Dict[str, str]  # mm ``arch`` -> timm model name
+    checkpoint_filter_fn: Callable  # (state_dict, full timm model) -> timm state_dict; raises when it does not fit
+
+
+FAMILIES = {
+    "mamba2d": BackboneFamily(
+        models={"nano": "mamba2d_nano", "tiny": "mamba2d_tiny", "small": "mamba2d_small", "test": "test_mamba2d"},
+        checkpoint_filter_fn=mamba2d.checkpoint_filter_fn),
+}
+
+
+def _full_model_on_meta(model_name: str) -> torch.nn.Module:
+    """The complete timm classifier with shapes but no storage: a cheap reference for stage counts and keys."""
+    with torch.device("meta"):
+        return timm.create_model(model_name)
+
+
+def load_backbone_weights(checkpoint: str, model_name: str, family: BackboneFamily) -> Dict[str, torch.Tensor]:
+    """The weights of ``checkpoint`` (a vision2d safetensors file or an official checkpoint) in timm's keys for
+    ``model_name``, classifier removed. The family's filter converts the keys and raises when any backbone key is
+    missing, unexpected or mis-shaped; a vision2d file tagged with another model is an error."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_cfg checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        check_weights_model(read_weights_metadata(path), model_name, path)
+    reference = _full_model_on_meta(model_name)
+    state_dict = family.checkpoint_filter_fn(load_state_dict(str(path)), reference)
+    classifier_prefix = reference.pretrained_cfg["classifier"] + "."
+    return {key: value for key, value in state_dict.items() if not key.startswith(classifier_prefix)}
+
+
+class TimmFeatureBackbone(BaseModule):
+    """A timm ``features_only`` model of one family as an mm backbone returning a tuple of NCHW feature maps.
+
+    Args:
+        arch: model size, a key of the family's ``models`` table (e.g. 'tiny').
+        out_indices: stages whose outputs are returned (channels and strides as in the timm model's feature_info).
+        frozen_stages: -1 trains everything; 0 freezes the stem; k > 0 freezes the stem and the first k stages.
+        norm_eval: keep BatchNorm layers in eval mode while training (no effect on LayerNorm-only models).
+        drop_path_rate: stochastic depth rate of the timm model.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads a classifier checkpoint in ``init_weights``.
+    """
+
+    family: str  # key of FAMILIES, set by each registered subclass
+
+    def __init__(self, arch: str = "tiny", out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 norm_eval: bool = False, drop_path_rate: float = 0.0, init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        models = FAMILIES[self.family].models
+        if arch not in models:
+            raise ValueError(f"{type(self).__name__}: unknown arch {arch!r}; choose one of {sorted(models)}")
+        if init_cfg is not None and (init_cfg.get("type") != "Pretrained" or "checkpoint" not in init_cfg):
+            raise ValueError(f"{type(self).__name__}: init_cfg must be dict(type='Pretrained', checkpoint=PATH), "
+                             f"got {init_cfg}")
+        self.model_name = models[arch]
+        num_stages = len(_full_model_on_meta(self.model_name).feature_info)
+        out_indices = tuple(out_indices)
+        if not out_indices or list(out_indices) != sorted(set(out_indices)) or not all(
+                isinstance(i, int) and 0 <= i < num_stages for i in out_indices):
+            raise ValueError(f"{type(self).__name__}: out_indices must be distinct increasing stage indices in "
+                             f"0..{num_stages - 1} for {self.model_name}, got {out_indices}")
+        if not -1 <= frozen_stages <= out_indices[-1] + 1:
+            raise ValueError(f"{type(self).__name__}: frozen_stages must be in -1..{out_indices[-1] + 1} (the stages "
+                             f"built for out_indices={out_indices}), got {frozen_stages}")
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.model = timm.create_model(self.model_name, features_only=True, out_indices=out_indices,
+                                       drop_path_rate=drop_path_rate)
+        if not isinstance(self.model, FeatureGetterNet):
+            raise TypeError(f"{self.model_name} must register feature_cfg feature_cls='getter' for mm backbones")
+        self.feature_info = self.model.feature_info
+        self._freeze_stages()
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        return tuple(self.model(x))
+
+    def init_weights(self):
+        """Load ``init_cfg``'s checkpoint into the backbone (classifier dropped); without init_cfg keep timm's init."""
+        if self.init_cfg is None:
+            return
+        checkpoint = self.init_cfg["checkpoint"]
+        state_dict = load_backbone_weights(checkpoint, self.model_name, FAMILIES[self.family])
+        result = self.model.model.load_state_dict(state_dict, strict=False)
+        if result.missing_keys:
+            raise ValueError(f"{checkpoint} lacks backbone weights of {self.model_name}: {result.missing_keys}")
+        message = f"{type(self).__name__}: loaded {len(state_dict)} tensors of {self.model_name} from {checkpoint}"
+        if result.unexpected_keys:
+            message += f"; unused by out_indices={self.out_indices}: {result.unexpected_keys}"
+        print_log(message, logger="current")
+        self._is_init = True
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def _freeze_stages(self):
+        """Put the stem and the first ``frozen_stages`` stages in eval mode without gradients."""
+        if self.frozen_stages < 0:
+            return
+        model = self.model.model
+        stages_parent = model.feature_info[0]["module"].split(".")[0]
+        frozen = [module for name, module in takewhile(lambda child: child[0] != stages_parent,
+                                                       model.named_children())]
+        frozen += [model.get_submodule(info["module"]) for info in model.feature_info[:self.frozen_stages]]
+        for module in frozen:
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad = False
+
+
+@MODELS.register_module()
+class Mamba2DBackbone(TimmFeatureBackbone):
+    """Mamba2D (arch 'nano', 'tiny', 'small'; 'test' for tests) for mmdet and mmseg."""
+    family = "mamba2d"
