@@ -22,20 +22,19 @@ import torch.distributed as dist
 import yaml
 from timm.data import resolve_data_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import vision2d  # noqa: E402,F401  (registers the models with timm)
-from vision2d.checkpoint import CheckpointError, atomic_write, check_model_name  # noqa: E402
-from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, checkpoint_name, load_training_checkpoint,  # noqa: E402
+import vision2d  # noqa: F401  (registers the models with timm)
+from vision2d.checkpoint import CheckpointError, atomic_write, check_model_name
+from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, checkpoint_name, load_training_checkpoint,
                                           save_training_checkpoint)
-from vision2d.train.config import parse_args  # noqa: E402
-from vision2d.train.data import (build_digits_image_folder, create_eval_loader, create_image_folder_datasets,  # noqa: E402
+from vision2d.train.config import parse_args
+from vision2d.train.data import (build_digits_image_folder, create_eval_loader, create_image_folder_datasets,
                                  create_train_loader)
-from vision2d.train.distributed import (all_reduce_sum, any_process, gather_objects, get_rng_state,  # noqa: E402
+from vision2d.train.distributed import (all_reduce_sum, any_process, gather_objects, get_rng_state,
                                         init_distributed, seed_everything, set_rng_state)
-from vision2d.train.evaluation import evaluate  # noqa: E402
-from vision2d.train.reporting import METRICS_FILE, PLOT_FILE, TensorBoardLogger, plot_curves, write_metrics_csv  # noqa: E402
-from vision2d.train.trainer import EpochProgress, Trainer  # noqa: E402
+from vision2d.train.evaluation import evaluate
+from vision2d.train.reporting import (METRICS_FILE, PLOT_FILE, TensorBoardLogger, plot_curves,
+                                      write_metrics_csv)
+from vision2d.train.trainer import EpochProgress, Trainer
 
 # Settings that may change on --resume without a note (where output goes, and how to resume).
 RESUME_NEUTRAL_SETTINGS = {"resume", "experiment", "output", "tensorboard", "workers", "config"}
@@ -119,14 +118,16 @@ def train(args, context) -> int:
 
     def save(epoch_done: int, epoch_progress: EpochProgress | None, is_best: bool) -> None:
         rng_states = gather_objects(get_rng_state())
-        if context.is_main:
-            save_training_checkpoint(
-                run_dir, checkpoint_name(epoch_done, epoch_progress and epoch_progress.step), args.model,
-                len(class_names), model.state_dict(), trainer.ema.module.state_dict() if trainer.ema else None,
-                dict(trainer=trainer.state_dict(), epoch=epoch_done,
-                     progress=asdict(epoch_progress) if epoch_progress else None, rng=rng_states, history=history,
-                     best=best, config=vars(args), world_size=context.world_size, global_batch=trainer.global_batch,
-                     class_names=class_names), is_best)
+        if not context.is_main:
+            return
+        trainer_state = dict(
+            trainer=trainer.state_dict(), epoch=epoch_done, progress=asdict(epoch_progress) if epoch_progress else None,
+            rng=rng_states, history=history, best=best, config=vars(args), world_size=context.world_size,
+            global_batch=trainer.global_batch, class_names=class_names)
+        save_training_checkpoint(
+            run_dir, checkpoint_name(epoch_done, epoch_progress and epoch_progress.step), args.model, len(class_names),
+            data_config, model.state_dict(), trainer.ema.module.state_dict() if trainer.ema else None, trainer_state,
+            is_best)
 
     for epoch in range(start_epoch, args.epochs):
         batches = start_epoch_batches(train_loader, epoch, progress, resume_rng, args, context)
@@ -164,13 +165,13 @@ def train(args, context) -> int:
             return report_stop(stop_requested, run_dir, log)
     if logger:
         logger.close()
+    best_weights = run_dir / "best" / best["weights"]
     log(f"done: {args.epochs} epochs, {format_seconds(sum(r['epoch_seconds'] for r in history))} of training; best "
         f"val top-1 {best['top1']:.2f}% after epoch {best['epoch']}\n"
-        f"  checkpoint: {run_dir / 'best' / best['weights']}  (resumable: {run_dir / 'last'})\n"
+        f"  checkpoint: {best_weights}  (resumable: {run_dir / 'last'})\n"
         f"  metrics:    {run_dir / METRICS_FILE}\n"
         f"  plot:       {run_dir / PLOT_FILE}\n"
-        f"  validate:   python tools/validate.py --model {args.model} --checkpoint {run_dir / 'best' / best['weights']} "
-        f"--data-dir {data_dir}")
+        f"  validate:   python tools/validate.py --checkpoint {best_weights} --data-dir {data_dir}")
     return 0
 
 
@@ -201,7 +202,8 @@ def check_resumable(state: dict, args, class_names: list[str], global_batch: int
     """Refuse a checkpoint of another class list or global batch; note other changed settings."""
     if state["class_names"] != class_names:
         raise CheckpointError(f"the checkpoint was trained on {len(state['class_names'])} classes "
-                              f"({state['class_names'][:5]}...), the data has {len(class_names)} ({class_names[:5]}...)")
+                              f"({state['class_names'][:5]}...), the data has {len(class_names)} "
+                              f"({class_names[:5]}...)")
     if state["global_batch"] != global_batch:
         raise CheckpointError(f"the checkpoint was trained with global batch {state['global_batch']}, this run has "
                               f"{global_batch}: keep batch size x processes x accumulation steps to resume exactly")

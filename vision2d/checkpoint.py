@@ -1,7 +1,9 @@
 """vision2d weight files: a timm model's ``state_dict()`` stored as safetensors and tagged with its model.
 
 A weight file holds every entry of ``model.state_dict()`` (floating tensors as fp32, all contiguous, on the CPU) and
-the safetensors metadata ``{"format": "vision2d", "model": <timm model name>, "num_classes": str(n)}``. It loads
+the safetensors metadata ``{"format": "vision2d", "model": <timm model name>, "num_classes": str(n)}``, optionally
+with ``"data_config"``: the JSON of the timm data config the weights were trained with (input_size, interpolation,
+mean, std, crop_pct, crop_mode), which :func:`create_model_from_weights` applies to the model's pretrained cfg. It loads
 with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=n),
 num_classes=n)``, or with :func:`create_model_from_weights`, which reads name and class count from the file.
 Files are written atomically: a crash while writing leaves the previous file intact.
@@ -9,6 +11,7 @@ Files are written atomically: a crash while writing leaves the previous file int
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -52,8 +55,12 @@ def fsync_directory(directory: str | os.PathLike) -> None:
 
 
 def save_safetensors_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, model_name: str,
-                             num_classes: int) -> None:
-    """Write ``state_dict`` (name -> tensor of any shape) to ``path`` in the vision2d weight format, atomically."""
+                             num_classes: int, data_config: dict | None = None) -> None:
+    """Write ``state_dict`` (name -> tensor of any shape) to ``path`` in the vision2d weight format, atomically.
+
+    ``data_config``: the timm data config of training (see :func:`timm.data.resolve_data_config`), if it differs
+    from the model's default cfg and loaders should follow it.
+    """
     tensors = {}
     for name, tensor in state_dict.items():
         tensor = tensor.detach().to("cpu")
@@ -61,6 +68,8 @@ def save_safetensors_weights(state_dict: dict[str, torch.Tensor], path: str | os
             tensor = tensor.float()
         tensors[name] = tensor.contiguous().clone()  # clone: safetensors refuses tensors that share storage
     metadata = {"format": WEIGHTS_FORMAT, "model": model_name, "num_classes": str(int(num_classes))}
+    if data_config is not None:
+        metadata["data_config"] = json.dumps(data_config)
     atomic_write(path, lambda temp_path: safetensors.torch.save_file(tensors, temp_path, metadata=metadata))
 
 
@@ -97,20 +106,22 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
                               num_classes: int | None = None, **model_kwargs) -> torch.nn.Module:
     """Create a timm model and load weights from ``path`` through timm's pretrained path (and its filter fn).
 
-    For vision2d weight files, the model name and class count default to those in the file, and a different
-    ``model_name`` is an error. Other files (e.g. official checkpoints) need ``model_name``; ``num_classes``
-    then defaults to the model's pretrained cfg.
+    For vision2d weight files, the model name and class count default to those in the file, a different
+    ``model_name`` is an error, and the file's data config (if any) overrides the model's pretrained cfg. Other
+    files (e.g. official checkpoints) need ``model_name``; ``num_classes`` then defaults to the pretrained cfg.
     """
     path = _existing_file(path)
     metadata = read_weights_metadata(path) if path.suffix == ".safetensors" else {}
+    overlay = dict(file=str(path))
     if metadata.get("format") == WEIGHTS_FORMAT:
         model_name = model_name or metadata["model"]
         check_weights_model(metadata, model_name, path)
         num_classes = num_classes if num_classes is not None else int(metadata["num_classes"])
+        overlay.update({key: tuple(value) if isinstance(value, list) else value
+                        for key, value in json.loads(metadata.get("data_config", "{}")).items()})
     elif model_name is None:
         raise CheckpointError(f"{path} is not a vision2d weight file, so the model name must be given")
     check_model_name(model_name)
-    overlay = dict(file=str(path))
     if num_classes is not None:
         overlay["num_classes"] = num_classes
         model_kwargs["num_classes"] = num_classes

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (CheckpointError, atomic_write, check_weights_model, fsync_directory, load_safetensors_weights,
-                          save_safetensors_weights)
+from ..checkpoint import (CheckpointError, atomic_write, check_weights_model, fsync_directory,
+                          load_safetensors_weights, save_safetensors_weights)
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "model_ema.safetensors"
@@ -50,16 +50,19 @@ def checkpoint_name(epoch: int, step: int | None = None) -> str:
     return f"epoch-{epoch:04d}" if step is None else f"epoch-{epoch:04d}-step-{step:06d}"
 
 
-def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_classes: int, model_state: dict,
-                             ema_state: dict | None, trainer_state: dict, is_best: bool) -> Path:
-    """Write checkpoint ``run_dir/name`` atomically, point ``last`` (and ``best``) at it, delete unlinked ones."""
+def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_classes: int, data_config: dict,
+                             model_state: dict, ema_state: dict | None, trainer_state: dict, is_best: bool) -> Path:
+    """Write checkpoint ``run_dir/name`` atomically, point ``last`` (and ``best``) at it, delete unlinked ones.
+
+    The weight files carry ``model_name``, ``num_classes`` and ``data_config`` (see vision2d.checkpoint).
+    """
     final_dir = run_dir / name
     temp_dir = run_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(temp_dir, ignore_errors=True)
     temp_dir.mkdir(parents=True)
-    save_safetensors_weights(model_state, temp_dir / MODEL_FILE, model_name, num_classes)
+    save_safetensors_weights(model_state, temp_dir / MODEL_FILE, model_name, num_classes, data_config)
     if ema_state is not None:
-        save_safetensors_weights(ema_state, temp_dir / EMA_FILE, model_name, num_classes)
+        save_safetensors_weights(ema_state, temp_dir / EMA_FILE, model_name, num_classes, data_config)
     atomic_write(temp_dir / STATE_FILE, lambda temp_path: torch.save(trainer_state, temp_path))
     manifest = {path.name: dict(size=path.stat().st_size, sha256=_sha256(path))
                 for path in sorted(temp_dir.iterdir())}

@@ -1,8 +1,9 @@
 """Command line and YAML configuration of tools/train.py.
 
-Precedence, lowest first: the parser defaults (the paper's ImageNet recipe, see configs/train/), the embedded digits
-recipe (:data:`DIGITS_RECIPE`, only when no data directory is given), the YAML file of ``--config``, then the
-command line flags. YAML keys are the flags' names with underscores; an unknown key is an error.
+Precedence, lowest first: the parser defaults (the paper's ImageNet recipe, as in configs/train/), the YAML file of
+``--config``, then the command line flags. YAML keys are the flags' names with underscores; an unknown key is an
+error. With neither ``--data-dir`` nor ``--config``, the embedded digits job's recipe (:data:`DIGITS_RECIPE`)
+replaces the parser defaults.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a timm model (ImageNet-style ImageFolder, or scikit-learn digits by default).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML file of flag values (e.g. configs/train/mamba2d_tiny.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="YAML file of flag values (e.g. configs/train/mamba2d_tiny.yaml)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default=None,
@@ -103,14 +105,17 @@ def none_or_str(value: str) -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags over the YAML of ``--config`` over the digits recipe (no data dir) over the paper defaults."""
+    """Parse flags over the YAML of ``--config`` over the paper defaults; with neither a data dir nor a config, the
+    digits recipe replaces the paper defaults."""
     parser = build_parser()
     flags_only = parser.parse_args(argv)
-    yaml_values = load_yaml_config(flags_only.config, parser) if flags_only.config else {}
-    data_dir = flags_only.data_dir or yaml_values.get("data_dir")
-    if data_dir is None:
+    if flags_only.config:
+        yaml_values = load_yaml_config(flags_only.config, parser)
+        if not (flags_only.data_dir or yaml_values.get("data_dir")):
+            raise ValueError(f"--config {flags_only.config} is a recipe for an ImageFolder data set: pass --data-dir")
+        parser.set_defaults(**yaml_values)
+    elif flags_only.data_dir is None:
         parser.set_defaults(**DIGITS_RECIPE)
-    parser.set_defaults(**yaml_values)
     args = parser.parse_args(argv)
     check_args(args)
     return args
