@@ -1,0 +1,91 @@
+"""The Triton scan kernels vs the float64 reference, on CPU tensors under the Triton interpreter.
+
+Triton builds interpreted kernels only when TRITON_INTERPRET=1 is set before `vision2d.ops.scan2d_triton` is
+imported. In an ordinary run `test_kernels_under_triton_interpreter` therefore re-runs this file in a subprocess with
+the variable set; there (or in a session started with TRITON_INTERPRET=1) the kernel tests below run in-process.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vision2d.ops import backend_unavailable_reason, selective_scan_2d
+from vision2d.ops.scan2d_ref import selective_scan_2d_ref, selective_scan_2d_ref_backward
+from scan2d_cases import SHAPES, TOLERANCES, make_scan_inputs
+from test_scan2d import GRAD_NAMES, _assert_backend_matches_reference
+
+CPU_REASON = backend_unavailable_reason("triton", torch.device("cpu"))
+TRITON_IMPORTABLE = CPU_REASON is None or "not importable" not in CPU_REASON
+needs_interpreter = pytest.mark.skipif(
+    CPU_REASON is not None, reason=f"runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_triton_interpreter "
+                                   f"({CPU_REASON})")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+
+@pytest.mark.skipif(not TRITON_IMPORTABLE, reason=f"triton unavailable: {CPU_REASON}")
+@pytest.mark.skipif(CPU_REASON is None, reason="the kernels already run in this process")
+def test_kernels_under_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-p", "no:cacheprovider"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, f"{' '.join(cmd)} failed (exit {result.returncode}):\n{result.stdout[-6000:]}" \
+                                   f"\n{result.stderr[-3000:]}"
+    assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-3000:]
+
+
+def test_unavailable_reason_names_the_requirement():
+    reason = backend_unavailable_reason("triton", torch.device("meta"))
+    assert reason is not None
+    if TRITON_IMPORTABLE and CPU_REASON is not None:
+        assert "TRITON_INTERPRET=1" in CPU_REASON
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+def test_matches_reference(shape, dtype, reverse):
+    _assert_backend_matches_reference("triton", shape, dtype, reverse)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+def test_without_d(dtype, reverse):
+    _assert_backend_matches_reference("triton", (2, 4, 3, 3, 4), dtype, reverse, with_d=False)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_inputs_with_large_deltas_and_long_rows(dtype):
+    """softplus(delta) up to ~30 and a 33-pixel row: finite everywhere and still close to the reference."""
+    _assert_backend_matches_reference("triton", (1, 3, 33, 2, 16), dtype, False, delta_scale=8.0)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+def test_raw_deltas_without_softplus(reverse):
+    args = list(make_scan_inputs(2, 3, 4, 3, 4))
+    args[1], args[2] = torch.nn.functional.softplus(args[1]), torch.nn.functional.softplus(args[2])
+    y = selective_scan_2d(*args, delta_softplus=False, reverse=reverse, backend="triton")
+    ref_args = [a.double() for a in args]
+    y_ref = selective_scan_2d_ref(*ref_args, delta_softplus=False, reverse=reverse)
+    atol, rtol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(y.double(), y_ref, atol=atol * y_ref.abs().max().item(), rtol=rtol)
+    dy = torch.randn_like(y_ref)
+    from vision2d.ops import scan2d_triton
+    grads = scan2d_triton.backward(dy.float(), *args, False, reverse)
+    ref_grads = selective_scan_2d_ref_backward(dy, *ref_args, delta_softplus=False, reverse=reverse)
+    for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, atol=atol * r.abs().max().item(), rtol=rtol,
+                                   msg=lambda m: f"grad of {name}: {m}")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("with_d, reverse", [(True, True), (False, False)], ids=["d-br", "nod-tl"])
+def test_opcheck(with_d, reverse):
+    args = [a.requires_grad_() if a is not None else None for a in make_scan_inputs(2, 3, 4, 3, 4, with_d=with_d)]
+    torch.library.opcheck(torch.ops.vision2d.selective_scan_2d.default, (*args, True, reverse, "triton"))
