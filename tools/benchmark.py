@@ -1,0 +1,211 @@
+"""Benchmark timm models side by side, or the 2D scan backends, in one run (ratios are only fair within a run).
+
+    python tools/benchmark.py [MODEL ...]            # default: mamba2d_tiny convnext_tiny
+    python tools/benchmark.py --op                    # every scan backend vs the reference, Mamba2D-T stage shapes
+    python tools/benchmark.py ... --write docs/benchmarks.md   # append the table with device, versions and command
+
+Models: eval latency (batch --latency-batch), eval throughput (batch --batch-size) and train step throughput, measured
+round-robin (model A, model B, A, B, ...) and reported as medians so machine noise hits every model alike. Peak memory
+is how far the resident set of a fresh process rises above its size after the imports while it builds the model and
+runs one eval and one train step (CPU, Linux), or torch.cuda.max_memory_allocated (CUDA).
+"""
+import argparse
+import datetime
+import multiprocessing as mp
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+import vision2d  # noqa: E402,F401  (registers the models)
+from vision2d.ops import BACKENDS, backend_unavailable_reason, resolve_backend, selective_scan_2d  # noqa: E402
+
+# Mamba2D-T at 224x224: three scans at stage 0 (56x56, E=64) and three at stage 1 (28x28, E=128)
+OP_SHAPES = ("1x56x56x64x16", "1x28x28x128x16", "8x56x56x64x16")
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_once(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _round_robin(tasks: dict, rounds: int, warmup: int, device) -> dict:
+    """Median seconds of each task, timing the tasks in turn for `rounds` rounds after `warmup` calls each."""
+    for fn in tasks.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in tasks}
+    for _ in range(rounds):
+        for name, fn in tasks.items():
+            times[name].append(_time_once(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _make_model_tasks(name, args, device):
+    model = timm.create_model(name, num_classes=1000).to(device)
+    size = args.img_size
+    x_lat = torch.randn(args.latency_batch, 3, size, size, device=device)
+    x_thr = torch.randn(args.batch_size, 3, size, size, device=device)
+    target = torch.randint(0, 1000, (args.batch_size,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def infer(x):
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+
+    def train_step():
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(x_thr), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return params, {"latency": lambda: infer(x_lat), "eval": lambda: infer(x_thr), "train": train_step}
+
+
+def _rss_high_water_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def _peak_memory_child(name, args, queue):
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS (after the imports)
+    base = _rss_high_water_mib()
+    _, tasks = _make_model_tasks(name, args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tasks["eval"]()
+    tasks["train"]()
+    if device.type == "cuda":
+        queue.put(torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        queue.put(_rss_high_water_mib() - base)
+
+
+def peak_memory_mib(name, args) -> float:
+    """Peak memory (MiB) of building `name` and running one eval and one train step, in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_memory_child, args=(name, args, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"memory measurement of {name} failed (exit code {proc.exitcode})")
+    return queue.get()
+
+
+def bench_models(args) -> str:
+    device = torch.device(args.device)
+    for name in args.models:
+        if not timm.is_model(name):
+            raise SystemExit(f"unknown model {name!r}: not registered with timm (see timm.list_models())")
+    params, tasks = {}, {}
+    for name in args.models:
+        params[name], model_tasks = _make_model_tasks(name, args, device)
+        tasks.update({(name, kind): fn for kind, fn in model_tasks.items()})
+    medians = _round_robin(tasks, args.rounds, args.warmup, device)
+    memory = {name: peak_memory_mib(name, args) for name in args.models} if not args.no_memory else {}
+    ref = args.models[-1]
+    lines = [f"| model | params (M) | latency b={args.latency_batch} (ms) | ratio | eval img/s b={args.batch_size} | "
+             f"train img/s b={args.batch_size} | peak mem (MiB) |", "|---|---|---|---|---|---|---|"]
+    for name in args.models:
+        lat = medians[(name, "latency")]
+        lines.append(
+            f"| {name} | {params[name]:.1f} | {lat * 1e3:.1f} | {lat / medians[(ref, 'latency')]:.2f}x | "
+            f"{args.batch_size / medians[(name, 'eval')]:.1f} | {args.batch_size / medians[(name, 'train')]:.1f} | "
+            f"{memory.get(name, float('nan')):.0f} |")
+    lines.append(f"\nScan backend on {device.type}: `{resolve_backend(device)}`; ratio = latency / latency of "
+                 f"`{ref}`; medians of {args.rounds} round-robin rounds after {args.warmup} warm-up calls.")
+    return "\n".join(lines)
+
+
+def bench_op(args) -> str:
+    from scan2d_cases import make_scan_inputs
+
+    device = torch.device(args.device)
+    backends = [b for b in BACKENDS if backend_unavailable_reason(b, device) is None]
+    rows = ["| shape B x H x W x E x N | dtype | backend | forward (ms) | fwd+bwd (ms) | fwd speed-up vs reference |",
+            "|---|---|---|---|---|---|"]
+    for shape_text in args.shapes:
+        shape = tuple(int(v) for v in shape_text.split("x"))
+        args_fp = make_scan_inputs(*shape, dtype=getattr(torch, args.dtype), device=device)
+        leaves = [a.detach().requires_grad_() for a in args_fp]
+        dy = torch.randn(shape[:4], device=device, dtype=args_fp[0].dtype)
+        tasks = {}
+        for backend in backends:
+            def fwd(backend=backend):
+                with torch.no_grad():
+                    selective_scan_2d(*args_fp, backend=backend)
+
+            def fwd_bwd(backend=backend):
+                torch.autograd.grad(selective_scan_2d(*leaves, backend=backend), leaves, dy)
+            tasks[(backend, "fwd")] = fwd
+            tasks[(backend, "fwd_bwd")] = fwd_bwd
+        medians = _round_robin(tasks, args.rounds, 1, device)
+        for backend in backends:
+            speedup = medians[("reference", "fwd")] / medians[(backend, "fwd")]
+            rows.append(f"| {shape_text} | {args.dtype} | {backend} | {medians[(backend, 'fwd')] * 1e3:.2f} | "
+                        f"{medians[(backend, 'fwd_bwd')] * 1e3:.2f} | {speedup:.1f}x |")
+    return "\n".join(rows)
+
+
+def describe_machine(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+            else platform.processor()
+    return (f"device: {name} ({device.type}, {threads} threads); python {platform.python_version()}, "
+            f"torch {torch.__version__}, timm {timm.__version__}, vision2d {vision2d.__version__}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=["mamba2d_tiny", "convnext_tiny"])
+    parser.add_argument("--op", action="store_true", help="benchmark the scan backends instead of models")
+    parser.add_argument("--shapes", nargs="+", default=list(OP_SHAPES), help="--op shapes, BxHxWxExN")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--latency-batch", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--write", type=Path, help="append the result (with device, versions, command) here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    table = bench_op(args) if args.op else bench_models(args)
+    header = (f"### {'Scan backends' if args.op else 'Models'}, {datetime.date.today().isoformat()}\n\n"
+              f"{describe_machine(torch.device(args.device), args.threads)}\n\n"
+              f"Command: `python tools/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n")
+    report = f"{header}\n{table}\n"
+    print(report)
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
