@@ -12,12 +12,16 @@
 // and dA/dD over pixels too: each thread accumulates its own, and shared sums are reduced in thread order, so
 // results do not depend on timing.
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -48,8 +52,26 @@ inline Vec<Real> splat(Real x) {
   return Vec<Real>{} + x;
 }
 
-// exp to ~1.2e-7 relative error: x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 minimax polynomial,
-// 2^k built in the exponent bits. x is clamped to [-87, 88], so results stay finite and normal.
+// exp(r) for |r| <= ln2 / 2 by a degree-6 minimax polynomial: 1.2e-7 relative error in float
+inline Vec<float> exp_reduced(Vec<float> r) {
+  Vec<float> p = splat(1.381460917e-3f);
+  for (const float c : {8.368710552e-3f, 4.166838747e-2f, 1.666652068e-1f, 4.999999345e-1f, 1.0f, 1.0f}) p = p * r + c;
+  return p;
+}
+
+// x - k ln2, with ln2 split in two (Cody-Waite) so the result stays accurate
+inline Vec<float> subtract_k_ln2(Vec<float> x, Vec<float> k) { return (x - k * 0.693359375f) + k * 2.12194440e-4f; }
+
+#if defined(__AVX512F__)
+// exp(x) = 2^k exp(x - k ln2), k = round(x / ln2), the scaling by vscalefps. x is clamped below at -87 so results
+// stay normal; NaN stays NaN, overflow gives inf.
+inline Vec<float> vexp(Vec<float> x) {
+  x = _mm512_max_ps(splat(-87.0f), x);
+  const Vec<float> k = _mm512_roundscale_ps(x * 1.44269504f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(exp_reduced(subtract_k_ln2(x, k)), k);
+}
+#else
+// exp(x) = 2^k exp(x - k ln2), k = round(x / ln2), 2^k built in the exponent bits; x is clamped to [-87, 88]
 inline Vec<float> vexp(Vec<float> x) {
   typedef Simd<float>::Int Int;
   const Vec<float> lo = splat(-87.0f), hi = splat(88.0f);
@@ -57,31 +79,23 @@ inline Vec<float> vexp(Vec<float> x) {
   x = x > hi ? hi : x;
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
   const Vec<float> t = x * 1.44269504f + round_magic;
-  const Vec<float> k = t - round_magic;
-  Vec<float> r = x - k * 0.693359375f;  // ln2 split in two (Cody-Waite) so r stays accurate
-  r = r + k * 2.12194440e-4f;
-  Vec<float> q = splat(1.381460917e-3f);
-  q = q * r + 8.368710552e-3f;
-  q = q * r + 4.166838747e-2f;
-  q = q * r + 1.666652068e-1f;
-  q = q * r + 4.999999345e-1f;
-  const Vec<float> p = (q * r) * r + r + 1.0f;
   const Int scale = ((Int)t - 0x4B400000 + 127) << 23;
-  return p * (Vec<float>)scale;
+  return exp_reduced(subtract_k_ln2(x, t - round_magic)) * (Vec<float>)scale;
 }
+#endif
 
 inline Vec<double> vexp(Vec<double> x) {
   for (int l = 0; l < kLanes<double>; ++l) x[l] = std::exp(x[l]);
   return x;
 }
 
-// log(1 + t) for t in [0, 1]: 2 atanh(s) with s = t / (2 + t) <= 1/3, nine terms of the odd series (error < 2e-9)
+// log(1 + t) for t in [0, 1]: t P(t), P a degree-9 minimax fit of log1p(t) / t (5e-9 relative error)
 inline Vec<float> vlog1p_unit(Vec<float> t) {
-  const Vec<float> s = t / (t + 2.0f);
-  const Vec<float> s2 = s * s;
-  Vec<float> p = splat(1.0f / 17);
-  for (const float c : {1.0f / 15, 1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3, 1.0f}) p = p * s2 + c;
-  return 2.0f * s * p;
+  Vec<float> p = splat(-3.243984755e-03f);
+  for (const float c : {1.985128534e-02f, -5.695921294e-02f, 1.060362368e-01f, -1.530557514e-01f, 1.967593367e-01f,
+                        -2.495413270e-01f, 3.332996235e-01f, -4.999990242e-01f, 9.999999953e-01f})
+    p = p * t + c;
+  return p * t;
 }
 
 inline Vec<double> vlog1p_unit(Vec<double> t) {
@@ -89,15 +103,16 @@ inline Vec<double> vlog1p_unit(Vec<double> t) {
   return t;
 }
 
-// softplus(x) (PyTorch's, identity above 20) into `value` and its derivative sigmoid(x) (1 above 20) into `slope`
+// softplus(x) (PyTorch's: identity above 20); its derivative sigmoid(x) (1 above 20) into *slope when given
 template <typename Real>
-inline void softplus(Vec<Real> x, Vec<Real>& value, Vec<Real>& slope) {
+inline Vec<Real> softplus(Vec<Real> x, Vec<Real>* slope) {
   const Vec<Real> zero{}, one = splat<Real>(1), threshold = splat<Real>(20);
   const Vec<Real> e = vexp(x < zero ? x : -x);  // exp(-|x|)
-  const Vec<Real> small = vlog1p_unit(e) + (x > zero ? x : zero);
-  value = x > threshold ? x : small;
-  const Vec<Real> inv = one / (one + e);
-  slope = x > threshold ? one : (x < zero ? e * inv : inv);
+  if (slope) {
+    const Vec<Real> inv = one / (one + e);
+    *slope = x > threshold ? one : (x < zero ? e * inv : inv);
+  }
+  return x > threshold ? x : vlog1p_unit(e) + (x > zero ? x : zero);
 }
 
 template <typename Real>
@@ -111,16 +126,65 @@ inline Real hsum(Vec<Real> v) {
   return v[0];
 }
 
+// One level of `transposed_sums`: v[k] = merge of v[2k] and v[2k + 1] for k < W. Lanes l with bit W clear add v[2k]
+// over lanes {l, l ^ W}, the others v[2k + 1].
+template <typename Real, int W, int... l>
+inline Vec<Real> merge_pair(Vec<Real> a, Vec<Real> b, std::integer_sequence<int, l...>) {
+  constexpr int L = kLanes<Real>;
+  return __builtin_shufflevector(a, b, (l & W ? L : 0) + l...) +
+         __builtin_shufflevector(a, b, (l & W ? L : 0) + (l ^ W)...);
+}
+
+template <typename Real, int W>
+inline void merge_level(Vec<Real>* v) {
+  for (int k = 0; k < W; ++k)
+    v[k] = merge_pair<Real, W>(v[2 * k], v[2 * k + 1], std::make_integer_sequence<int, kLanes<Real>>());
+  if constexpr (W > 1) merge_level<Real, W / 2>(v);
+}
+
+constexpr int bit_reversed(int l, int lanes) { return lanes == 1 ? 0 : (l & 1) * (lanes / 2) + bit_reversed(l / 2, lanes / 2); }
+
+template <typename Real, int... l>
+inline Vec<Real> reverse_lane_bits(Vec<Real> v, std::integer_sequence<int, l...>) {
+  return __builtin_shufflevector(v, v, bit_reversed(l, kLanes<Real>)...);
+}
+
+// A vector whose lane r is the sum of the lanes of v[r], for kLanes vectors v (overwritten): log2(kLanes) levels of
+// pairwise merges leave in lane l the sum of row bit_reversed(l), which the last shuffle puts in place
+template <typename Real>
+inline Vec<Real> transposed_sums(Vec<Real>* v) {
+  merge_level<Real, kLanes<Real> / 2>(v);
+  return reverse_lane_bits<Real>(v[0], std::make_integer_sequence<int, kLanes<Real>>());
+}
+
+// load / store the first `count` lanes (the rest load as 0); full vectors take the fast path
 template <typename Real>
 inline Vec<Real> load(const Real* p, int count) {
   Vec<Real> v{};
-  std::memcpy(&v, p, sizeof(Real) * count);
+  if (count == kLanes<Real>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    for (int l = 0; l < count; ++l) v[l] = p[l];
+  }
   return v;
 }
 
 template <typename Real>
 inline void store(Real* p, Vec<Real> v, int count) {
-  std::memcpy(p, &v, sizeof(Real) * count);
+  if (count == kLanes<Real>) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    for (int l = 0; l < count; ++l) p[l] = v[l];
+  }
+}
+
+// out[r] += the sum of the lanes of rows[r], r < count (rows are overwritten)
+template <typename Real>
+inline void add_lane_sums(Vec<Real>* rows, int64_t count, Real* out) {
+  constexpr int L = kLanes<Real>;
+  int64_t r = 0;
+  for (; r + L <= count; r += L) store(out + r, load(out + r, L) + transposed_sums<Real>(rows + r), L);
+  for (; r < count; ++r) out[r] += hsum<Real>(rows[r]);
 }
 
 template <typename Real>
@@ -137,26 +201,30 @@ struct ScanArgs {
   }
 };
 
-// weights of the left and top updates at scan position (i, j): (1, 0) on row 0, (0, 1) on column 0, else (1/2, 1/2)
-template <typename Real>
-inline void direction_weights(int64_t i, int64_t j, Real& w_left, Real& w_top) {
-  w_left = i == 0 ? Real(1) : (j == 0 ? Real(0) : Real(0.5));
-  w_top = i == 0 ? Real(0) : (j == 0 ? Real(1) : Real(0.5));
-}
+// The neighbours whose updates make a pixel's state: the left one on row 0, the top one on column 0 below it, both
+// weighted 1/2 elsewhere. The weight is folded into the gate, w exp(delta A) = exp(delta A + log w), and the inputs.
+enum Neighbours { kLeftOnly, kTopOnly, kBoth };
 
-// The gates and inputs of one pixel for one channel block: deltas after softplus and their slopes
+template <typename Real, Neighbours kFrom>
+struct Weighting {
+  static constexpr bool left = kFrom != kTopOnly, top = kFrom != kLeftOnly;
+  static constexpr Real weight = kFrom == kBoth ? Real(0.5) : Real(1);
+  static constexpr Real log_weight = kFrom == kBoth ? Real(-0.69314718055994530942) : Real(0);
+};
+
+// The inputs of one pixel for one channel block: deltas after softplus, and their slopes when asked for
 template <typename Real>
 struct PixelInputs {
   Vec<Real> u, dt, dl, slope_t, slope_l;
 
-  PixelInputs(const ScanArgs<Real>& a, int64_t offset, int count) {
+  PixelInputs(const ScanArgs<Real>& a, int64_t offset, int count, bool with_slopes) {
     u = load(a.u + offset, count);
     dt = load(a.delta_t + offset, count);
     dl = load(a.delta_l + offset, count);
     slope_t = slope_l = splat<Real>(1);
     if (a.delta_softplus) {
-      softplus<Real>(dt, dt, slope_t);
-      softplus<Real>(dl, dl, slope_l);
+      dt = softplus<Real>(dt, with_slopes ? &slope_t : nullptr);
+      dl = softplus<Real>(dl, with_slopes ? &slope_l : nullptr);
     }
   }
 };
@@ -193,6 +261,22 @@ struct ChannelBlock {
   }
 };
 
+// State of one pixel: h[n] from the left state h_left[n] and the top state h_up[n]; adds sum_n C h to y
+template <typename Real, Neighbours kFrom>
+inline void scan_pixel(const ChannelBlock<Real>& blk, int64_t N, const PixelInputs<Real>& in, const Real* b_t,
+                       const Real* b_l, const Real* c, const Vec<Real>* h_left, const Vec<Real>* h_up, Vec<Real>* h,
+                       Vec<Real>& y) {
+  typedef Weighting<Real, kFrom> W;
+  const Vec<Real> dtu = W::weight * in.dt * in.u, dlu = W::weight * in.dl * in.u;
+  for (int64_t n = 0; n < N; ++n) {
+    Vec<Real> hn{};
+    if (W::left) hn = vexp(in.dl * blk.A_l[n] + W::log_weight) * h_left[n] + dlu * b_l[n];
+    if (W::top) hn = vexp(in.dt * blk.A_t[n] + W::log_weight) * h_up[n] + (dtu * b_t[n] + hn);
+    h[n] = hn;
+    y += c[n] * hn;
+  }
+}
+
 // Scan row i of a block: `prev` holds row i - 1 (ignored for i = 0), `out` gets row i; both (W + 1) x N vectors
 // with a zero column -1, and they may alias. Writes y when given.
 template <typename Real>
@@ -200,25 +284,23 @@ void scan_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t i,
               Vec<Real>* out, Real* y) {
   const int64_t N = a.state;
   for (int64_t j = 0; j < a.width; ++j) {
-    Real w_left, w_top;
-    direction_weights(i, j, w_left, w_top);
-    const int64_t q = a.pixel(i, j);
-    const PixelInputs<Real> in(a, blk.offset(a, q), blk.count);
+    const int64_t q = a.pixel(i, j), offset = blk.offset(a, q);
+    const PixelInputs<Real> in(a, offset, blk.count, false);
     const Real* b_t = a.B_t + blk.state_offset(a, q);
     const Real* b_l = a.B_l + blk.state_offset(a, q);
     const Real* c = a.C + blk.state_offset(a, q);
-    const Vec<Real> dtu = in.dt * in.u, dlu = in.dl * in.u;
     const Vec<Real>* h_left = out + j * N;
     const Vec<Real>* h_up = prev + (j + 1) * N;
     Vec<Real>* h = out + (j + 1) * N;
     Vec<Real> acc = blk.D * in.u;
-    for (int64_t n = 0; n < N; ++n) {
-      const Vec<Real> a_t = vexp(in.dt * blk.A_t[n]), a_l = vexp(in.dl * blk.A_l[n]);
-      const Vec<Real> hn = w_left * (a_l * h_left[n] + dlu * b_l[n]) + w_top * (a_t * h_up[n] + dtu * b_t[n]);
-      h[n] = hn;
-      acc += c[n] * hn;
+    if (i == 0) {
+      scan_pixel<Real, kLeftOnly>(blk, N, in, b_t, b_l, c, h_left, h_up, h, acc);
+    } else if (j == 0) {
+      scan_pixel<Real, kTopOnly>(blk, N, in, b_t, b_l, c, h_left, h_up, h, acc);
+    } else {
+      scan_pixel<Real, kBoth>(blk, N, in, b_t, b_l, c, h_left, h_up, h, acc);
     }
-    if (y) store(y + blk.offset(a, q), acc, blk.count);
+    if (y) store(y + offset, acc, blk.count);
   }
 }
 
@@ -234,53 +316,84 @@ struct ImageSums {
   Real *dB_t, *dB_l, *dC;
 };
 
-// Adjoint sweep over row i of a block, right to left. `h_row`, `h_up_row`: states of rows i and i - 1 (with the
-// zero column -1); `lam_down`: W x N, the adjoint passed up from row i + 1 (replaced by what row i passes to i - 1).
+// A task's adjoint sweep: the adjoint passed left (N) and up (W x N; entry j holds what row i + 1 passes to (i, j)
+// until (i, j) replaces it with what it passes to (i - 1, j)), its dA sums (N each) and dD sum, and 3N vectors of
+// per-pixel products whose lane sums are dB_t, dB_l, dC
+template <typename Real>
+struct Adjoint {
+  Vec<Real> *to_left, *to_up, *dA_t, *dA_l, *products;
+  Vec<Real> dD;
+};
+
+// Adjoint of one pixel (i, j) of a block: its states h, h_left, h_up; writes du, ddelta, adds to dB/dC and dA/dD
+template <typename Real, Neighbours kFrom>
+inline void adjoint_pixel(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t q, const Real* dy,
+                          const Vec<Real>* h, const Vec<Real>* h_left, const Vec<Real>* h_up, Vec<Real>* to_up,
+                          Adjoint<Real>& adj, const Grads<Real>& g, const ImageSums<Real>& sums) {
+  typedef Weighting<Real, kFrom> W;
+  const int64_t N = a.state, offset = blk.offset(a, q);
+  const PixelInputs<Real> in(a, offset, blk.count, true);
+  const Vec<Real> dy_p = load(dy + offset, blk.count);
+  const Real* b_t = a.B_t + blk.state_offset(a, q);
+  const Real* b_l = a.B_l + blk.state_offset(a, q);
+  const Real* c = a.C + blk.state_offset(a, q);
+  const Vec<Real> dtu = W::weight * in.dt * in.u, dlu = W::weight * in.dl * in.u;
+  Vec<Real>* dB_t_products = adj.products;
+  Vec<Real>* dB_l_products = adj.products + N;
+  Vec<Real>* dC_products = adj.products + 2 * N;
+  Vec<Real> sum_bt{}, sum_bl{}, sum_at{}, sum_al{};  // over n: lam b_t, lam b_l, da_t A_t, da_l A_l
+  for (int64_t n = 0; n < N; ++n) {
+    const Vec<Real> lam = dy_p * c[n] + (adj.to_left[n] + to_up[n]);
+    if (W::left) {
+      const Vec<Real> passed = vexp(in.dl * blk.A_l[n] + W::log_weight) * lam;  // w_l a_l lam
+      const Vec<Real> da_l = passed * h_left[n];  // gradient w.r.t. the exponent delta_l A_l
+      adj.to_left[n] = passed;
+      sum_bl += lam * b_l[n];
+      sum_al += da_l * blk.A_l[n];
+      adj.dA_l[n] += da_l * in.dl;
+      dB_l_products[n] = lam * dlu;
+    }
+    if (W::top) {
+      const Vec<Real> passed = vexp(in.dt * blk.A_t[n] + W::log_weight) * lam;
+      const Vec<Real> da_t = passed * h_up[n];
+      to_up[n] = passed;
+      sum_bt += lam * b_t[n];
+      sum_at += da_t * blk.A_t[n];
+      adj.dA_t[n] += da_t * in.dt;
+      dB_t_products[n] = lam * dtu;
+    }
+    dC_products[n] = h[n] * dy_p;
+  }
+  if (W::left) add_lane_sums(dB_l_products, N, sums.dB_l + q * N);
+  if (W::top) add_lane_sums(dB_t_products, N, sums.dB_t + q * N);
+  add_lane_sums(dC_products, N, sums.dC + q * N);
+  store(g.du + offset, W::weight * (in.dl * sum_bl + in.dt * sum_bt) + blk.D * dy_p, blk.count);
+  store(g.ddelta_l + offset, (sum_al + W::weight * in.u * sum_bl) * in.slope_l, blk.count);
+  store(g.ddelta_t + offset, (sum_at + W::weight * in.u * sum_bt) * in.slope_t, blk.count);
+  adj.dD += dy_p * in.u;
+}
+
+// Adjoint sweep over row i of a block, right to left; `h_row`, `h_up_row`: states of rows i and i - 1 (with the
+// zero column -1)
 template <typename Real>
 void adjoint_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t i, const Real* dy,
-                 const Vec<Real>* h_row, const Vec<Real>* h_up_row, Vec<Real>* lam_down, Vec<Real>* lam_right,
-                 Vec<Real>* dA_t, Vec<Real>* dA_l, Vec<Real>& dD, const Grads<Real>& g, const ImageSums<Real>& acc) {
+                 const Vec<Real>* h_row, const Vec<Real>* h_up_row, Adjoint<Real>& adj, const Grads<Real>& g,
+                 const ImageSums<Real>& sums) {
   const int64_t N = a.state;
-  std::fill(lam_right, lam_right + N, Vec<Real>{});
+  std::fill(adj.to_left, adj.to_left + N, Vec<Real>{});
   for (int64_t j = a.width - 1; j >= 0; --j) {
-    Real w_left, w_top;
-    direction_weights(i, j, w_left, w_top);
-    const int64_t q = a.pixel(i, j), offset = blk.offset(a, q);
-    const PixelInputs<Real> in(a, offset, blk.count);
-    const Vec<Real> dy_p = load(dy + offset, blk.count);
-    const Real* b_t = a.B_t + blk.state_offset(a, q);
-    const Real* b_l = a.B_l + blk.state_offset(a, q);
-    const Real* c = a.C + blk.state_offset(a, q);
-    Real* dB_t = acc.dB_t + q * N;
-    Real* dB_l = acc.dB_l + q * N;
-    Real* dC = acc.dC + q * N;
-    const Vec<Real> dtu = in.dt * in.u, dlu = in.dl * in.u;
+    const int64_t q = a.pixel(i, j);
     const Vec<Real>* h = h_row + (j + 1) * N;
     const Vec<Real>* h_left = h_row + j * N;
     const Vec<Real>* h_up = h_up_row + (j + 1) * N;
-    Vec<Real>* down = lam_down + j * N;
-    Vec<Real> sum_bl{}, sum_bt{}, sum_al{}, sum_at{};  // sums over n of dx_l b_l, dx_t b_t, da_l A_l, da_t A_t
-    for (int64_t n = 0; n < N; ++n) {
-      const Vec<Real> lam = dy_p * c[n] + lam_right[n] + down[n];
-      const Vec<Real> dx_l = w_left * lam, dx_t = w_top * lam;
-      const Vec<Real> a_t = vexp(in.dt * blk.A_t[n]), a_l = vexp(in.dl * blk.A_l[n]);
-      const Vec<Real> da_l = dx_l * h_left[n] * a_l, da_t = dx_t * h_up[n] * a_t;  // w.r.t. the exponents
-      lam_right[n] = a_l * dx_l;
-      down[n] = a_t * dx_t;
-      sum_bl += dx_l * b_l[n];
-      sum_bt += dx_t * b_t[n];
-      sum_al += da_l * blk.A_l[n];
-      sum_at += da_t * blk.A_t[n];
-      dA_l[n] += da_l * in.dl;
-      dA_t[n] += da_t * in.dt;
-      dB_l[n] += hsum<Real>(dx_l * dlu);
-      dB_t[n] += hsum<Real>(dx_t * dtu);
-      dC[n] += hsum<Real>(h[n] * dy_p);
+    Vec<Real>* to_up = adj.to_up + j * N;
+    if (i == 0) {
+      adjoint_pixel<Real, kLeftOnly>(a, blk, q, dy, h, h_left, h_up, to_up, adj, g, sums);
+    } else if (j == 0) {
+      adjoint_pixel<Real, kTopOnly>(a, blk, q, dy, h, h_left, h_up, to_up, adj, g, sums);
+    } else {
+      adjoint_pixel<Real, kBoth>(a, blk, q, dy, h, h_left, h_up, to_up, adj, g, sums);
     }
-    store(g.du + offset, in.dl * sum_bl + in.dt * sum_bt + blk.D * dy_p, blk.count);
-    store(g.ddelta_l + offset, (sum_al + in.u * sum_bl) * in.slope_l, blk.count);
-    store(g.ddelta_t + offset, (sum_at + in.u * sum_bt) * in.slope_t, blk.count);
-    dD += dy_p * in.u;
   }
 }
 
@@ -323,7 +436,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
   const int64_t fit = row_vecs > 0 ? kStateBudgetBytes / int64_t(sizeof(Vec<Real>) * row_vecs) : H;
   const int64_t segment = std::min(H, std::max(fit, int64_t(std::ceil(std::sqrt(double(H))))));
   const int64_t segments = (H + segment - 1) / segment;
-  const int64_t per_thread = 6 * N + W * N + (segment + segments) * row_vecs;  // vectors
+  const int64_t per_thread = 8 * N + W * N + (segment + segments) * row_vecs;  // vectors
   const int64_t spill_size = 3 * pixels * N;  // dB_t, dB_l, dC of one image
   const int64_t partial_size = 2 * E * N + E;  // dA_t, dA_l, dD
   std::vector<Vec<Real>> scratch;
@@ -342,12 +455,14 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
     const int k = omp_get_thread_num(), team = omp_get_num_threads();
     if (k == 0) team_size = team;
     const int64_t begin = task_begin(tasks, team, k), end = task_begin(tasks, team, k + 1);
-    Vec<Real>* a_buffer = scratch.data() + k * per_thread;
-    Vec<Real>* lam_right = a_buffer + 2 * N;
-    Vec<Real>* dA_t = lam_right + N;
-    Vec<Real>* dA_l = dA_t + N;
-    Vec<Real>* lam_down = dA_l + N;
-    Vec<Real>* states = lam_down + W * N;  // segment + 1 rows: the row above the segment, then its rows
+    Vec<Real>* a_buffer = scratch.data() + k * per_thread;  // A_t and A_l of the block
+    Adjoint<Real> adj;
+    adj.to_left = a_buffer + 2 * N;
+    adj.dA_t = adj.to_left + N;
+    adj.dA_l = adj.dA_t + N;
+    adj.products = adj.dA_l + N;
+    adj.to_up = adj.products + 3 * N;
+    Vec<Real>* states = adj.to_up + W * N;  // segment + 1 rows: the row above the segment, then its rows
     Vec<Real>* checkpoints = states + (segment + 1) * row_vecs;  // the row above each segment but the first
     Real* partial_k = partial.data() + k * partial_size;
     for (int64_t task = begin; task < end; ++task) {
@@ -355,16 +470,19 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
       const int64_t b = blk.batch_index;
       const bool owned = begin <= b * blocks && (b + 1) * blocks <= end;
       Real* sums = owned ? nullptr : spill.data() + (2 * k + (b == begin / blocks ? 0 : 1)) * spill_size;
-      const ImageSums<Real> acc{owned ? g.dB_t + b * pixels * N : sums, owned ? g.dB_l + b * pixels * N : sums + pixels * N,
-                                owned ? g.dC + b * pixels * N : sums + 2 * pixels * N};
-      std::fill(dA_t, dA_t + 2 * N, Vec<Real>{});
-      std::fill(lam_down, lam_down + W * N, Vec<Real>{});
-      Vec<Real> dD{};
+      const ImageSums<Real> image_sums{owned ? g.dB_t + b * pixels * N : sums,
+                                       owned ? g.dB_l + b * pixels * N : sums + pixels * N,
+                                       owned ? g.dC + b * pixels * N : sums + 2 * pixels * N};
+      std::fill(adj.dA_t, adj.dA_t + 2 * N, Vec<Real>{});
+      std::fill(adj.to_up, adj.to_up + W * N, Vec<Real>{});
+      adj.dD = Vec<Real>{};
       if (segments > 1) {
         std::fill(states, states + row_vecs, Vec<Real>{});
         for (int64_t i = 0; i < (segments - 1) * segment; ++i) {
           scan_row<Real>(a, blk, i, states, states, nullptr);
-          if ((i + 1) % segment == 0) std::copy(states, states + row_vecs, checkpoints + ((i + 1) / segment - 1) * row_vecs);
+          if ((i + 1) % segment == 0) {
+            std::copy(states, states + row_vecs, checkpoints + ((i + 1) / segment - 1) * row_vecs);
+          }
         }
       }
       for (int64_t s = segments - 1; s >= 0; --s) {
@@ -381,16 +499,16 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
         }
         for (int64_t i = last_row - 1; i >= first_row; --i) {
           const Vec<Real>* row = states + (i - first_row + 1) * row_vecs;
-          adjoint_row(a, blk, i, dy, row, row - row_vecs, lam_down, lam_right, dA_t, dA_l, dD, g, acc);
+          adjoint_row(a, blk, i, dy, row, row - row_vecs, adj, g, image_sums);
         }
       }
       for (int l = 0; l < blk.count; ++l) {
         const int64_t e = blk.first + l;
         for (int64_t n = 0; n < N; ++n) {
-          partial_k[e * N + n] += dA_t[n][l];
-          partial_k[E * N + e * N + n] += dA_l[n][l];
+          partial_k[e * N + n] += adj.dA_t[n][l];
+          partial_k[E * N + e * N + n] += adj.dA_l[n][l];
         }
-        partial_k[2 * E * N + e] += dD[l];
+        partial_k[2 * E * N + e] += adj.dD[l];
       }
     }
   }
