@@ -178,3 +178,12 @@ def test_checkpoint_of_another_variant_is_rejected():
         nano, tiny = timm.create_model("mamba2d_nano"), timm.create_model("mamba2d_tiny")
     with pytest.raises(ValueError, match="mis-shaped"):
         checkpoint_filter_fn(nano.state_dict(), tiny)
+
+
+def test_bf16_autocast_forward_backward_is_finite():
+    model = timm.create_model("test_mamba2d", num_classes=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 48, 40))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
