@@ -41,12 +41,22 @@ RESUME_NEUTRAL_SETTINGS = {"resume", "experiment", "output", "tensorboard", "wor
 
 
 class StopRequest:
-    """Records SIGTERM/SIGINT instead of dying, so the trainer can checkpoint after the current step."""
+    """Within ``with``: SIGTERM/SIGINT are recorded instead of ending the process, so that training can checkpoint
+    after the current step; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signal_name = None
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
+        self.previous_handlers = {}
+
+    def __enter__(self) -> "StopRequest":
+        self.previous_handlers = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
@@ -66,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args, context) -> int:
     """The whole run; returns the exit status (128 + signal number when stopped by a signal)."""
-    stop_requested = StopRequest()
     log = print if context.is_main else (lambda *_, **__: None)
     data_dir = Path(args.data_dir) if args.data_dir else prepare_digits(Path(args.output), context, log)
     datasets = create_image_folder_datasets(data_dir)
@@ -129,40 +138,36 @@ def train(args, context) -> int:
             data_config, model.state_dict(), trainer.ema.module.state_dict() if trainer.ema else None, trainer_state,
             is_best)
 
-    for epoch in range(start_epoch, args.epochs):
-        batches = start_epoch_batches(train_loader, epoch, progress, resume_rng, args, context)
-        if not trainer.train_epoch(batches, epoch, progress, stop_requested):
-            save(epoch, progress, is_best=False)
-            return report_stop(stop_requested, run_dir, log)
-        loss_sum, images = all_reduce_sum([progress.loss_sum, progress.images], context.device)
-        row = dict(epoch=epoch + 1, updates=trainer.num_updates, lr=trainer.current_lr, train_loss=loss_sum / images,
-                   train_images_per_s=images / progress.seconds)
-        metrics = evaluate(model, eval_loader, len(datasets["val"]), context.device, trainer.autocast_dtype,
-                           show_progress=context.is_main)
-        row.update({f"val_{key}": value for key, value in metrics.items() if key != "images_per_s"})
-        if trainer.ema is not None:
-            metrics = evaluate(trainer.ema.module, eval_loader, len(datasets["val"]), context.device,
-                               trainer.autocast_dtype, show_progress=context.is_main)
-            row.update({f"ema_val_{key}": value for key, value in metrics.items() if key != "images_per_s"})
-        row["epoch_seconds"] = progress.seconds
-        history.append(row)
-        top1 = row["ema_val_top1" if trainer.ema is not None else "val_top1"]
-        is_best = best is None or top1 > best["top1"]
-        if is_best:
-            best = dict(epoch=epoch + 1, top1=top1, weights=EMA_FILE if trainer.ema is not None else MODEL_FILE)
-        save(epoch + 1, None, is_best)
-        if context.is_main:
-            write_metrics_csv(history, run_dir / METRICS_FILE)
-            plot_curves(history, run_dir / PLOT_FILE)
-            if logger:
-                logger.log(row)
-        remaining = (args.epochs - epoch - 1) * sum(r["epoch_seconds"] for r in history) / len(history)
-        log(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-            f"val top-1 {row['val_top1']:.2f}%" + (f", EMA top-1 {row['ema_val_top1']:.2f}%" if trainer.ema else "")
-            + f", {row['train_images_per_s']:.0f} img/s, ETA {format_seconds(remaining)}")
-        progress, resume_rng = EpochProgress(), None
-        if any_process(stop_requested(), context.device) and epoch + 1 < args.epochs:
-            return report_stop(stop_requested, run_dir, log)
+    with StopRequest() as stop_requested:
+        for epoch in range(start_epoch, args.epochs):
+            batches = start_epoch_batches(train_loader, epoch, progress, resume_rng, args, context)
+            if not trainer.train_epoch(batches, epoch, progress, stop_requested):
+                save(epoch, progress, is_best=False)
+                return report_stop(stop_requested, run_dir, log)
+            loss_sum, images = all_reduce_sum([progress.loss_sum, progress.images], context.device)
+            row = dict(epoch=epoch + 1, updates=trainer.num_updates, lr=trainer.current_lr,
+                       train_loss=loss_sum / images, train_images_per_s=images / progress.seconds,
+                       **validation_metrics(trainer, eval_loader, len(datasets["val"]), context),
+                       epoch_seconds=progress.seconds)
+            history.append(row)
+            top1 = row["ema_val_top1" if trainer.ema is not None else "val_top1"]
+            is_best = best is None or top1 > best["top1"]
+            if is_best:
+                best = dict(epoch=epoch + 1, top1=top1, weights=EMA_FILE if trainer.ema is not None else MODEL_FILE)
+            save(epoch + 1, None, is_best)
+            if context.is_main:
+                write_metrics_csv(history, run_dir / METRICS_FILE)
+                plot_curves(history, run_dir / PLOT_FILE)
+                if logger:
+                    logger.log(row)
+            remaining = (args.epochs - epoch - 1) * sum(r["epoch_seconds"] for r in history) / len(history)
+            log(f"epoch {epoch + 1}/{args.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}"
+                f", val top-1 {row['val_top1']:.2f}%"
+                + (f", EMA top-1 {row['ema_val_top1']:.2f}%" if trainer.ema is not None else "")
+                + f", {row['train_images_per_s']:.0f} img/s, ETA {format_seconds(remaining)}")
+            progress, resume_rng = EpochProgress(), None
+            if any_process(stop_requested(), context.device) and epoch + 1 < args.epochs:
+                return report_stop(stop_requested, run_dir, log)
     if logger:
         logger.close()
     best_weights = run_dir / "best" / best["weights"]
@@ -173,6 +178,17 @@ def train(args, context) -> int:
         f"  plot:       {run_dir / PLOT_FILE}\n"
         f"  validate:   python tools/validate.py --checkpoint {best_weights} --data-dir {data_dir}")
     return 0
+
+
+def validation_metrics(trainer: Trainer, eval_loader, num_images: int, context) -> dict[str, float]:
+    """val_loss/top1/top5 of the model, and ema_val_* of its EMA when there is one."""
+    metrics = {}
+    evaluated = [("val", trainer.model)] + ([("ema_val", trainer.ema.module)] if trainer.ema is not None else [])
+    for prefix, model in evaluated:
+        result = evaluate(model, eval_loader, num_images, context.device, trainer.autocast_dtype,
+                          show_progress=context.is_main)
+        metrics.update({f"{prefix}_{key}": result[key] for key in ("loss", "top1", "top5")})
+    return metrics
 
 
 def prepare_digits(output: Path, context, log) -> Path:

@@ -1,0 +1,278 @@
+"""tools/train.py end to end on CPU: distributed equivalence, exact resume after SIGKILL/SIGTERM, checkpoint safety,
+clear errors on bad input, and the embedded digits job. Training runs in subprocesses with one thread each
+(OMP_NUM_THREADS=1), so that CPU results are bitwise reproducible; error cases run in-process."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import vision2d  # noqa: F401  (registers the models with timm)
+from vision2d.checkpoint import CheckpointError, atomic_write
+from vision2d.train.checkpointing import MODEL_FILE, verify_manifest
+from vision2d.train.data import build_digits_image_folder
+from vision2d.train.distributed import seed_everything
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "tools" / "train.py"
+TIMEOUT_S = 600
+
+# Small, fast runs on a digits subset: 80 training images (10 steps of 8), 31 validation images (odd on purpose,
+# so that two processes need a padded share), 32x32 input.
+SMALL_RUN = ["--img-size", "32", "--crop-pct", "1.0", "--batch-size", "8", "--warmup-epochs", "1",
+             "--lr-base", "2e-3", "--lr-base-size", "8"]
+# The paper's augmentation stays on (RandAugment, mixup/cutmix, random erasing, label smoothing) plus drop-path and
+# a data loader worker, so that resuming must restore every random stream.
+RESUME_RUN = SMALL_RUN + ["--epochs", "3", "--workers", "1", "--drop-path", "0.1"]
+
+
+def run_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def train_command(*args: str) -> list[str]:
+    return [sys.executable, str(TRAIN), *args]
+
+
+def run_train(*args: str, expect_rc: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(*args), env=run_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result
+
+
+def run_and_signal(command: list[str], pattern: str, signum: int) -> tuple[int, str]:
+    """Run ``command``, send ``signum`` as soon as its stderr matches ``pattern``; (exit status, stdout+stderr)."""
+    process = subprocess.Popen(command, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = bytearray()
+
+    def watch_stderr():
+        sent = False
+        while chunk := process.stderr.read1(4096):
+            stderr.extend(chunk)
+            if not sent and re.search(pattern, stderr.decode(errors="replace")):
+                process.send_signal(signum)
+                sent = True
+
+    watcher = threading.Thread(target=watch_stderr)
+    watcher.start()
+    stdout = process.stdout.read().decode()
+    process.wait(timeout=TIMEOUT_S)
+    watcher.join()
+    return process.returncode, stdout + stderr.decode(errors="replace")
+
+
+def load_tool(name: str):
+    """Import tools/<name>.py as a module, to call its entry point in-process."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        weights_a, weights_b = load_file(run_a / "last" / name), load_file(run_b / "last" / name)
+        assert weights_a.keys() == weights_b.keys()
+        differing = [key for key in weights_a if not torch.equal(weights_a[key], weights_b[key])]
+        assert not differing, f"{name}: {len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+def assert_same_metrics(run_a: Path, run_b: Path) -> None:
+    rows_a, rows_b = read_metrics(run_a), read_metrics(run_b)
+    timing = {"epoch_seconds", "train_images_per_s"}
+    assert [{k: v for k, v in row.items() if k not in timing} for row in rows_a] == \
+           [{k: v for k, v in row.items() if k not in timing} for row in rows_b]
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> Path:
+    return build_digits_image_folder(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def small_data(digits_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    for split, per_class in (("train", 8), ("val", 3)):
+        for class_dir in sorted((digits_dir / split).iterdir()):
+            extra = 1 if split == "val" and class_dir.name == "0" else 0
+            (root / split / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:per_class + extra]:
+                shutil.copy(image, root / split / class_dir.name / image.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_data, tmp_path_factory) -> Path:
+    """An uninterrupted 3-epoch run that interrupted-and-resumed runs must reproduce bitwise."""
+    output = tmp_path_factory.mktemp("reference")
+    run_train("--data-dir", str(small_data), "--output", str(output), "--experiment", "run", *RESUME_RUN)
+    return output / "run"
+
+
+def test_two_processes_match_one_with_the_same_global_batch(small_data, tmp_path):
+    # SGD, not AdamW: AdamW divides each gradient element by its own magnitude, so elements whose true gradient is
+    # zero (the qk-norm bias: softmax is shift-invariant) move by +-lr in a direction set by rounding noise. With SGD
+    # every difference stays at rounding level. A large lr makes the weights move far from their shared init.
+    # --lr-base-size 16 gives lr 0.05 only if the global batch counts both processes.
+    common = ["--data-dir", str(small_data), "--output", str(tmp_path), "--img-size", "32", "--crop-pct", "1.0",
+              "--epochs", "1", "--warmup-epochs", "0.2", "--workers", "0", "--no-aug", "--mixup", "0",
+              "--cutmix", "0", "--drop-path", "0", "--drop-rate", "0", "--opt", "sgd", "--lr-base", "0.05",
+              "--lr-base-size", "16", "--weight-decay", "0.05"]
+    run_train(*common, "--batch-size", "16", "--experiment", "one")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(TRAIN), *common, "--batch-size", "8", "--experiment", "two"],
+                   env=run_env(), check=True, capture_output=True, timeout=TIMEOUT_S)
+    seed_everything(0)  # as tools/train.py does before creating the model: the shared initial weights
+    initial = timm.create_model("test_mamba2d", num_classes=10).state_dict()
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        one, two = load_file(tmp_path / "one" / "last" / name), load_file(tmp_path / "two" / "last" / name)
+        assert max((one[key] - initial[key]).abs().max().item() for key in one) > 0.01, "training barely moved"
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} {key}: {m}")
+    rows_one, rows_two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_val_loss", "ema_val_top1"):
+        assert float(rows_two[0][key]) == pytest.approx(float(rows_one[0][key]), rel=1e-5), key
+    assert rows_one[0]["updates"] == rows_two[0]["updates"] == "5"
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(small_data, reference_run, tmp_path):
+    command = train_command("--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", "run",
+                            *RESUME_RUN)
+    status, output = run_and_signal(command, r"epoch 2/3:\s+\d+%\|[^|]*\|\s*[2-9]/10", signal.SIGKILL)
+    assert status == -signal.SIGKILL, output
+    run_dir = tmp_path / "run"
+    assert os.readlink(run_dir / "last") == "epoch-0001", "the kill was meant to land in epoch 2"
+    verify_manifest(run_dir / "last")  # the last checkpoint written before the kill is complete
+    run_train("--data-dir", str(small_data), "--output", str(tmp_path), "--resume", str(run_dir), *RESUME_RUN)
+    assert_same_weights(run_dir, reference_run)
+    assert_same_metrics(run_dir, reference_run)
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resume_continues_exactly(small_data, reference_run, tmp_path):
+    command = train_command("--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", "run",
+                            *RESUME_RUN)
+    status, output = run_and_signal(command, r"epoch 2/3:\s+\d+%\|[^|]*\|\s*[2-8]/10", signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output
+    run_dir = tmp_path / "run"
+    assert re.fullmatch(r"epoch-0001-step-0000\d\d", os.readlink(run_dir / "last")), os.readlink(run_dir / "last")
+    verify_manifest(run_dir / "last")
+    run_train("--data-dir", str(small_data), "--output", str(tmp_path), "--resume", str(run_dir), *RESUME_RUN)
+    assert_same_weights(run_dir, reference_run)
+    assert_same_metrics(run_dir, reference_run)
+
+
+def test_truncated_checkpoint_fails_clearly_and_other_checkpoints_survive(small_data, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir, symlinks=True)
+    shutil.copytree(run_dir / "last", run_dir / "epoch-0002")  # an older checkpoint of the same run
+    weights = run_dir / "last" / MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    train = load_tool("train")
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(weights.resolve()))} is truncated.*epoch-0002"):
+        train.main(["--data-dir", str(small_data), "--output", str(tmp_path), "--resume", str(run_dir), *RESUME_RUN])
+    verify_manifest(run_dir / "epoch-0002")
+    validate = load_tool("validate")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        validate.validate(["--checkpoint", str(weights), "--data-dir", str(small_data)])
+
+
+def test_atomic_write_keeps_the_previous_file_when_writing_fails(tmp_path):
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"previous")
+
+    def write_half_then_fail(temp_path: Path) -> None:
+        temp_path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, write_half_then_fail)
+    assert target.read_bytes() == b"previous"
+    assert [path.name for path in tmp_path.iterdir()] == ["weights.bin"]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"),
+    ("empty", "has no 'train' folder"),
+    ("no_class_folders", "has no class folders"),
+    ("loose_images", "images outside class folders"),
+    ("no_images", "Found 0 images"),
+])
+def test_bad_data_dir_fails_clearly(small_data, tmp_path, layout, message):
+    data_dir = tmp_path / "data"
+    if layout == "loose_images":
+        shutil.copytree(small_data, data_dir)
+        shutil.copy(next((small_data / "train" / "0").iterdir()), data_dir / "train" / "image.png")
+    elif layout != "missing":
+        data_dir.mkdir()
+    if layout in ("no_class_folders", "no_images"):
+        for split in ("train", "val"):
+            (data_dir / split).mkdir()
+    if layout == "no_images":
+        for split in ("train", "val"):
+            (data_dir / split / "cat").mkdir()
+    with pytest.raises(ValueError, match=message):
+        load_tool("train").main(["--data-dir", str(data_dir), "--output", str(tmp_path), *SMALL_RUN])
+
+
+def test_train_and_val_with_different_classes_fail_clearly(small_data, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_data, data_dir)
+    shutil.rmtree(data_dir / "val" / "7")
+    with pytest.raises(ValueError, match=r"classes of 'val' differ from those of 'train'.*'7'"):
+        load_tool("train").main(["--data-dir", str(data_dir), "--output", str(tmp_path), *SMALL_RUN])
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    result = run_train("--data-dir", str(tmp_path / "nowhere"), expect_rc=2)
+    assert result.stderr.startswith("error: data dir") and "Traceback" not in result.stderr
+
+
+def test_unknown_model_fails_clearly(small_data, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'mamba2d_tinyy'.*close matches: mamba2d_tiny"):
+        load_tool("train").main(["--data-dir", str(small_data), "--output", str(tmp_path), "--model",
+                                 "mamba2d_tinyy", *SMALL_RUN])
+
+
+def test_checkpoint_of_another_model_fails_clearly(small_data, reference_run, tmp_path):
+    with pytest.raises(CheckpointError, match="weights of model 'test_mamba2d', not of 'test_convnext'"):
+        load_tool("train").main(["--data-dir", str(small_data), "--output", str(tmp_path), "--resume",
+                                 str(reference_run), "--model", "test_convnext", *RESUME_RUN])
+    with pytest.raises(CheckpointError, match="weights of model 'test_mamba2d', not of 'test_convnext'"):
+        load_tool("validate").validate(["--checkpoint", str(reference_run / "best" / MODEL_FILE), "--model",
+                                        "test_convnext", "--data-dir", str(small_data)])
+
+
+def test_a_run_folder_with_checkpoints_is_not_overwritten(small_data, reference_run):
+    with pytest.raises(CheckpointError, match="already holds checkpoints: pass --resume"):
+        load_tool("train").main(["--data-dir", str(small_data), "--output", str(reference_run.parent),
+                                 "--experiment", reference_run.name, *RESUME_RUN])
+
+
+def test_embedded_default_job_shortened_to_one_epoch_beats_chance(tmp_path):
+    result = run_train("--epochs", "1", "--output", str(tmp_path))
+    paths = dict(re.findall(r"^\s+(checkpoint|metrics|plot):\s+(\S+)", result.stdout, flags=re.MULTILINE))
+    assert set(paths) == {"checkpoint", "metrics", "plot"}, result.stdout
+    assert all(Path(path).is_file() for path in paths.values())
+    row = read_metrics(Path(paths["metrics"]).parent)[0]
+    assert float(row["ema_val_top1"]) > 50 and float(row["val_top1"]) > 50, row  # chance: 10%
+    metrics = load_tool("validate").validate(["--checkpoint", paths["checkpoint"], "--data-dir",
+                                              str(tmp_path / "digits-32px"), "--batch-size", "32", "--workers", "0"])
+    assert metrics["top1"] == pytest.approx(float(row["ema_val_top1"]))
