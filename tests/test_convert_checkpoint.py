@@ -147,22 +147,31 @@ def test_other_class_count(fixture, tmp_path, capsys):
 
 
 def test_callback_ema_weights(fixture, tmp_path, capsys):
-    """The official EMA callback keeps its weights as a list in state_dict order under callbacks."""
+    """The official EMA callback keeps its weights as a list in state_dict order under callbacks; the official
+    validation evaluates those, so `auto` converts them."""
     sd = fixture["checkpoint"]["state_dict"]
     checkpoint = {"state_dict": {k: torch.zeros_like(v) for k, v in sd.items()}, "epoch": 3,
                   "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": None},
                                 "EMA{'decay': 0.999}": {"cur_step": 10, "ema_weights": list(sd.values())}}}
     torch.save(checkpoint, tmp_path / "last.ckpt")
     out = tmp_path / "ema.safetensors"
-    code, _, stderr = run(capsys, tmp_path / "last.ckpt", out, "--callback-ema")
-    assert code == 0, stderr
+    for argv in ([], ["--weights", "callback-ema"], ["--weights", "callback-ema", "--model", "test_mamba2d"]):
+        code, stdout, stderr = run(capsys, tmp_path / "last.ckpt", out, *argv)
+        assert code == 0, stderr
+        assert "EMA callback" in stdout
+        model = timm.create_model("test_mamba2d", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+        assert torch.equal(model.stem.conv.weight, sd["backbone.ds.stem.conv.weight"])
+    code, stdout, stderr = run(capsys, tmp_path / "last.ckpt", out, "--weights", "state_dict")
+    assert code == 0 and "'state_dict'" in stdout, stderr
     model = timm.create_model("test_mamba2d", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
-    assert torch.equal(model.stem.conv.weight, sd["backbone.ds.stem.conv.weight"])
-    code, _, stderr = run(capsys, tmp_path / "last.ckpt", out, "--callback-ema", "--model", "test_mamba2d")
-    assert code == 0, stderr
+    assert not model.stem.conv.weight.any()
     torch.save({"state_dict": sd}, tmp_path / "plain.ckpt")
-    code, _, stderr = run(capsys, tmp_path / "plain.ckpt", out, "--callback-ema")
-    assert code == 2 and "--callback-ema" in stderr
+    code, _, stderr = run(capsys, tmp_path / "plain.ckpt", out, "--weights", "callback-ema")
+    assert code == 2 and "callback-ema" in stderr
+    bad = dict(checkpoint, callbacks={"EMA": {"ema_weights": list(sd.values())[:-1]}})
+    torch.save(bad, tmp_path / "bad_ema.ckpt")
+    code, _, stderr = run(capsys, tmp_path / "bad_ema.ckpt", out)
+    assert code == 2 and f"holds {len(sd) - 1} EMA tensors but the state_dict has {len(sd)}" in stderr, stderr
 
 
 def test_command_line(official_ckpt, tmp_path):

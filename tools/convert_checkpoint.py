@@ -5,9 +5,14 @@
 
 The input is read with ``torch.load(weights_only=True)``. Accepted layouts: a Lightning checkpoint (``state_dict``
 with ``backbone.*``, ``norm.*``, ``head.*``), a raw state dict, or one wrapped under ``model``/``model_ema``/
-``state_dict_ema``; keys may carry ``module.``/``_orig_mod.`` prefixes; conv weights may be channels_last. With
-``--callback-ema`` the EMA weights stored by the official EMA callback (``callbacks`` -> ``ema_weights``, a list in
-state-dict order) are converted instead of ``state_dict``.
+``state_dict_ema``; keys may carry ``module.``/``_orig_mod.`` prefixes; conv weights may be channels_last.
+
+Which weights (``--weights``): a Lightning checkpoint written with the official EMA callback also holds the EMA
+weights in its callback state (``callbacks`` -> ``ema_weights``, a list in state-dict order), and the official
+validation (``evaluate_ema_weights_instead: true`` in every released config) evaluates those, not ``state_dict``.
+``auto`` (default) therefore converts the callback's EMA weights when present, else ``state_dict`` (``model_ema`` /
+``state_dict_ema`` before ``model`` in other layouts); ``state_dict`` and ``callback-ema`` force one or the other.
+Note that loading a ``.ckpt`` directly through timm's pretrained path always takes ``state_dict``.
 
 Without ``--model`` the variant is inferred from the stem width and the depth of stage 1 (nano 32/3, tiny 64/3,
 small 96/12, test 16/2). The weights go through ``checkpoint_filter_fn``, are loaded strictly into the timm model,
@@ -66,26 +71,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def _callback_ema_states(checkpoint: dict) -> list:
+    """[(callback name, ema_weights list)] for every callback state that holds EMA weights."""
+    callbacks = checkpoint.get("callbacks")
+    if not isinstance(callbacks, dict):
+        return []
+    return [(name, state["ema_weights"]) for name, state in callbacks.items()
+            if isinstance(state, dict) and isinstance(state.get("ema_weights"), (list, tuple))]
+
+
+def select_weights(checkpoint: dict, weights: str = "auto") -> tuple[dict, str]:
+    """(checkpoint to convert, description of the weights taken) for --weights auto / state_dict / callback-ema."""
+    if weights not in ("auto", "state_dict", "callback-ema"):
+        raise ConversionError(f"--weights must be auto, state_dict or callback-ema, got {weights!r}")
+    if weights == "callback-ema" or (weights == "auto" and _callback_ema_states(checkpoint)
+                                     and isinstance(checkpoint.get("state_dict"), dict)):
+        return callback_ema_checkpoint(checkpoint), "EMA weights of the EMA callback state"
+    for key in ("model_ema", "state_dict_ema", "state_dict", "model"):  # the order checkpoint_filter_fn uses
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint, f"'{key}'"
+    return checkpoint, "the raw state dict"
+
+
 def callback_ema_checkpoint(checkpoint: dict) -> dict:
     """{"state_dict": ...} with the official EMA callback's weights (a list in state_dict order) under the keys of
     the checkpoint's state_dict."""
     state_dict = checkpoint.get("state_dict")
     callbacks = checkpoint.get("callbacks")
     if not isinstance(state_dict, dict) or not isinstance(callbacks, dict):
-        raise ConversionError("--callback-ema needs a Lightning checkpoint with 'state_dict' and 'callbacks'")
-    found = [(name, state["ema_weights"]) for name, state in callbacks.items()
-             if isinstance(state, dict) and isinstance(state.get("ema_weights"), (list, tuple))]
+        raise ConversionError("--weights callback-ema needs a Lightning checkpoint with 'state_dict' and 'callbacks'")
+    found = _callback_ema_states(checkpoint)
     if len(found) != 1:
-        raise ConversionError(f"--callback-ema: expected one callback state with 'ema_weights', found {len(found)} "
-                              f"(callbacks: {list(callbacks)})")
+        raise ConversionError(f"--weights callback-ema: expected one callback state with 'ema_weights', found "
+                              f"{len(found)} (callbacks: {list(callbacks)})")
     name, weights = found[0]
     keys = list(state_dict)
     if len(weights) != len(keys):
-        raise ConversionError(f"--callback-ema: callback {name!r} holds {len(weights)} EMA tensors but the "
+        raise ConversionError(f"--weights callback-ema: callback {name!r} holds {len(weights)} EMA tensors but the "
                               f"state_dict has {len(keys)} entries")
     for key, weight in zip(keys, weights):
         if not isinstance(weight, torch.Tensor) or weight.shape != state_dict[key].shape:
-            raise ConversionError(f"--callback-ema: EMA tensor for {key} does not match its state_dict entry")
+            raise ConversionError(f"--weights callback-ema: EMA tensor for {key} does not match its state_dict entry")
     return {"state_dict": dict(zip(keys, weights))}
 
 
@@ -182,23 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None,
                         help="timm model (mamba2d_nano / mamba2d_tiny / mamba2d_small / test_mamba2d, or nano / tiny "
                              "/ small); inferred from the weights' shapes when omitted")
-    parser.add_argument("--callback-ema", action="store_true",
-                        help="convert the official EMA callback's weights (callbacks -> ema_weights) instead of "
-                             "state_dict")
+    parser.add_argument("--weights", choices=("auto", "state_dict", "callback-ema"), default="auto",
+                        help="auto (default): the official EMA callback's weights when the checkpoint has them (what "
+                             "the official validation evaluates), else state_dict; or force one")
     args = parser.parse_args(argv)
     try:
         if not str(args.output).endswith(".safetensors"):
             raise ConversionError(f"output {args.output} must end in .safetensors")
         checkpoint = load_checkpoint(args.checkpoint)
-        if args.callback_ema:
-            checkpoint = callback_ema_checkpoint(checkpoint)
+        checkpoint, taken = select_weights(checkpoint, args.weights)
         model_name, num_classes, model = convert(checkpoint, args.model)
         save_weights(model, args.output, model_name, num_classes, os.path.basename(args.checkpoint))
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.checkpoint} -> {args.output}: {model_name}, {num_classes} classes, {n_params:,} parameters")
+    print(f"{args.checkpoint} -> {args.output}: {model_name}, {num_classes} classes, {n_params:,} parameters "
+          f"(from {taken})")
     return 0
 
 
