@@ -52,40 +52,39 @@ inline Vec<Real> splat(Real x) {
   return Vec<Real>{} + x;
 }
 
-// exp(r) for |r| <= ln2 / 2 by a degree-6 minimax polynomial: 1.2e-7 relative error in float
-inline Vec<float> exp_reduced(Vec<float> r) {
-  Vec<float> p = splat(1.381460917e-3f);
-  for (const float c : {8.368710552e-3f, 4.166838747e-2f, 1.666652068e-1f, 4.999999345e-1f, 1.0f, 1.0f}) p = p * r + c;
+constexpr double kLog2e = 1.44269504088896340736, kLn2 = 0.69314718055994530942;
+
+// 2^f for |f| <= 1/2 by a degree-6 minimax polynomial: 1e-7 relative error in float
+inline Vec<float> exp2_reduced(Vec<float> f) {
+  Vec<float> p = splat(1.535336100e-04f);
+  for (const float c : {1.339887524e-03f, 9.618437368e-03f, 5.550332469e-02f, 2.402264791e-01f, 6.931472029e-01f,
+                        1.0f})
+    p = p * f + c;
   return p;
 }
 
-// x - k ln2, with ln2 split in two (Cody-Waite) so the result stays accurate
-inline Vec<float> subtract_k_ln2(Vec<float> x, Vec<float> k) { return (x - k * 0.693359375f) + k * 2.12194440e-4f; }
-
 #if defined(__AVX512F__)
-// exp(x) = 2^k exp(x - k ln2), k = round(x / ln2), the scaling by vscalefps. x is clamped below at -87 so results
-// stay normal; NaN stays NaN, overflow gives inf.
-inline Vec<float> vexp(Vec<float> x) {
-  x = _mm512_max_ps(splat(-87.0f), x);
-  const Vec<float> k = _mm512_roundscale_ps(x * 1.44269504f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_scalef_ps(exp_reduced(subtract_k_ln2(x, k)), k);
+// 2^x = 2^k 2^(x - k) with k = round(x), the scaling by vscalefps: underflow gives 0, overflow inf, NaN stays NaN
+inline Vec<float> vexp2(Vec<float> x) {
+  const Vec<float> k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(exp2_reduced(x - k), k);
 }
 #else
-// exp(x) = 2^k exp(x - k ln2), k = round(x / ln2), 2^k built in the exponent bits; x is clamped to [-87, 88]
-inline Vec<float> vexp(Vec<float> x) {
+// 2^x = 2^k 2^(x - k) with k = round(x), 2^k built in the exponent bits; x is clamped to [-126, 127]
+inline Vec<float> vexp2(Vec<float> x) {
   typedef Simd<float>::Int Int;
-  const Vec<float> lo = splat(-87.0f), hi = splat(88.0f);
+  const Vec<float> lo = splat(-126.0f), hi = splat(127.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
-  const Vec<float> t = x * 1.44269504f + round_magic;
+  const Vec<float> t = x + round_magic;
   const Int scale = ((Int)t - 0x4B400000 + 127) << 23;
-  return exp_reduced(subtract_k_ln2(x, t - round_magic)) * (Vec<float>)scale;
+  return exp2_reduced(x - (t - round_magic)) * (Vec<float>)scale;
 }
 #endif
 
-inline Vec<double> vexp(Vec<double> x) {
-  for (int l = 0; l < kLanes<double>; ++l) x[l] = std::exp(x[l]);
+inline Vec<double> vexp2(Vec<double> x) {
+  for (int l = 0; l < kLanes<double>; ++l) x[l] = std::exp2(x[l]);
   return x;
 }
 
@@ -106,8 +105,10 @@ inline Vec<double> vlog1p_unit(Vec<double> t) {
 // softplus(x) (PyTorch's: identity above 20); its derivative sigmoid(x) (1 above 20) into *slope when given
 template <typename Real>
 inline Vec<Real> softplus(Vec<Real> x, Vec<Real>* slope) {
-  const Vec<Real> zero{}, one = splat<Real>(1), threshold = splat<Real>(20);
-  const Vec<Real> e = vexp(x < zero ? x : -x);  // exp(-|x|)
+  const Vec<Real> zero{}, one = splat<Real>(1), threshold = splat<Real>(20), floor = splat<Real>(-100);
+  Vec<Real> minus_abs = x < zero ? x : -x;
+  minus_abs = minus_abs < floor ? floor : minus_abs;  // exp(-100) is 0 to working precision; keeps -inf finite
+  const Vec<Real> e = vexp2(minus_abs * Real(kLog2e));  // exp(-|x|)
   if (slope) {
     const Vec<Real> inv = one / (one + e);
     *slope = x > threshold ? one : (x < zero ? e * inv : inv);
@@ -202,40 +203,33 @@ struct ScanArgs {
 };
 
 // The neighbours whose updates make a pixel's state: the left one on row 0, the top one on column 0 below it, both
-// weighted 1/2 elsewhere. The weight is folded into the gate, w exp(delta A) = exp(delta A + log w), and the inputs.
+// weighted 1/2 elsewhere. The weight is folded into the gate, w exp(delta A) = 2^(delta A log2(e) + log2(w)), and
+// into the inputs.
 enum Neighbours { kLeftOnly, kTopOnly, kBoth };
 
 template <typename Real, Neighbours kFrom>
 struct Weighting {
   static constexpr bool left = kFrom != kTopOnly, top = kFrom != kLeftOnly;
   static constexpr Real weight = kFrom == kBoth ? Real(0.5) : Real(1);
-  static constexpr Real log_weight = kFrom == kBoth ? Real(-0.69314718055994530942) : Real(0);
+  static constexpr Real log2_weight = kFrom == kBoth ? Real(-1) : Real(0);
 };
 
-// The inputs of one pixel for one channel block: deltas after softplus, and their slopes when asked for
+// The inputs of one pixel for one channel block; the deltas (after softplus) and slopes come from `row_deltas`
 template <typename Real>
 struct PixelInputs {
   Vec<Real> u, dt, dl, slope_t, slope_l;
 
-  PixelInputs(const ScanArgs<Real>& a, int64_t offset, int count, bool with_slopes) {
-    u = load(a.u + offset, count);
-    dt = load(a.delta_t + offset, count);
-    dl = load(a.delta_l + offset, count);
-    slope_t = slope_l = splat<Real>(1);
-    if (a.delta_softplus) {
-      dt = softplus<Real>(dt, with_slopes ? &slope_t : nullptr);
-      dl = softplus<Real>(dl, with_slopes ? &slope_l : nullptr);
-    }
-  }
+  PixelInputs(const ScanArgs<Real>& a, int64_t offset, int count, const Vec<Real>* deltas)
+      : u(load(a.u + offset, count)), dt(deltas[0]), dl(deltas[1]), slope_t(deltas[2]), slope_l(deltas[3]) {}
 };
 
-// One channel block of one image: its channels, A transposed to (N, kLanes) vectors, D
+// One channel block of one image: its channels, A log2(e) transposed to (N, kLanes) vectors (gates are powers of 2), D
 template <typename Real>
 struct ChannelBlock {
   int64_t batch_index, first;
   int count;
-  const Vec<Real>* A_t;
-  const Vec<Real>* A_l;
+  const Vec<Real>* A_t;  // A_t log2(e)
+  const Vec<Real>* A_l;  // A_l log2(e)
   Vec<Real> D;
 
   ChannelBlock(const ScanArgs<Real>& a, int64_t task, Vec<Real>* a_buffer) {
@@ -245,8 +239,8 @@ struct ChannelBlock {
     for (int64_t n = 0; n < a.state; ++n) {
       a_buffer[n] = a_buffer[a.state + n] = Vec<Real>{};
       for (int l = 0; l < count; ++l) {
-        a_buffer[n][l] = a.A_t[(first + l) * a.state + n];
-        a_buffer[a.state + n][l] = a.A_l[(first + l) * a.state + n];
+        a_buffer[n][l] = a.A_t[(first + l) * a.state + n] * Real(kLog2e);
+        a_buffer[a.state + n][l] = a.A_l[(first + l) * a.state + n] * Real(kLog2e);
       }
     }
     A_t = a_buffer;
@@ -261,6 +255,24 @@ struct ChannelBlock {
   }
 };
 
+// Step sizes of row i of a block, 4 vectors per pixel in scan order: delta_t and delta_l after softplus and, when
+// asked for, their slopes (d softplus / d delta). Done for the whole row first, so that the independent softplus
+// evaluations pipeline instead of lengthening each pixel's dependency chain.
+template <typename Real>
+void row_deltas(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t i, bool with_slopes,
+                Vec<Real>* out) {
+  for (int64_t j = 0; j < a.width; ++j, out += 4) {
+    const int64_t offset = blk.offset(a, a.pixel(i, j));
+    out[0] = load(a.delta_t + offset, blk.count);
+    out[1] = load(a.delta_l + offset, blk.count);
+    out[2] = out[3] = splat<Real>(1);
+    if (a.delta_softplus) {
+      out[0] = softplus<Real>(out[0], with_slopes ? &out[2] : nullptr);
+      out[1] = softplus<Real>(out[1], with_slopes ? &out[3] : nullptr);
+    }
+  }
+}
+
 // State of one pixel: h[n] from the left state h_left[n] and the top state h_up[n]; adds sum_n C h to y
 template <typename Real, Neighbours kFrom>
 inline void scan_pixel(const ChannelBlock<Real>& blk, int64_t N, const PixelInputs<Real>& in, const Real* b_t,
@@ -270,22 +282,23 @@ inline void scan_pixel(const ChannelBlock<Real>& blk, int64_t N, const PixelInpu
   const Vec<Real> dtu = W::weight * in.dt * in.u, dlu = W::weight * in.dl * in.u;
   for (int64_t n = 0; n < N; ++n) {
     Vec<Real> hn{};
-    if (W::left) hn = vexp(in.dl * blk.A_l[n] + W::log_weight) * h_left[n] + dlu * b_l[n];
-    if (W::top) hn = vexp(in.dt * blk.A_t[n] + W::log_weight) * h_up[n] + (dtu * b_t[n] + hn);
+    if (W::left) hn = vexp2(in.dl * blk.A_l[n] + W::log2_weight) * h_left[n] + dlu * b_l[n];
+    if (W::top) hn = vexp2(in.dt * blk.A_t[n] + W::log2_weight) * h_up[n] + (dtu * b_t[n] + hn);
     h[n] = hn;
     y += c[n] * hn;
   }
 }
 
 // Scan row i of a block: `prev` holds row i - 1 (ignored for i = 0), `out` gets row i; both (W + 1) x N vectors
-// with a zero column -1, and they may alias. Writes y when given.
+// with a zero column -1, and they may alias. Writes y when given. `deltas`: 4W vectors of scratch.
 template <typename Real>
 void scan_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t i, const Vec<Real>* prev,
-              Vec<Real>* out, Real* y) {
+              Vec<Real>* out, Real* y, Vec<Real>* deltas) {
   const int64_t N = a.state;
+  row_deltas(a, blk, i, false, deltas);
   for (int64_t j = 0; j < a.width; ++j) {
     const int64_t q = a.pixel(i, j), offset = blk.offset(a, q);
-    const PixelInputs<Real> in(a, offset, blk.count, false);
+    const PixelInputs<Real> in(a, offset, blk.count, deltas + 4 * j);
     const Real* b_t = a.B_t + blk.state_offset(a, q);
     const Real* b_l = a.B_l + blk.state_offset(a, q);
     const Real* c = a.C + blk.state_offset(a, q);
@@ -317,22 +330,23 @@ struct ImageSums {
 };
 
 // A task's adjoint sweep: the adjoint passed left (N) and up (W x N; entry j holds what row i + 1 passes to (i, j)
-// until (i, j) replaces it with what it passes to (i - 1, j)), its dA sums (N each) and dD sum, and 3N vectors of
-// per-pixel products whose lane sums are dB_t, dB_l, dC
+// until (i, j) replaces it with what it passes to (i - 1, j)), its dA sums (N each) and dD sum, 3N vectors of
+// per-pixel products whose lane sums are dB_t, dB_l, dC, and the row's deltas (4W)
 template <typename Real>
 struct Adjoint {
-  Vec<Real> *to_left, *to_up, *dA_t, *dA_l, *products;
+  Vec<Real> *to_left, *to_up, *dA_t, *dA_l, *products, *deltas;
   Vec<Real> dD;
 };
 
 // Adjoint of one pixel (i, j) of a block: its states h, h_left, h_up; writes du, ddelta, adds to dB/dC and dA/dD
 template <typename Real, Neighbours kFrom>
 inline void adjoint_pixel(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t q, const Real* dy,
-                          const Vec<Real>* h, const Vec<Real>* h_left, const Vec<Real>* h_up, Vec<Real>* to_up,
-                          Adjoint<Real>& adj, const Grads<Real>& g, const ImageSums<Real>& sums) {
+                          const Vec<Real>* deltas, const Vec<Real>* h, const Vec<Real>* h_left,
+                          const Vec<Real>* h_up, Vec<Real>* to_up, Adjoint<Real>& adj, const Grads<Real>& g,
+                          const ImageSums<Real>& sums) {
   typedef Weighting<Real, kFrom> W;
   const int64_t N = a.state, offset = blk.offset(a, q);
-  const PixelInputs<Real> in(a, offset, blk.count, true);
+  const PixelInputs<Real> in(a, offset, blk.count, deltas);
   const Vec<Real> dy_p = load(dy + offset, blk.count);
   const Real* b_t = a.B_t + blk.state_offset(a, q);
   const Real* b_l = a.B_l + blk.state_offset(a, q);
@@ -341,12 +355,12 @@ inline void adjoint_pixel(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk
   Vec<Real>* dB_t_products = adj.products;
   Vec<Real>* dB_l_products = adj.products + N;
   Vec<Real>* dC_products = adj.products + 2 * N;
-  Vec<Real> sum_bt{}, sum_bl{}, sum_at{}, sum_al{};  // over n: lam b_t, lam b_l, da_t A_t, da_l A_l
+  Vec<Real> sum_bt{}, sum_bl{}, sum_at{}, sum_al{};  // over n: lam b_t, lam b_l, da_t A_t / ln2, da_l A_l / ln2
   for (int64_t n = 0; n < N; ++n) {
     const Vec<Real> lam = dy_p * c[n] + (adj.to_left[n] + to_up[n]);
     if (W::left) {
-      const Vec<Real> passed = vexp(in.dl * blk.A_l[n] + W::log_weight) * lam;  // w_l a_l lam
-      const Vec<Real> da_l = passed * h_left[n];  // gradient w.r.t. the exponent delta_l A_l
+      const Vec<Real> passed = vexp2(in.dl * blk.A_l[n] + W::log2_weight) * lam;  // w_l a_l lam
+      const Vec<Real> da_l = passed * h_left[n];  // gradient w.r.t. the exponent delta_l A_l (natural base)
       adj.to_left[n] = passed;
       sum_bl += lam * b_l[n];
       sum_al += da_l * blk.A_l[n];
@@ -354,7 +368,7 @@ inline void adjoint_pixel(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk
       dB_l_products[n] = lam * dlu;
     }
     if (W::top) {
-      const Vec<Real> passed = vexp(in.dt * blk.A_t[n] + W::log_weight) * lam;
+      const Vec<Real> passed = vexp2(in.dt * blk.A_t[n] + W::log2_weight) * lam;
       const Vec<Real> da_t = passed * h_up[n];
       to_up[n] = passed;
       sum_bt += lam * b_t[n];
@@ -368,8 +382,8 @@ inline void adjoint_pixel(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk
   if (W::top) add_lane_sums(dB_t_products, N, sums.dB_t + q * N);
   add_lane_sums(dC_products, N, sums.dC + q * N);
   store(g.du + offset, W::weight * (in.dl * sum_bl + in.dt * sum_bt) + blk.D * dy_p, blk.count);
-  store(g.ddelta_l + offset, (sum_al + W::weight * in.u * sum_bl) * in.slope_l, blk.count);
-  store(g.ddelta_t + offset, (sum_at + W::weight * in.u * sum_bt) * in.slope_t, blk.count);
+  store(g.ddelta_l + offset, (Real(kLn2) * sum_al + W::weight * in.u * sum_bl) * in.slope_l, blk.count);
+  store(g.ddelta_t + offset, (Real(kLn2) * sum_at + W::weight * in.u * sum_bt) * in.slope_t, blk.count);
   adj.dD += dy_p * in.u;
 }
 
@@ -381,6 +395,7 @@ void adjoint_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t
                  const ImageSums<Real>& sums) {
   const int64_t N = a.state;
   std::fill(adj.to_left, adj.to_left + N, Vec<Real>{});
+  row_deltas(a, blk, i, true, adj.deltas);
   for (int64_t j = a.width - 1; j >= 0; --j) {
     const int64_t q = a.pixel(i, j);
     const Vec<Real>* h = h_row + (j + 1) * N;
@@ -388,11 +403,11 @@ void adjoint_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t
     const Vec<Real>* h_up = h_up_row + (j + 1) * N;
     Vec<Real>* to_up = adj.to_up + j * N;
     if (i == 0) {
-      adjoint_pixel<Real, kLeftOnly>(a, blk, q, dy, h, h_left, h_up, to_up, adj, g, sums);
+      adjoint_pixel<Real, kLeftOnly>(a, blk, q, dy, adj.deltas + 4 * j, h, h_left, h_up, to_up, adj, g, sums);
     } else if (j == 0) {
-      adjoint_pixel<Real, kTopOnly>(a, blk, q, dy, h, h_left, h_up, to_up, adj, g, sums);
+      adjoint_pixel<Real, kTopOnly>(a, blk, q, dy, adj.deltas + 4 * j, h, h_left, h_up, to_up, adj, g, sums);
     } else {
-      adjoint_pixel<Real, kBoth>(a, blk, q, dy, h, h_left, h_up, to_up, adj, g, sums);
+      adjoint_pixel<Real, kBoth>(a, blk, q, dy, adj.deltas + 4 * j, h, h_left, h_up, to_up, adj, g, sums);
     }
   }
 }
@@ -404,7 +419,7 @@ template <typename Real>
 int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
   const int64_t tasks = a.batch * a.blocks();
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
-  const int64_t per_thread = (a.width + 1) * a.state + 2 * a.state;  // row of state, A_t and A_l of the block
+  const int64_t per_thread = (a.width + 1) * a.state + 2 * a.state + 4 * a.width;  // state row, A, deltas
   std::vector<Vec<Real>> scratch;
   try {
     scratch.resize(per_thread * threads);
@@ -416,10 +431,11 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
     const int k = omp_get_thread_num(), team = omp_get_num_threads();
     Vec<Real>* row = scratch.data() + k * per_thread;
     Vec<Real>* a_buffer = row + (a.width + 1) * a.state;
+    Vec<Real>* deltas = a_buffer + 2 * a.state;
     for (int64_t task = task_begin(tasks, team, k); task < task_begin(tasks, team, k + 1); ++task) {
       const ChannelBlock<Real> blk(a, task, a_buffer);
       std::fill(row, row + (a.width + 1) * a.state, Vec<Real>{});
-      for (int64_t i = 0; i < a.height; ++i) scan_row(a, blk, i, row, row, y);
+      for (int64_t i = 0; i < a.height; ++i) scan_row(a, blk, i, row, row, y, deltas);
     }
   }
   return 0;
@@ -436,7 +452,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
   const int64_t fit = row_vecs > 0 ? kStateBudgetBytes / int64_t(sizeof(Vec<Real>) * row_vecs) : H;
   const int64_t segment = std::min(H, std::max(fit, int64_t(std::ceil(std::sqrt(double(H))))));
   const int64_t segments = (H + segment - 1) / segment;
-  const int64_t per_thread = 8 * N + W * N + (segment + segments) * row_vecs;  // vectors
+  const int64_t per_thread = 8 * N + W * N + 4 * W + (segment + segments) * row_vecs;  // vectors
   const int64_t spill_size = 3 * pixels * N;  // dB_t, dB_l, dC of one image
   const int64_t partial_size = 2 * E * N + E;  // dA_t, dA_l, dD
   std::vector<Vec<Real>> scratch;
@@ -462,7 +478,8 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
     adj.dA_l = adj.dA_t + N;
     adj.products = adj.dA_l + N;
     adj.to_up = adj.products + 3 * N;
-    Vec<Real>* states = adj.to_up + W * N;  // segment + 1 rows: the row above the segment, then its rows
+    adj.deltas = adj.to_up + W * N;
+    Vec<Real>* states = adj.deltas + 4 * W;  // segment + 1 rows: the row above the segment, then its rows
     Vec<Real>* checkpoints = states + (segment + 1) * row_vecs;  // the row above each segment but the first
     Real* partial_k = partial.data() + k * partial_size;
     for (int64_t task = begin; task < end; ++task) {
@@ -479,7 +496,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
       if (segments > 1) {
         std::fill(states, states + row_vecs, Vec<Real>{});
         for (int64_t i = 0; i < (segments - 1) * segment; ++i) {
-          scan_row<Real>(a, blk, i, states, states, nullptr);
+          scan_row<Real>(a, blk, i, states, states, nullptr, adj.deltas);
           if ((i + 1) % segment == 0) {
             std::copy(states, states + row_vecs, checkpoints + ((i + 1) / segment - 1) * row_vecs);
           }
@@ -495,7 +512,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int 
         for (int64_t i = first_row; i < last_row; ++i) {
           Vec<Real>* row = states + (i - first_row + 1) * row_vecs;
           std::fill(row, row + N, Vec<Real>{});
-          scan_row<Real>(a, blk, i, row - row_vecs, row, nullptr);
+          scan_row<Real>(a, blk, i, row - row_vecs, row, nullptr, adj.deltas);
         }
         for (int64_t i = last_row - 1; i >= first_row; --i) {
           const Vec<Real>* row = states + (i - first_row + 1) * row_vecs;
