@@ -19,8 +19,8 @@ from test_scan2d import GRAD_NAMES, _assert_backend_matches_reference
 CPU_REASON = backend_unavailable_reason("triton", torch.device("cpu"))
 TRITON_IMPORTABLE = CPU_REASON is None or "not importable" not in CPU_REASON
 needs_interpreter = pytest.mark.skipif(
-    CPU_REASON is not None, reason=f"runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_triton_interpreter "
-                                   f"({CPU_REASON})")
+    CPU_REASON is not None,
+    reason=f"runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_triton_interpreter ({CPU_REASON})")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
@@ -29,11 +29,44 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 def test_kernels_under_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-p", "no:cacheprovider"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=repo)
     assert result.returncode == 0, f"{' '.join(cmd)} failed (exit {result.returncode}):\n{result.stdout[-6000:]}" \
                                    f"\n{result.stderr[-3000:]}"
     assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.skipif(not TRITON_IMPORTABLE or CPU_REASON is None, reason="needs triton, not its interpreter")
+@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+def test_kernels_compile_for_sm90(reverse):
+    """Both kernels lower to a cubin for an H100 (no GPU needed): the interpreter alone accepts invalid Triton."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from vision2d.ops import scan2d_triton
+
+    H, W, E, N = 28, 28, 128, 16  # a Mamba2D-T stage-1 scan, bf16 inputs
+    fp32_pointers = {"At_ptr", "Al_ptr", "d_ptr", "dAt_ptr", "dAl_ptr", "dbt_ptr", "dbl_ptr", "dc_ptr", "dd_ptr",
+                     "scratch_ptr"}
+    for kernel, tile in ((scan2d_triton._scan2d_fwd_kernel, scan2d_triton.FORWARD_TILE),
+                         (scan2d_triton._scan2d_bwd_kernel, scan2d_triton.BACKWARD_TILE)):
+        block_w, block_e, block_n = scan2d_triton._block_sizes(W, E, N, tile)
+        constexprs = dict(HAS_D=True, DELTA_SOFTPLUS=True, REVERSE=reverse, STATE=tl.float32, BLOCK_W=block_w,
+                          BLOCK_E=block_e, BLOCK_N=block_n)
+        signature = {name: "constexpr" if name in constexprs else ("i32" if not name.endswith("_ptr") else
+                                                                     "*fp32" if name in fp32_pointers else "*bf16")
+                     for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=scan2d_triton._num_warps(block_w * block_e * block_n)))
+        assert compiled.asm["cubin"], kernel.__name__
+
+
+@pytest.mark.skipif(not TRITON_IMPORTABLE, reason=f"triton unavailable: {CPU_REASON}")
+def test_backward_scratch_is_a_fraction_of_the_state():
+    from vision2d.ops.scan2d_triton import backward_scratch_numel
+    for (B, H, W, E, N), fraction in (((64, 56, 56, 64, 16), 0.26), ((64, 28, 28, 128, 16), 0.36)):
+        assert backward_scratch_numel(B, H, W, E, N) <= fraction * B * H * W * E * N
 
 
 def test_unavailable_reason_names_the_requirement():

@@ -27,7 +27,6 @@ about 2 / sqrt(H) of the full state (27% at H = 56, 38% at H = 28), plus fp32 ac
 Devices. CUDA tensors; CPU tensors only when the kernels were defined under the Triton interpreter, i.e. when
 TRITON_INTERPRET=1 was set before this module was imported (`unavailable_reason` says so otherwise).
 """
-import math
 from typing import Optional
 
 import torch
@@ -45,7 +44,7 @@ else:
 _INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
 
 FORWARD_TILE = 2048  # max elements of a [BLOCK_W, BLOCK_E, BLOCK_N] state tile in the forward kernel
-BACKWARD_TILE = 1024  # and in the backward kernel (more tiles are live there)
+BACKWARD_TILE = 2048  # and in the backward kernel
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
@@ -182,8 +181,8 @@ if triton is not None:
 
         du, ddt, ddl (B, H, W, E) in the input dtypes; dAt, dAl (B, E, N) and dd (B, E) per-batch partials;
         dbt, dbl, dc (B, H, W, N) zero-initialised accumulators (atomics over channel blocks); scratch: per program
-        NUM_SEG + SEG state rows (slot s < NUM_SEG: the state of row s * SEG - 1, zeros for s = 0; slot NUM_SEG + r:
-        row r of the segment being differentiated).
+        NUM_SEG - 1 + SEG state rows of W x BLOCK_E x BLOCK_N (slot s < NUM_SEG - 1: the state entering segment
+        s + 1, i.e. of row (s + 1) SEG - 1; slot NUM_SEG - 1 + r: row r of the segment being differentiated).
         """
         pid_e = tl.program_id(0)
         pid_b = tl.program_id(1)
@@ -199,22 +198,23 @@ if triton is not None:
         A_l = tl.load(Al_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
         if HAS_D:
             d = tl.load(d_ptr + channels, mask=channels < E, other=0.0).to(STATE)
-        tile_size: tl.constexpr = BLOCK_W * BLOCK_E * BLOCK_N
+        row_size = W * BLOCK_E * BLOCK_N  # one scratch slot: the image columns only
         tile = (cols[:, None, None] * (BLOCK_E * BLOCK_N) + tl.arange(0, BLOCK_E)[None, :, None] * BLOCK_N
                 + states[None, None, :])
+        mask_tile = (cols < W)[:, None, None]
         program = pid_b.to(tl.int64) * tl.num_programs(0) + pid_e
-        scratch = scratch_ptr + program * (NUM_SEG + SEG) * tile_size + tile
+        scratch = scratch_ptr + program * (NUM_SEG - 1 + SEG) * row_size + tile
+        segment_rows = scratch + (NUM_SEG - 1) * row_size
 
         # pass 1: the state entering every segment
         h = tl.zeros([BLOCK_W, BLOCK_E, BLOCK_N], dtype=STATE)
-        tl.store(scratch, h)
         for seg in range(1, NUM_SEG):
             for r in range(0, SEG):
                 row = (seg - 1) * SEG + r
                 pixels = batch_pixels + _row_pixels(row, cols, H, W, REVERSE)
                 h, _ = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A_t, A_l, h, row, pixels, cols, channels,
                                  states, W, E, N, mask_e, mask_n, DELTA_SOFTPLUS, STATE)
-            tl.store(scratch + seg * tile_size, h)
+            tl.store(scratch + (seg - 1) * row_size, h, mask=mask_tile)
 
         # pass 2: segments bottom-up; recompute a segment's rows, then run the adjoint through them
         lam_down = tl.zeros([BLOCK_W, BLOCK_E, BLOCK_N], dtype=STATE)  # wT aT lam of the row below
@@ -226,19 +226,19 @@ if triton is not None:
             first_row = seg * SEG
             seg_rows = tl.minimum(SEG, H - first_row)
             tl.debug_barrier()
-            h = tl.load(scratch + seg * tile_size)
+            h = tl.load(scratch + (seg - 1) * row_size, mask=mask_tile & (seg > 0), other=0.0)
             for r in range(0, seg_rows):
                 row = first_row + r
                 pixels = batch_pixels + _row_pixels(row, cols, H, W, REVERSE)
                 h, _ = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A_t, A_l, h, row, pixels, cols, channels,
                                  states, W, E, N, mask_e, mask_n, DELTA_SOFTPLUS, STATE)
-                tl.store(scratch + (NUM_SEG + r) * tile_size, h)
+                tl.store(segment_rows + r * row_size, h, mask=mask_tile)
             tl.debug_barrier()
             for r_from_end in range(0, seg_rows):  # h holds the state of row `row`
                 r = seg_rows - 1 - r_from_end
                 row = first_row + r
-                up_slot = tl.where(r > 0, NUM_SEG + r - 1, seg)
-                h_up = tl.load(scratch + up_slot * tile_size)
+                up_slot = tl.where(r > 0, NUM_SEG - 1 + r - 1, seg - 1)
+                h_up = tl.load(scratch + up_slot * row_size, mask=mask_tile & (row > 0), other=0.0)
                 pixels = batch_pixels + _row_pixels(row, cols, H, W, REVERSE)
                 u = _load_pixels(u_ptr, pixels, channels, E, mask_e, STATE)
                 dt_raw = _load_pixels(dt_ptr, pixels, channels, E, mask_e, STATE)
@@ -279,9 +279,11 @@ if triton is not None:
                 tl.store(ddt_ptr + e_offsets, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_e)
                 tl.store(ddl_ptr + e_offsets, ddl.to(ddl_ptr.dtype.element_ty), mask=mask_e)
                 n_offsets = pixels[:, None] * N + states[None, :]
-                tl.atomic_add(dbl_ptr + n_offsets, tl.sum(dx_l * (dl * u)[:, :, None], axis=1), mask=mask_n)
-                tl.atomic_add(dbt_ptr + n_offsets, tl.sum(dx_t * (dt * u)[:, :, None], axis=1), mask=mask_n)
-                tl.atomic_add(dc_ptr + n_offsets, tl.sum(h * dy[:, :, None], axis=1), mask=mask_n)
+                db_l = tl.sum(dx_l * (dl * u)[:, :, None], axis=1)
+                db_t = tl.sum(dx_t * (dt * u)[:, :, None], axis=1)
+                tl.atomic_add(dbl_ptr + n_offsets, db_l, mask=mask_n, sem="relaxed")
+                tl.atomic_add(dbt_ptr + n_offsets, db_t, mask=mask_n, sem="relaxed")
+                tl.atomic_add(dc_ptr + n_offsets, tl.sum(h * dy[:, :, None], axis=1), mask=mask_n, sem="relaxed")
                 dA_l += tl.sum(dexp_l * dl[:, :, None], axis=0)
                 dA_t += tl.sum(dexp_t * dt[:, :, None], axis=0)
                 dd += tl.sum(dy * u, axis=0)
@@ -305,7 +307,23 @@ def _block_sizes(W: int, E: int, N: int, max_tile: int):
     return block_w, block_e, block_n
 
 
+def _backward_plan(H: int, W: int, E: int, N: int):
+    """((BLOCK_W, BLOCK_E, BLOCK_N), SEG, NUM_SEG) of the backward kernel.
+
+    SEG (rows per segment, about sqrt(H)) minimises the scratch rows NUM_SEG - 1 + SEG, NUM_SEG = ceil(H / SEG).
+    """
+    seg = min(range(1, max(H, 1) + 1), key=lambda k: (triton.cdiv(H, k) - 1 + k, -k))
+    return _block_sizes(W, E, N, BACKWARD_TILE), seg, triton.cdiv(H, seg)
+
+
+def backward_scratch_numel(B: int, H: int, W: int, E: int, N: int) -> int:
+    """Elements of the backward's state scratch (the full state has B H W E N)."""
+    (_, block_e, block_n), seg, num_seg = _backward_plan(H, W, E, N)
+    return B * triton.cdiv(E, block_e) * (num_seg - 1 + seg) * W * block_e * block_n
+
+
 def _num_warps(tile: int) -> int:
+    """About 8 tile elements per thread."""
     return max(1, min(8, tile // 256))
 
 
@@ -340,17 +358,14 @@ def backward(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D=None, delta_softp
         for t in (du, ddt, ddl):
             t.zero_()
     else:
-        block_w, block_e, block_n = _block_sizes(W, E, N, BACKWARD_TILE)
-        seg = max(1, math.isqrt(H - 1) + 1)  # ceil(sqrt(H)): the scratch holds about 2 sqrt(H) rows
-        num_seg = triton.cdiv(H, seg)
+        (block_w, block_e, block_n), seg, num_seg = _backward_plan(H, W, E, N)
         grid = (triton.cdiv(E, block_e), Bsz)
-        tile = block_w * block_e * block_n
-        scratch = u.new_empty((grid[0] * grid[1], num_seg + seg, tile), dtype=state)
+        scratch = u.new_empty(backward_scratch_numel(Bsz, H, W, E, N), dtype=state)
         _scan2d_bwd_kernel[grid](dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D if D is not None else u,
                                  du, ddt, ddl, dA_t, dA_l, dB_t, dB_l, dC, dd, scratch, H, W, E, N, seg, num_seg,
                                  HAS_D=D is not None, DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse),
                                  STATE=tl.float64 if state == torch.float64 else tl.float32, BLOCK_W=block_w,
-                                 BLOCK_E=block_e, BLOCK_N=block_n, num_warps=_num_warps(tile))
+                                 BLOCK_E=block_e, BLOCK_N=block_n, num_warps=_num_warps(block_w * block_e * block_n))
     dD = dd.sum(0).to(D.dtype) if D is not None else None
     return (du, ddt, ddl, dA_t.sum(0).to(A_t.dtype), dA_l.sum(0).to(A_l.dtype), dB_t.to(B_t.dtype),
             dB_l.to(B_l.dtype), dC.to(C.dtype), dD)
