@@ -122,3 +122,14 @@ def test_raw_deltas_without_softplus(reverse):
 def test_opcheck(with_d, reverse):
     args = [a.requires_grad_() if a is not None else None for a in make_scan_inputs(2, 3, 4, 3, 4, with_d=with_d)]
     torch.library.opcheck(torch.ops.vision2d.selective_scan_2d.default, (*args, True, reverse, "triton"))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape", [(0, 3, 4, 2, 4), (1, 3, 4, 2, 0), (1, 2, 3, 0, 2)], ids=["B0", "N0", "E0"])
+def test_empty_dimensions(shape):
+    args = [a.requires_grad_() for a in make_scan_inputs(*shape)]
+    y = selective_scan_2d(*args, backend="triton")
+    y_ref = selective_scan_2d_ref(*args)
+    torch.testing.assert_close(y, y_ref)
+    for g, r in zip(torch.autograd.grad(y.sum(), args), torch.autograd.grad(y_ref.sum(), args)):
+        torch.testing.assert_close(g, r)

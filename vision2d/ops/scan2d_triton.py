@@ -20,9 +20,9 @@ and store); fp64 inputs run entirely in fp64. The gates exp(delta A) with A < 0 
 long rows cannot overflow.
 
 Memory. The forward allocates nothing but y: the full (B, H, W, E, N) state never leaves the chip. The backward
-needs, besides the gradients, an fp32 scratch of (ceil(H / SEG) + SEG) state rows per program, i.e.
-about 2 / sqrt(H) of the full state (27% at H = 56, 38% at H = 28), plus fp32 accumulators for dB_t, dB_l, dC
-(3 x B H W N) and the partials B E (2 N + 1).
+needs, besides the gradients, a state-dtype scratch of NUM_SEG - 1 + SEG rows (W x BLOCK_E x N) per program, about
+2 / sqrt(H) of the full state (`backward_scratch_numel`: 25% at 56 x 56, 36% at 28 x 28, 17% at 128 x 128), plus
+accumulators for dB_t, dB_l, dC (3 B H W N) and the partials B E (2 N + 1), all in the state dtype.
 
 Devices. CUDA tensors; CPU tensors only when the kernels were defined under the Triton interpreter, i.e. when
 TRITON_INTERPRET=1 was set before this module was imported (`unavailable_reason` says so otherwise).
@@ -40,9 +40,6 @@ except ImportError as e:  # the backend reports itself unavailable
 else:
     _TRITON_IMPORT_ERROR = None
 
-# whether the @triton.jit below build interpreted kernels (decided once, when they are decorated)
-_INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
-
 FORWARD_TILE = 2048  # max elements of a [BLOCK_W, BLOCK_E, BLOCK_N] state tile in the forward kernel
 BACKWARD_TILE = 2048  # and in the backward kernel
 
@@ -51,7 +48,9 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the Triton kernels can run on tensors of `device`, else why not."""
     if triton is None:
         return f"triton is not importable ({_TRITON_IMPORT_ERROR})"
-    if device.type == "cuda" or (device.type == "cpu" and _INTERPRETED):
+    # @triton.jit builds interpreted kernels iff TRITON_INTERPRET was set when it decorated them
+    interpreted = not isinstance(_scan2d_fwd_kernel, triton.runtime.JITFunction)
+    if device.type == "cuda" or (device.type == "cpu" and interpreted):
         return None
     if device.type == "cpu":
         return ("CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before vision2d.ops.scan2d_triton "
@@ -60,6 +59,7 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
 
 
 if triton is not None:
+    LOG2E = tl.constexpr(1.4426950408889634)  # gates are exp2(delta A log2(e))
 
     @triton.jit
     def _softplus(x):
@@ -108,14 +108,14 @@ if triton is not None:
         return tl.load(ptr + offsets, mask=mask, other=0.0).to(STATE)
 
     @triton.jit
-    def _row_coefficients(u, dt, dl, b_t, b_l, A_t, A_l, w_l, w_t, h_up):
+    def _row_coefficients(u, dt, dl, b_t, b_l, A2_t, A2_l, w_l, w_t, h_up):
         """Gate aT and (alpha, beta) of h = alpha h_left + beta for one row, each [BLOCK_W, BLOCK_E, BLOCK_N].
 
-        u, dt, dl [BLOCK_W, BLOCK_E] (deltas after softplus); b_t, b_l [BLOCK_W, BLOCK_N]; A_t, A_l [BLOCK_E,
-        BLOCK_N]; w_l, w_t [BLOCK_W]; h_up: the state of the row above.
+        u, dt, dl [BLOCK_W, BLOCK_E] (deltas after softplus); b_t, b_l [BLOCK_W, BLOCK_N]; A2_t, A2_l [BLOCK_E,
+        BLOCK_N]: A log2(e), so that the gates are exp2(delta A2); w_l, w_t [BLOCK_W]; h_up: the state of the row above.
         """
-        a_t = tl.exp(dt[:, :, None] * A_t[None, :, :])
-        a_l = tl.exp(dl[:, :, None] * A_l[None, :, :])
+        a_t = tl.exp2(dt[:, :, None] * A2_t[None, :, :])
+        a_l = tl.exp2(dl[:, :, None] * A2_l[None, :, :])
         x_t = (dt * u)[:, :, None] * b_t[:, None, :]
         x_l = (dl * u)[:, :, None] * b_l[:, None, :]
         w_l3 = w_l[:, None, None]
@@ -123,7 +123,7 @@ if triton is not None:
         return a_t, w_l3 * a_l, w_l3 * x_l + w_t3 * (a_t * h_up + x_t)
 
     @triton.jit
-    def _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A_t, A_l, h_up, row, pixels, cols, channels, states, W,
+    def _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A2_t, A2_l, h_up, row, pixels, cols, channels, states, W,
                   E, N, mask_e, mask_n, DELTA_SOFTPLUS: tl.constexpr, STATE: tl.constexpr):
         """The states of scan row `row` [BLOCK_W, BLOCK_E, BLOCK_N] from those of the row above; also returns u."""
         u = _load_pixels(u_ptr, pixels, channels, E, mask_e, STATE)
@@ -135,7 +135,7 @@ if triton is not None:
         b_t = _load_pixels(bt_ptr, pixels, states, N, mask_n, STATE)
         b_l = _load_pixels(bl_ptr, pixels, states, N, mask_n, STATE)
         w_l, w_t = _direction_weights(row, cols, W, STATE)
-        _, alpha, beta = _row_coefficients(u, dt, dl, b_t, b_l, A_t, A_l, w_l, w_t, h_up)
+        _, alpha, beta = _row_coefficients(u, dt, dl, b_t, b_l, A2_t, A2_l, w_l, w_t, h_up)
         _, h = tl.associative_scan((alpha, beta), 0, _combine_rows)
         return h, u
 
@@ -154,14 +154,14 @@ if triton is not None:
         mask_n = (cols < W)[:, None] & (states < N)[None, :]
         mask_a = (channels < E)[:, None] & (states < N)[None, :]
         a_offsets = channels[:, None] * N + states[None, :]
-        A_t = tl.load(At_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
-        A_l = tl.load(Al_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
+        A2_t = tl.load(At_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE) * LOG2E
+        A2_l = tl.load(Al_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE) * LOG2E
         if HAS_D:
             d = tl.load(d_ptr + channels, mask=channels < E, other=0.0).to(STATE)
         h = tl.zeros([BLOCK_W, BLOCK_E, BLOCK_N], dtype=STATE)
         for row in range(0, H):
             pixels = batch_pixels + _row_pixels(row, cols, H, W, REVERSE)
-            h, u = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A_t, A_l, h, row, pixels, cols, channels, states,
+            h, u = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A2_t, A2_l, h, row, pixels, cols, channels, states,
                              W, E, N, mask_e, mask_n, DELTA_SOFTPLUS, STATE)
             c = _load_pixels(c_ptr, pixels, states, N, mask_n, STATE)
             y = tl.sum(h * c[:, None, :], axis=2)
@@ -196,6 +196,8 @@ if triton is not None:
         a_offsets = channels[:, None] * N + states[None, :]
         A_t = tl.load(At_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
         A_l = tl.load(Al_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
+        A2_t = A_t * LOG2E
+        A2_l = A_l * LOG2E
         if HAS_D:
             d = tl.load(d_ptr + channels, mask=channels < E, other=0.0).to(STATE)
         row_size = W * BLOCK_E * BLOCK_N  # one scratch slot: the image columns only
@@ -212,7 +214,7 @@ if triton is not None:
             for r in range(0, SEG):
                 row = (seg - 1) * SEG + r
                 pixels = batch_pixels + _row_pixels(row, cols, H, W, REVERSE)
-                h, _ = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A_t, A_l, h, row, pixels, cols, channels,
+                h, _ = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A2_t, A2_l, h, row, pixels, cols, channels,
                                  states, W, E, N, mask_e, mask_n, DELTA_SOFTPLUS, STATE)
             tl.store(scratch + (seg - 1) * row_size, h, mask=mask_tile)
 
@@ -230,7 +232,7 @@ if triton is not None:
             for r in range(0, seg_rows):
                 row = first_row + r
                 pixels = batch_pixels + _row_pixels(row, cols, H, W, REVERSE)
-                h, _ = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A_t, A_l, h, row, pixels, cols, channels,
+                h, _ = _scan_row(u_ptr, dt_ptr, dl_ptr, bt_ptr, bl_ptr, A2_t, A2_l, h, row, pixels, cols, channels,
                                  states, W, E, N, mask_e, mask_n, DELTA_SOFTPLUS, STATE)
                 tl.store(segment_rows + r * row_size, h, mask=mask_tile)
             tl.debug_barrier()
@@ -254,7 +256,7 @@ if triton is not None:
                     dt = dt_raw
                     dl = dl_raw
                 w_l, w_t = _direction_weights(row, cols, W, STATE)
-                a_t, alpha, beta = _row_coefficients(u, dt, dl, b_t, b_l, A_t, A_l, w_l, w_t, h_up)
+                a_t, alpha, beta = _row_coefficients(u, dt, dl, b_t, b_l, A2_t, A2_l, w_l, w_t, h_up)
                 g = dy[:, :, None] * c[:, None, :] + lam_down
                 _, _, lam = tl.associative_scan((tl.full(g.shape, 1.0, STATE), alpha, g), 0, _combine_adjoint,
                                                 reverse=True)
@@ -302,7 +304,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _block_sizes(W: int, E: int, N: int, max_tile: int):
     """(BLOCK_W, BLOCK_E, BLOCK_N): the whole row and all states in one tile, as many channels as fit in max_tile."""
-    block_w, block_n = triton.next_power_of_2(W), triton.next_power_of_2(N)
+    block_w, block_n = triton.next_power_of_2(max(W, 1)), triton.next_power_of_2(max(N, 1))
     block_e = max(1, min(triton.next_power_of_2(E), max_tile // (block_w * block_n)))
     return block_w, block_e, block_n
 
