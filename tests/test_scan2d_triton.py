@@ -1,9 +1,11 @@
 """The Triton scan kernels vs the float64 reference, on CPU tensors under the Triton interpreter.
 
 Triton builds interpreted kernels only when TRITON_INTERPRET=1 is set before `vision2d.ops.scan2d_triton` is
-imported. In an ordinary run `test_kernels_under_triton_interpreter` therefore re-runs this file in a subprocess with
-the variable set; there (or in a session started with TRITON_INTERPRET=1) the kernel tests below run in-process.
+imported. In an ordinary run `test_kernels_under_triton_interpreter` therefore re-runs this file in two subprocesses
+(one per half of the kernel cases, VISION2D_TRITON_TEST_SHARD=i/2) with the variable set; there (or in a session
+started with TRITON_INTERPRET=1) the kernel tests below run in-process.
 """
+import itertools
 import os
 import subprocess
 import sys
@@ -22,18 +24,27 @@ needs_interpreter = pytest.mark.skipif(
     CPU_REASON is not None,
     reason=f"runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_triton_interpreter ({CPU_REASON})")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+SHARD, NUM_SHARDS = map(int, os.environ.get("VISION2D_TRITON_TEST_SHARD", "0/1").split("/"))
+
+
+def _shard(cases):
+    """This process's share of a list of pytest.param cases."""
+    return cases[SHARD::NUM_SHARDS]
 
 
 @pytest.mark.skipif(not TRITON_IMPORTABLE, reason=f"triton unavailable: {CPU_REASON}")
 @pytest.mark.skipif(CPU_REASON is None, reason="the kernels already run in this process")
 def test_kernels_under_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-rs", "-p", "no:cacheprovider"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=repo)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed (exit {result.returncode}):\n{result.stdout[-6000:]}" \
-                                   f"\n{result.stderr[-3000:]}"
-    assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-3000:]
+    shards = [subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, TRITON_INTERPRET="1", VISION2D_TRITON_TEST_SHARD=f"{i}/2"))
+              for i in range(2)]
+    for i, shard in enumerate(shards):
+        output, _ = shard.communicate(timeout=900)
+        assert shard.returncode == 0, f"shard {i}/2 of {' '.join(cmd)} failed (exit {shard.returncode}):\n" \
+                                      f"{output[-8000:]}"
+        assert " passed" in output and "TRITON_INTERPRET=1 subprocess" not in output, output[-3000:]
 
 
 @pytest.mark.skipif(not TRITON_IMPORTABLE or CPU_REASON is None, reason="needs triton, not its interpreter")
@@ -77,29 +88,32 @@ def test_unavailable_reason_names_the_requirement():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
-@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
-@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+@pytest.mark.parametrize("shape, dtype, reverse", _shard([
+    pytest.param(shape, dtype, reverse, id=f"{'br' if reverse else 'tl'}-{shape}-{name}")
+    for shape, reverse, (name, dtype) in itertools.product(SHAPES, [False, True], DTYPES.items())]))
 def test_matches_reference(shape, dtype, reverse):
     _assert_backend_matches_reference("triton", shape, dtype, reverse)
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+@pytest.mark.parametrize("dtype, reverse", _shard([
+    pytest.param(dtype, reverse, id=f"{'br' if reverse else 'tl'}-{name}")
+    for reverse, (name, dtype) in itertools.product([False, True], [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+]))
 def test_without_d(dtype, reverse):
     _assert_backend_matches_reference("triton", (2, 4, 3, 3, 4), dtype, reverse, with_d=False)
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", _shard([pytest.param(torch.bfloat16, id="bf16"),
+                                          pytest.param(torch.float16, id="fp16")]))
 def test_half_inputs_with_large_deltas_and_long_rows(dtype):
     """softplus(delta) up to ~30 and a 33-pixel row: finite everywhere and still close to the reference."""
     _assert_backend_matches_reference("triton", (1, 3, 33, 2, 16), dtype, False, delta_scale=8.0)
 
 
 @needs_interpreter
-@pytest.mark.parametrize("reverse", [False, True], ids=["tl", "br"])
+@pytest.mark.parametrize("reverse", _shard([pytest.param(False, id="tl"), pytest.param(True, id="br")]))
 def test_raw_deltas_without_softplus(reverse):
     args = list(make_scan_inputs(2, 3, 4, 3, 4))
     args[1], args[2] = torch.nn.functional.softplus(args[1]), torch.nn.functional.softplus(args[2])
@@ -118,14 +132,17 @@ def test_raw_deltas_without_softplus(reverse):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("with_d, reverse", [(True, True), (False, False)], ids=["d-br", "nod-tl"])
+@pytest.mark.parametrize("with_d, reverse", _shard([pytest.param(True, True, id="d-br"),
+                                                    pytest.param(False, False, id="nod-tl")]))
 def test_opcheck(with_d, reverse):
     args = [a.requires_grad_() if a is not None else None for a in make_scan_inputs(2, 3, 4, 3, 4, with_d=with_d)]
     torch.library.opcheck(torch.ops.vision2d.selective_scan_2d.default, (*args, True, reverse, "triton"))
 
 
 @needs_interpreter
-@pytest.mark.parametrize("shape", [(0, 3, 4, 2, 4), (1, 3, 4, 2, 0), (1, 2, 3, 0, 2)], ids=["B0", "N0", "E0"])
+@pytest.mark.parametrize("shape", _shard([pytest.param((0, 3, 4, 2, 4), id="B0"),
+                                          pytest.param((1, 3, 4, 2, 0), id="N0"),
+                                          pytest.param((1, 2, 3, 0, 2), id="E0")]))
 def test_empty_dimensions(shape):
     args = [a.requires_grad_() for a in make_scan_inputs(*shape)]
     y = selective_scan_2d(*args, backend="triton")
