@@ -13,7 +13,11 @@ The backward rebuilds the states in segments of SEG ~ sqrt(H) rows (a first pass
 SEG-th row; each segment is then recomputed and its rows kept in a per-program scratch), then runs the adjoint
     lam(i, j) = dy C + wL aL lam(i, j+1) + wT aT lam(i+1, j)     (gates of the right / lower pixel)
 bottom-up, each row a reverse associative scan. dA and dD are reduced per program into (B, E, N) / (B, E) partials
-summed over the batch on the host; dB_t, dB_l and dC (sums over E) are accumulated with fp32 `tl.atomic_add`.
+summed over the batch on the host; dB_t, dB_l and dC (sums over E) are accumulated with `tl.atomic_add` in the
+state dtype (so their summation order, and last bits, vary from run to run).
+Tiles hold a whole row (BLOCK_W = next_pow2(W)) and up to FORWARD_TILE / BACKWARD_TILE elements; rows much wider
+than 128 pixels still work but spill registers (ptxas for sm_90, W = 56, N = 16: forward 124 registers, backward
+255 registers with an 8-byte spill).
 
 Dtypes. fp32, bf16 and fp16 inputs run with an fp32 state and fp32 arithmetic (half inputs are rounded only at load
 and store); fp64 inputs run entirely in fp64. The gates exp(delta A) with A < 0 stay in (0, 1], so large deltas or
