@@ -82,6 +82,15 @@ def test_backend_matches_reference(backend, dtype, shape, reverse):
     _assert_backend_matches_reference(backend, shape, dtype, reverse)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU sessions only)")
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES + [(2, 56, 56, 64, 16), (1, 28, 33, 128, 16)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backend_matches_reference_on_cuda(backend, dtype, shape, reverse):
+    _assert_backend_matches_reference(backend, shape, dtype, reverse, device="cuda")
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 def test_backend_without_d(backend):
     _require(backend)
