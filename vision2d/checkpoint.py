@@ -3,8 +3,8 @@
 A weight file holds every entry of ``model.state_dict()`` (floating tensors as fp32, all contiguous, on the CPU) and
 the safetensors metadata ``{"format": "vision2d", "model": <timm model name>, "num_classes": str(n)}``, optionally
 with ``"data_config"``: the JSON of the timm data config the weights were trained with (input_size, interpolation,
-mean, std, crop_pct, crop_mode), which :func:`create_model_from_weights` applies to the model's pretrained cfg. It loads
-with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=n),
+mean, std, crop_pct, crop_mode), which :func:`create_model_from_weights` applies to the model's pretrained cfg.
+It loads with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=n),
 num_classes=n)``, or with :func:`create_model_from_weights`, which reads name and class count from the file.
 Files are written atomically: a crash while writing leaves the previous file intact.
 """

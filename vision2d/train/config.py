@@ -19,7 +19,7 @@ DEFAULT_MODEL = "test_mamba2d"
 # colour jitter and RandAugment's colour ops mean nothing on grey strokes, crops down to 8% of the area and random
 # erasing remove the digit, and mixup/cutmix slow a few-epoch run down.
 DIGITS_RECIPE = dict(
-    model=DEFAULT_MODEL, img_size=32, crop_pct=1.0, epochs=12, batch_size=32, lr_base=2e-3, lr_base_size=32,
+    model=DEFAULT_MODEL, img_size=32, crop_pct=1.0, epochs=6, batch_size=32, lr_base=2e-3, lr_base_size=32,
     weight_decay=0.05, warmup_epochs=0.5, warmup_lr=1e-5, min_lr=1e-5, drop_path=0.0, drop_rate=0.0,
     aa=None, mixup=0.0, cutmix=0.0, smoothing=0.1, reprob=0.0, scale=[0.7, 1.0], ratio=[0.85, 1.18], hflip=0.0,
     color_jitter=0.0, model_ema_decay=0.99, model_ema_warmup=True, workers=0,
