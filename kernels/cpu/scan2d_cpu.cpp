@@ -7,10 +7,10 @@
 // Work is split into tasks (batch item, block of kLanes consecutive channels) run by OpenMP threads. A vector holds
 // the kLanes channels of a block, so y, du and the delta gradients need no horizontal sums. A task scans its image
 // row by row keeping one row of state, (W + 1) x N vectors (column -1 is a zero pad), and never stores more.
-// The backward recomputes the task's states (all rows, or segments of rows from checkpointed rows when that would
-// exceed kStateBudgetBytes) and runs the adjoint sweep from the bottom-right corner. dB/dC sum over channel blocks
-// and dA/dD over pixels too: each thread accumulates its own, and shared sums are reduced in thread order, so
-// results do not depend on timing.
+// The backward recomputes the task's states (all rows, or segments of rows restarted from checkpointed rows when all
+// would exceed state_budget_bytes per thread) and runs the adjoint sweep from the bottom-right corner. dB/dC sum over
+// channel blocks and dA/dD over pixels too: each thread accumulates its own, and sums shared between threads are
+// reduced in thread order, so results do not depend on timing.
 #include <omp.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -27,7 +27,6 @@
 namespace {
 
 constexpr int kVectorBytes = 64;
-constexpr int64_t kStateBudgetBytes = int64_t(16) << 20;  // per thread, for the states the backward recomputes
 
 template <typename Real>
 struct Simd;
@@ -143,7 +142,10 @@ inline void merge_level(Vec<Real>* v) {
   if constexpr (W > 1) merge_level<Real, W / 2>(v);
 }
 
-constexpr int bit_reversed(int l, int lanes) { return lanes == 1 ? 0 : (l & 1) * (lanes / 2) + bit_reversed(l / 2, lanes / 2); }
+// l with its log2(lanes) bits in reverse order
+constexpr int bit_reversed(int l, int lanes) {
+  return lanes == 1 ? 0 : (l & 1) * (lanes / 2) + bit_reversed(l / 2, lanes / 2);
+}
 
 template <typename Real, int... l>
 inline Vec<Real> reverse_lane_bits(Vec<Real> v, std::integer_sequence<int, l...>) {
@@ -428,11 +430,12 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
   }
 #pragma omp parallel num_threads(threads)
   {
-    const int k = omp_get_thread_num(), team = omp_get_num_threads();
-    Vec<Real>* row = scratch.data() + k * per_thread;
+    Vec<Real>* row = scratch.data() + omp_get_thread_num() * per_thread;
     Vec<Real>* a_buffer = row + (a.width + 1) * a.state;
     Vec<Real>* deltas = a_buffer + 2 * a.state;
-    for (int64_t task = task_begin(tasks, team, k); task < task_begin(tasks, team, k + 1); ++task) {
+    // tasks are independent: hand them out as threads come free
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
       const ChannelBlock<Real> blk(a, task, a_buffer);
       std::fill(row, row + (a.width + 1) * a.state, Vec<Real>{});
       for (int64_t i = 0; i < a.height; ++i) scan_row(a, blk, i, row, row, y, deltas);
@@ -442,14 +445,15 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
 }
 
 template <typename Real>
-int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int num_threads) {
+int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int64_t state_budget_bytes,
+             int num_threads) {
   const int64_t N = a.state, E = a.channels, H = a.height, W = a.width, pixels = H * W;
   const int64_t blocks = a.blocks(), tasks = a.batch * blocks;
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
   // rows of states recomputed at once: all of them when they fit the budget, else segments of >= sqrt(H) rows
   // restarted from rows checkpointed by a first forward pass
   const int64_t row_vecs = (W + 1) * N;
-  const int64_t fit = row_vecs > 0 ? kStateBudgetBytes / int64_t(sizeof(Vec<Real>) * row_vecs) : H;
+  const int64_t fit = row_vecs > 0 ? state_budget_bytes / int64_t(sizeof(Vec<Real>) * row_vecs) : H;
   const int64_t segment = std::min(H, std::max(fit, int64_t(std::ceil(std::sqrt(double(H))))));
   const int64_t segments = (H + segment - 1) / segment;
   const int64_t per_thread = 8 * N + W * N + 4 * W + (segment + segments) * row_vecs;  // vectors
@@ -583,10 +587,12 @@ ScanArgs<Real> make_args(const Real* u, const Real* delta_t, const Real* delta_l
       const Real* dy, const Real* u, const Real* delta_t, const Real* delta_l, const Real* A_t, const Real* A_l,     \
       const Real* B_t, const Real* B_l, const Real* C, const Real* D, Real* du, Real* ddelta_t, Real* ddelta_l,      \
       Real* dA_t, Real* dA_l, Real* dB_t, Real* dB_l, Real* dC, Real* dD, int64_t batch, int64_t height,            \
-      int64_t width, int64_t channels, int64_t state, int delta_softplus, int reverse, int num_threads) {            \
+      int64_t width, int64_t channels, int64_t state, int delta_softplus, int reverse, int64_t state_budget_bytes,  \
+      int num_threads) {                                                                                             \
     return backward(make_args(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, batch, height, width, channels, state, \
                               delta_softplus, reverse),                                                              \
-                    dy, Grads<Real>{du, ddelta_t, ddelta_l, dA_t, dA_l, dB_t, dB_l, dC, dD}, num_threads);           \
+                    dy, Grads<Real>{du, ddelta_t, ddelta_l, dA_t, dA_l, dB_t, dB_l, dC, dD}, state_budget_bytes,     \
+                    num_threads);                                                                                    \
   }
 
 SCAN2D_ENTRY_POINTS(float, f32)

@@ -22,6 +22,9 @@ from .scan2d_ref import state_dtype
 
 SOURCE = Path(__file__).resolve().parents[2] / "kernels" / "cpu" / "scan2d_cpu.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC")
+# per thread: the backward recomputes all of a channel block's states when they fit, else segments of rows restarted
+# from checkpointed rows (one more forward pass)
+STATE_BUDGET_BYTES = 16 << 20
 
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
@@ -74,7 +77,7 @@ def _declare(lib: ctypes.CDLL):
         forward.argtypes = [ptr] * 10 + [i64] * 5 + [i32] * 3
         forward.restype = i32
         backward = getattr(lib, f"scan2d_backward_{suffix}")
-        backward.argtypes = [ptr] * 19 + [i64] * 5 + [i32] * 3
+        backward.argtypes = [ptr] * 19 + [i64] * 5 + [i32] * 2 + [i64, i32]
         backward.restype = i32
 
 
@@ -143,6 +146,6 @@ def backward(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, 
     dd = None if D is None else alloc(D.shape, dtype=sd)
     if u.numel() > 0:
         _call("scan2d_backward", sd, *map(_pointer, inputs), _pointer(d), *map(_pointer, grads), _pointer(dd),
-              *u.shape, A_t.shape[1], int(delta_softplus), int(reverse), torch.get_num_threads())
+              *u.shape, A_t.shape[1], int(delta_softplus), int(reverse), STATE_BUDGET_BYTES, torch.get_num_threads())
     outs = [g.to(t.dtype) for g, t in zip(grads, (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C))]
     return (*outs, None if D is None else dd.to(D.dtype))
