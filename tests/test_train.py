@@ -277,3 +277,15 @@ def test_embedded_default_job_shortened_to_one_epoch_beats_chance(tmp_path):
     metrics = load_tool("validate").validate(["--checkpoint", paths["checkpoint"], "--data-dir",
                                               str(tmp_path / "digits-32px"), "--batch-size", "32", "--workers", "0"])
     assert metrics["top1"] == pytest.approx(float(row["ema_val_top1"]))
+
+
+def test_tensorboard_logs_each_epoch_or_names_the_missing_package(small_data, tmp_path):
+    argv = ["--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", "run", "--tensorboard",
+            "--img-size", "32", "--crop-pct", "1.0", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0.5",
+            "--workers", "0"]
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            load_tool("train").main(argv)
+    else:
+        assert load_tool("train").main(argv) == 0
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -260,6 +260,6 @@ def format_seconds(seconds: float) -> str:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (CheckpointError, ValueError, FileNotFoundError) as error:
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

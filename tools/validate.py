@@ -64,6 +64,6 @@ def validate(argv: list[str] | None = None) -> dict[str, float]:
 if __name__ == "__main__":
     try:
         validate()
-    except (CheckpointError, ValueError, FileNotFoundError) as error:
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

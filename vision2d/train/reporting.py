@@ -51,7 +51,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
+            raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, row: dict) -> None:
