@@ -15,6 +15,9 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -63,7 +66,8 @@ inline Vec<float> exp2_reduced(Vec<float> f) {
 }
 
 #if defined(__AVX512F__)
-// 2^x = 2^k 2^(x - k) with k = round(x), the scaling by vscalefps: underflow gives 0, overflow inf, NaN stays NaN
+// 2^x = 2^k 2^(x - k) with k = round(x), the scaling by vscalefps: underflow gives 0 (see FlushDenormals), overflow
+// inf, NaN stays NaN
 inline Vec<float> vexp2(Vec<float> x) {
   const Vec<float> k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm512_scalef_ps(exp2_reduced(x - k), k);
@@ -104,9 +108,9 @@ inline Vec<double> vlog1p_unit(Vec<double> t) {
 // softplus(x) (PyTorch's: identity above 20); its derivative sigmoid(x) (1 above 20) into *slope when given
 template <typename Real>
 inline Vec<Real> softplus(Vec<Real> x, Vec<Real>* slope) {
-  const Vec<Real> zero{}, one = splat<Real>(1), threshold = splat<Real>(20), floor = splat<Real>(-100);
+  const Vec<Real> zero{}, one = splat<Real>(1), threshold = splat<Real>(20), lowest = splat<Real>(-100);
   Vec<Real> minus_abs = x < zero ? x : -x;
-  minus_abs = minus_abs < floor ? floor : minus_abs;  // exp(-100) is 0 to working precision; keeps -inf finite
+  minus_abs = minus_abs < lowest ? lowest : minus_abs;  // exp(-100) is 0 to working precision; keeps -inf finite
   const Vec<Real> e = vexp2(minus_abs * Real(kLog2e));  // exp(-|x|)
   if (slope) {
     const Vec<Real> inv = one / (one + e);
@@ -117,13 +121,9 @@ inline Vec<Real> softplus(Vec<Real> x, Vec<Real>* slope) {
 
 template <typename Real>
 inline Real hsum(Vec<Real> v) {
-  typedef typename Simd<Real>::Int Int;
-  Int idx;
-  for (int width = kLanes<Real> / 2; width >= 1; width /= 2) {
-    for (int l = 0; l < kLanes<Real>; ++l) idx[l] = l ^ width;
-    v += __builtin_shuffle(v, idx);
-  }
-  return v[0];
+  Real sum = 0;
+  for (int l = 0; l < kLanes<Real>; ++l) sum += v[l];
+  return sum;
 }
 
 // One level of `transposed_sums`: v[k] = merge of v[2k] and v[2k + 1] for k < W. Lanes l with bit W clear add v[2k]
@@ -189,6 +189,19 @@ inline void add_lane_sums(Vec<Real>* rows, int64_t count, Real* out) {
   for (; r + L <= count; r += L) store(out + r, load(out + r, L) + transposed_sums<Real>(rows + r), L);
   for (; r < count; ++r) out[r] += hsum<Real>(rows[r]);
 }
+
+// Flush subnormal numbers to zero (FTZ and DAZ) on this thread while in scope: gates below 2^-126, which large deltas
+// give, would otherwise take the CPU's slow path for subnormals (scans several times slower)
+class FlushDenormals {
+ public:
+#if defined(__SSE__)
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
 
 template <typename Real>
 struct ScanArgs {
@@ -430,6 +443,7 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
   }
 #pragma omp parallel num_threads(threads)
   {
+    const FlushDenormals flush;
     Vec<Real>* row = scratch.data() + omp_get_thread_num() * per_thread;
     Vec<Real>* a_buffer = row + (a.width + 1) * a.state;
     Vec<Real>* deltas = a_buffer + 2 * a.state;
@@ -472,6 +486,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
   int team_size = threads;
 #pragma omp parallel num_threads(threads)
   {
+    const FlushDenormals flush;
     const int k = omp_get_thread_num(), team = omp_get_num_threads();
     if (k == 0) team_size = team;
     const int64_t begin = task_begin(tasks, team, k), end = task_begin(tasks, team, k + 1);
