@@ -161,7 +161,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(small_data, r
     run_dir = tmp_path / "run"
     assert os.readlink(run_dir / "last") == "epoch-0001", "the kill was meant to land in epoch 2"
     verify_manifest(run_dir / "last")  # the last checkpoint written before the kill is complete
-    run_train("--data-dir", str(small_data), "--output", str(tmp_path), "--resume", str(run_dir), *RESUME_RUN)
+    run_train("--resume", str(run_dir))  # the other settings come from the checkpoint
     assert_same_weights(run_dir, reference_run)
     assert_same_metrics(run_dir, reference_run)
 
@@ -175,7 +175,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_continues_exactly(small_data, 
     run_dir = tmp_path / "run"
     assert re.fullmatch(r"epoch-0001-step-0000\d\d", os.readlink(run_dir / "last")), os.readlink(run_dir / "last")
     verify_manifest(run_dir / "last")
-    run_train("--data-dir", str(small_data), "--output", str(tmp_path), "--resume", str(run_dir), *RESUME_RUN)
+    run_train("--resume", str(run_dir))
     assert_same_weights(run_dir, reference_run)
     assert_same_metrics(run_dir, reference_run)
 

@@ -4,7 +4,7 @@
     python tools/train.py                                      # the embedded default job (CPU, a few minutes)
     python tools/train.py --config configs/train/mamba2d_tiny.yaml --data-dir /data/imagenet
     torchrun --nproc-per-node 8 tools/train.py --config ... --data-dir ... --grad-accum-steps 8
-    python tools/train.py --resume output/train/<run>           # continue exactly after a stop or crash
+    python tools/train.py --resume output/train/<run>           # continue exactly, with the run's settings
 
 Every epoch (and on SIGTERM/SIGINT, after the current optimizer step) the run folder gets an atomic checkpoint
 (see vision2d/train/checkpointing.py), metrics.csv and curves.png.
@@ -19,13 +19,12 @@ from pathlib import Path
 
 import timm
 import torch.distributed as dist
-import yaml
 from timm.data import resolve_data_config
 
 import vision2d  # noqa: F401  (registers the models with timm)
-from vision2d.checkpoint import CheckpointError, atomic_write, check_model_name
-from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, checkpoint_name, load_training_checkpoint,
-                                          save_training_checkpoint)
+from vision2d.checkpoint import CheckpointError, check_model_name
+from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, TrainingCheckpoint, checkpoint_name,
+                                          load_training_checkpoint, save_training_checkpoint)
 from vision2d.train.config import parse_args
 from vision2d.train.data import (build_digits_image_folder, create_eval_loader, create_image_folder_datasets,
                                  create_train_loader)
@@ -36,8 +35,8 @@ from vision2d.train.reporting import (METRICS_FILE, PLOT_FILE, TensorBoardLogger
                                       write_metrics_csv)
 from vision2d.train.trainer import EpochProgress, Trainer
 
-# Settings that may change on --resume without a note (where output goes, and how to resume).
-RESUME_NEUTRAL_SETTINGS = {"resume", "experiment", "output", "tensorboard", "workers", "config"}
+# Settings that may change on --resume without a note (how to resume, and logging).
+RESUME_NEUTRAL_SETTINGS = {"resume", "config", "experiment", "tensorboard", "workers"}
 
 
 class StopRequest:
@@ -101,7 +100,7 @@ def train(args, context) -> int:
     if args.resume:
         checkpoint = load_training_checkpoint(args.resume, args.model)
         state = checkpoint.trainer_state
-        check_resumable(state, args, class_names, trainer.global_batch, log)
+        check_resumable(checkpoint, args, class_names, trainer.global_batch, log)
         trainer.load_state_dict(state["trainer"], checkpoint.model_state, checkpoint.ema_state)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         if state["progress"] is not None:
@@ -116,8 +115,6 @@ def train(args, context) -> int:
     else:
         run_dir = new_run_dir(args, data_dir, context)
     logger = TensorBoardLogger(run_dir / "tensorboard") if args.tensorboard and context.is_main else None
-    if context.is_main:
-        atomic_write(run_dir / "config.yaml", lambda path: path.write_text(yaml.safe_dump(vars(args))))
     log(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(class_names)} "
         f"classes, input {data_config['input_size']}; {len(datasets['train'])} train / {len(datasets['val'])} val "
         f"images from {data_dir}")
@@ -131,12 +128,12 @@ def train(args, context) -> int:
             return
         trainer_state = dict(
             trainer=trainer.state_dict(), epoch=epoch_done, progress=asdict(epoch_progress) if epoch_progress else None,
-            rng=rng_states, history=history, best=best, config=vars(args), world_size=context.world_size,
+            rng=rng_states, history=history, best=best, world_size=context.world_size,
             global_batch=trainer.global_batch, class_names=class_names)
         save_training_checkpoint(
             run_dir, checkpoint_name(epoch_done, epoch_progress and epoch_progress.step), args.model, len(class_names),
             data_config, model.state_dict(), trainer.ema.module.state_dict() if trainer.ema else None, trainer_state,
-            is_best)
+            vars(args), is_best)
 
     with StopRequest() as stop_requested:
         for epoch in range(start_epoch, args.epochs):
@@ -194,9 +191,9 @@ def validation_metrics(trainer: Trainer, eval_loader, num_images: int, context) 
 def prepare_digits(output: Path, context, log) -> Path:
     """Build (on the main process) and return the digits ImageFolder under ``output``."""
     if context.is_main:
-        data_dir = build_digits_image_folder(output)
+        build_digits_image_folder(output)
     dist.barrier()
-    data_dir = build_digits_image_folder(output)  # already built: just the path
+    data_dir = build_digits_image_folder(output)  # built: returns its path
     log(f"no --data-dir: using scikit-learn's digits as an ImageFolder at {data_dir}")
     return data_dir
 
@@ -214,8 +211,9 @@ def new_run_dir(args, data_dir: Path, context) -> Path:
     return run_dir
 
 
-def check_resumable(state: dict, args, class_names: list[str], global_batch: int, log) -> None:
-    """Refuse a checkpoint of another class list or global batch; note other changed settings."""
+def check_resumable(checkpoint: TrainingCheckpoint, args, class_names: list[str], global_batch: int, log) -> None:
+    """Refuse a checkpoint of another class list or global batch; note settings changed by flags."""
+    state = checkpoint.trainer_state
     if state["class_names"] != class_names:
         raise CheckpointError(f"the checkpoint was trained on {len(state['class_names'])} classes "
                               f"({state['class_names'][:5]}...), the data has {len(class_names)} "
@@ -223,10 +221,9 @@ def check_resumable(state: dict, args, class_names: list[str], global_batch: int
     if state["global_batch"] != global_batch:
         raise CheckpointError(f"the checkpoint was trained with global batch {state['global_batch']}, this run has "
                               f"{global_batch}: keep batch size x processes x accumulation steps to resume exactly")
-    changed = {key: (value, getattr(args, key)) for key, value in state["config"].items()
-               if key not in RESUME_NEUTRAL_SETTINGS and getattr(args, key) != value}
-    for key, (before, now) in changed.items():
-        log(f"note: --{key.replace('_', '-')} was {before} in the checkpoint, now {now}")
+    for key, before in checkpoint.config.items():
+        if key not in RESUME_NEUTRAL_SETTINGS and getattr(args, key) != before:
+            log(f"note: --{key.replace('_', '-')} was {before} in the checkpoint, now {getattr(args, key)}")
 
 
 def start_epoch_batches(loader, epoch: int, progress: EpochProgress, resume_rng: dict | None, args, context):

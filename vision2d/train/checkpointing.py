@@ -6,6 +6,7 @@
         model.safetensors              weights in the vision2d format (tools/validate.py, timm pretrained path)
         model_ema.safetensors          EMA weights, when EMA is on
         trainer_state.pt               optimizer, scheduler, scaler, per-process RNG, epoch, step, metrics history
+        config.yaml                    the settings of tools/train.py, the defaults of a resumed run
         manifest.json                  size and sha256 of each file above, written last
     <run>/last -> epoch-0007           symbolic links, each replaced atomically
     <run>/best -> epoch-0005           best validation top-1 so far
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..checkpoint import (CheckpointError, atomic_write, check_weights_model, fsync_directory,
                           load_safetensors_weights, save_safetensors_weights)
@@ -31,6 +33,7 @@ from ..checkpoint import (CheckpointError, atomic_write, check_weights_model, fs
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "model_ema.safetensors"
 STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 LINKS = ("last", "best")
 _CHECKPOINT_NAME = re.compile(r"epoch-\d{4}(-step-\d{6})?")
@@ -38,11 +41,12 @@ _CHECKPOINT_NAME = re.compile(r"epoch-\d{4}(-step-\d{6})?")
 
 @dataclass
 class TrainingCheckpoint:
-    """A loaded checkpoint: weights (name -> tensor), EMA weights or None, and the trainer state."""
+    """A loaded checkpoint: weights (name -> tensor), EMA weights or None, the trainer state and the settings."""
     directory: Path
     model_state: dict
     ema_state: dict | None
     trainer_state: dict
+    config: dict
 
 
 def checkpoint_name(epoch: int, step: int | None = None) -> str:
@@ -51,7 +55,8 @@ def checkpoint_name(epoch: int, step: int | None = None) -> str:
 
 
 def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_classes: int, data_config: dict,
-                             model_state: dict, ema_state: dict | None, trainer_state: dict, is_best: bool) -> Path:
+                             model_state: dict, ema_state: dict | None, trainer_state: dict, config: dict,
+                             is_best: bool) -> Path:
     """Write checkpoint ``run_dir/name`` atomically, point ``last`` (and ``best``) at it, delete unlinked ones.
 
     The weight files carry ``model_name``, ``num_classes`` and ``data_config`` (see vision2d.checkpoint).
@@ -64,6 +69,7 @@ def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_clas
     if ema_state is not None:
         save_safetensors_weights(ema_state, temp_dir / EMA_FILE, model_name, num_classes, data_config)
     atomic_write(temp_dir / STATE_FILE, lambda temp_path: torch.save(trainer_state, temp_path))
+    atomic_write(temp_dir / CONFIG_FILE, lambda temp_path: temp_path.write_text(yaml.safe_dump(config)))
     manifest = {path.name: dict(size=path.stat().st_size, sha256=_sha256(path))
                 for path in sorted(temp_dir.iterdir())}
     atomic_write(temp_dir / MANIFEST_FILE, lambda temp_path: temp_path.write_text(json.dumps(manifest, indent=1)))
@@ -113,7 +119,21 @@ def load_training_checkpoint(path: str | os.PathLike, model_name: str) -> Traini
     check_weights_model(metadata, model_name, directory / MODEL_FILE)
     ema_state = load_safetensors_weights(directory / EMA_FILE)[0] if (directory / EMA_FILE).exists() else None
     trainer_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-    return TrainingCheckpoint(directory, model_state, ema_state, trainer_state)
+    return TrainingCheckpoint(directory, model_state, ema_state, trainer_state, read_checkpoint_config(directory))
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The tools/train.py settings saved with a checkpoint (``path`` as for :func:`resolve_checkpoint_dir`)."""
+    config_path = resolve_checkpoint_dir(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"checkpoint {config_path.parent} is incomplete: it has no {CONFIG_FILE}")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise CheckpointError(f"{config_path} is corrupt: {error}") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} is corrupt: it holds no mapping of settings")
+    return config
 
 
 def verify_manifest(directory: Path) -> None:

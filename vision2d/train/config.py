@@ -1,9 +1,9 @@
 """Command line and YAML configuration of tools/train.py.
 
-Precedence, lowest first: the parser defaults (the paper's ImageNet recipe, as in configs/train/), the YAML file of
-``--config``, then the command line flags. YAML keys are the flags' names with underscores; an unknown key is an
-error. With neither ``--data-dir`` nor ``--config``, the embedded digits job's recipe (:data:`DIGITS_RECIPE`)
-replaces the parser defaults.
+Precedence, lowest first: the defaults, the YAML file of ``--config``, then the command line flags. The defaults are
+the paper's ImageNet recipe (as in configs/train/); with ``--resume``, the settings saved with the checkpoint; with
+neither ``--data-dir`` nor ``--config``, the embedded digits job's recipe (:data:`DIGITS_RECIPE`). YAML keys are the
+flags' names with underscores; an unknown key is an error.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 
 import yaml
+
+from .checkpointing import read_checkpoint_config
 
 DEFAULT_MODEL = "test_mamba2d"
 
@@ -105,17 +107,23 @@ def none_or_str(value: str) -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse flags over the YAML of ``--config`` over the paper defaults; with neither a data dir nor a config, the
-    digits recipe replaces the paper defaults."""
+    """Parse the flags over the YAML of ``--config`` over the defaults.
+
+    The defaults are the paper's recipe; those of ``--resume`` are the settings saved with its checkpoint; with
+    neither a data dir nor a config, those of the embedded digits job.
+    """
     parser = build_parser()
     flags_only = parser.parse_args(argv)
+    if flags_only.resume:
+        resumed = read_checkpoint_config(flags_only.resume)
+        parser.set_defaults(**{key: value for key, value in resumed.items() if key not in ("resume", "config")})
+    elif flags_only.data_dir is None and flags_only.config is None:
+        parser.set_defaults(**DIGITS_RECIPE)
     if flags_only.config:
         yaml_values = load_yaml_config(flags_only.config, parser)
-        if not (flags_only.data_dir or yaml_values.get("data_dir")):
+        if not (flags_only.data_dir or yaml_values.get("data_dir") or parser.get_default("data_dir")):
             raise ValueError(f"--config {flags_only.config} is a recipe for an ImageFolder data set: pass --data-dir")
         parser.set_defaults(**yaml_values)
-    elif flags_only.data_dir is None:
-        parser.set_defaults(**DIGITS_RECIPE)
     args = parser.parse_args(argv)
     check_args(args)
     return args
