@@ -22,8 +22,10 @@ from safetensors.torch import load_file
 import vision2d  # noqa: F401  (registers the models with timm)
 from vision2d.checkpoint import CheckpointError, atomic_write
 from vision2d.train.checkpointing import EMA_FILE, MODEL_FILE, verify_manifest
+from vision2d.train.config import parse_args
 from vision2d.train.data import build_digits_image_folder
-from vision2d.train.distributed import seed_everything
+from vision2d.train.distributed import DistributedContext, seed_everything
+from vision2d.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "tools" / "train.py"
@@ -289,3 +291,39 @@ def test_tensorboard_logs_each_epoch_or_names_the_missing_package(small_data, tm
     else:
         assert load_tool("train").main(argv) == 0
         assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("batch_size, accum_steps, expected_lr", [(64, 64, 4e-3), (32, 2, 4e-3 * 64 / 4096)])
+def test_optimizer_follows_the_recipe(small_data, batch_size, accum_steps, expected_lr):
+    """Linear lr scaling from 4e-3 at global batch 4096; AdamW weight decay on weights only: none on norms, biases
+    and model.no_weight_decay() (the 2-D A_log tensors among them)."""
+    args = parse_args(["--data-dir", str(small_data), "--config", str(REPO / "configs/train/mamba2d_tiny.yaml"),
+                       "--model", "test_mamba2d", "--batch-size", str(batch_size),
+                       "--grad-accum-steps", str(accum_steps)])
+    model = timm.create_model("test_mamba2d", num_classes=10)
+    trainer = Trainer(model, args, num_classes=10, steps_per_epoch=10,
+                      context=DistributedContext(rank=0, world_size=1, device=torch.device("cpu")))
+    assert trainer.lr == pytest.approx(expected_lr)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    decay_of = {id(param): group["weight_decay"] for group in trainer.optimizer.param_groups
+                for param in group["params"]}
+    no_decay = model.no_weight_decay()
+    assert any(model.get_parameter(name).ndim == 2 for name in no_decay)
+    for name, param in model.named_parameters():
+        expected = 0.0 if param.ndim <= 1 or name in no_decay else 0.05
+        assert decay_of[id(param)] == expected, name
+
+
+@pytest.mark.parametrize("variant, drop_path, head_dropout, weight_decay", [
+    ("nano", 0.0, 0.0, 0.025), ("tiny", 0.175, 0.15, 0.05), ("small", 0.4, 0.4, 0.05)])
+def test_variant_configs_hold_the_papers_recipe(small_data, variant, drop_path, head_dropout, weight_decay):
+    args = parse_args(["--config", str(REPO / f"configs/train/mamba2d_{variant}.yaml"), "--data-dir", str(small_data)])
+    assert args.model == f"mamba2d_{variant}"
+    assert (args.drop_path, args.drop_rate, args.weight_decay) == (drop_path, head_dropout, weight_decay)
+    assert (args.opt, args.lr_base, args.lr_base_size, args.batch_size * args.grad_accum_steps) == \
+           ("adamw", 4e-3, 4096, 4096)
+    assert (args.epochs, args.warmup_epochs, args.sched, args.min_lr) == (300, 15, "cosine", 1e-6)
+    assert (args.aa, args.mixup, args.cutmix, args.smoothing, args.reprob) == \
+           ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25)
+    assert (args.model_ema, args.model_ema_decay, args.amp, args.amp_dtype) == (True, 0.999, True, "bfloat16")
+    assert (args.img_size, args.crop_pct) == (None, None)  # from the model's pretrained cfg
