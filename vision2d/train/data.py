@@ -8,11 +8,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_dataset, create_loader
+from timm.data import auto_augment, create_dataset, create_loader
 from timm.data.readers.img_extensions import get_img_extensions
 
 DIGITS_IMAGE_SIZE = 32
 IMAGE_FOLDER_LAYOUT = "<data-dir>/train/<class>/<image> and <data-dir>/val/<class>/<image>"
+
+
+def posterize_keeping_zero_bits(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's RandAugment posterize, with 0 bits giving a black image as older Pillow did.
+
+    RandAugment 'inc1' (PosterizeIncreasing) keeps 0 bits at magnitude 10, about 2% of the draws of m9-mstd0.5;
+    Pillow 13 refuses 0 bits with a ValueError, which would stop a training run with the paper's recipe.
+    """
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return timm_posterize(image, bits_to_keep, **kwargs)
+
+
+timm_posterize = auto_augment.posterize
+auto_augment.NAME_TO_OP.update({name: posterize_keeping_zero_bits for name, op in auto_augment.NAME_TO_OP.items()
+                                if op is timm_posterize})
 
 
 def build_digits_image_folder(output_dir: str | os.PathLike) -> Path:
@@ -37,7 +53,7 @@ def build_digits_image_folder(output_dir: str | os.PathLike) -> Path:
             class_dir = temp_root / split / str(digits.target[index])
             class_dir.mkdir(parents=True, exist_ok=True)
             grey = np.round(digits.images[index] * (255 / 16)).astype(np.uint8)  # pixel values are 0..16
-            image = Image.fromarray(grey, mode="L").resize((DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE), Image.BICUBIC)
+            image = Image.fromarray(grey).resize((DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE), Image.BICUBIC)
             image.convert("RGB").save(class_dir / f"{index:04d}.png")
     try:
         os.rename(temp_root, root)
@@ -55,6 +71,7 @@ def check_image_folder(data_dir: str | os.PathLike, splits: tuple[str, ...] = ("
         raise ValueError(f"data dir {data_dir} does not exist; expected {IMAGE_FOLDER_LAYOUT}")
     if not data_dir.is_dir():
         raise ValueError(f"data dir {data_dir} is not a folder; expected {IMAGE_FOLDER_LAYOUT}")
+    extensions = get_img_extensions()
     split_dirs = {}
     for split in splits:
         split_dir = data_dir / split
@@ -63,7 +80,6 @@ def check_image_folder(data_dir: str | os.PathLike, splits: tuple[str, ...] = ("
         entries = list(split_dir.iterdir())
         if not any(entry.is_dir() for entry in entries):
             raise ValueError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
-        extensions = get_img_extensions()
         loose_images = [entry.name for entry in entries if entry.is_file() and entry.suffix.lower() in extensions]
         if loose_images:
             raise ValueError(f"{split_dir} holds images outside class folders ({', '.join(loose_images[:3])}...); "
