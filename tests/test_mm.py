@@ -20,6 +20,7 @@ from mm_data import CLASSES, PALETTE, write_coco_set, write_segmentation_set  # 
 from vision2d.checkpoint import CheckpointError, create_model_from_weights, read_weights_metadata  # noqa: E402
 from vision2d.checkpoint import save_safetensors_weights  # noqa: E402
 from vision2d.mm import FAMILIES  # noqa: E402
+from vision2d.mm.runner import build_runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DET_CONFIG = REPO / "configs/mmdet/mask-rcnn_mamba2d-tiny_fpn_1x_coco.py"
@@ -224,7 +225,7 @@ def test_upernet_train_step_and_inference(fresh_weights, tmp_path):
 
 def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path):
     write_coco_set(tmp_path / "coco")
-    runner = Runner.from_cfg(detection_config(fresh_weights, tmp_path / "coco", tmp_path / "work"))
+    runner = build_runner(detection_config(fresh_weights, tmp_path / "coco", tmp_path / "work"))
     runner.train()
     metrics = runner.val()
     for name in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
@@ -234,12 +235,14 @@ def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path):
 
 def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path):
     write_segmentation_set(tmp_path / "seg")
-    runner = Runner.from_cfg(segmentation_config(fresh_weights, tmp_path / "seg", tmp_path / "work"))
+    cfg = segmentation_config(fresh_weights, tmp_path / "seg", tmp_path / "work")
+    runner = build_runner(cfg)
     runner.train()
     metrics = runner.val()
     for name in ("aAcc", "mIoU", "mAcc"):
         assert 0.0 <= metrics[name] <= 100.0, metrics
-    assert (tmp_path / "work" / "iter_3.pth").is_file()
+    cfg.load_from = str(tmp_path / "work" / "iter_3.pth")  # what tools/mm_test.py does with its checkpoint argument
+    assert build_runner(cfg).test() == metrics
 
 
 def weight_files():

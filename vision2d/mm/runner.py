@@ -34,5 +34,11 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """mmengine's Runner, or the config's own ``runner_type``."""
+    """mmengine's Runner, or the config's own ``runner_type``, able to load the checkpoints it writes.
+
+    mmengine 0.10 reads its checkpoints (which pickle numpy and mmengine objects) with ``torch.load``'s default, and
+    that default is ``weights_only=True`` since torch 2.6; TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD restores full unpickling
+    for the calls that leave ``weights_only`` unset (timm and vision2d set it explicitly). Load trusted files only.
+    """
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
