@@ -81,8 +81,8 @@ def mmcv_ops_error():
 
 def install_mmcv_wheel(wheel):
     """Installs ``wheel`` in place of any installed mmcv; returns whether its compiled ops work with this torch."""
-    pip("uninstall", "--yes", "mmcv")
-    pip("install", wheel)
+    pip("install", "--force-reinstall", "--no-deps", wheel)  # replaces an installed mmcv of the same version
+    pip("install", wheel)  # its dependencies
     error = mmcv_ops_error()
     if error:
         log(f"{wheel.name} from {wheel.parent} does not work with the installed torch: {error}")
