@@ -54,9 +54,12 @@ def _build(compiler: str) -> Path:
     target = _cache_dir() / f"scan2d_cpu-{key[:16]}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # build under a unique name, then rename: concurrent processes never load a half-written library
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + "-", suffix=".tmp.so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # build under a unique name, then rename: concurrent processes never load a half-written library
+        fd, tmp = tempfile.mkstemp(prefix=target.stem + "-", suffix=".tmp.so", dir=target.parent)
+    except OSError as e:
+        raise RuntimeError(f"cannot write the kernel cache {target.parent} ({e}); set $VISION2D_KERNEL_CACHE") from e
     os.close(fd)
     try:
         result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
