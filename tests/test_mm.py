@@ -150,6 +150,11 @@ def check_train_step_and_inference(model, cfg):
     torch.manual_seed(0)
     batch = next(iter(Runner.build_dataloader(cfg.train_dataloader)))
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    weight_decay = {id(parameter): group["weight_decay"] for group in optim_wrapper.optimizer.param_groups
+                    for parameter in group["params"]}
+    for name, parameter in model.backbone.named_parameters():  # the paper's recipe: no decay on 1-D and A logs
+        no_decay = parameter.ndim == 1 or name.endswith(("A_t_log", "A_l_log"))
+        assert weight_decay[id(parameter)] == (0.0 if no_decay else 0.05), name
     model.train()
     losses = model(**model.data_preprocessor(batch, True), mode="loss")
     loss, log_vars = model.parse_losses(losses)

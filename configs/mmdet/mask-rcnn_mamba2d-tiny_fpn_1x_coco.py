@@ -1,7 +1,7 @@
 # Mask R-CNN + FPN, 1x schedule (12 epochs, 16 images per iteration as 8 GPUs x 2) on COCO with a Mamba2D-T backbone.
 # Recipe of the Mamba2D paper (arXiv:2412.16146; official configs at github.com/cocoalex00/Mamba2D): mmdet's Swin-T
 # Mask R-CNN schedule and data, AdamW lr 1e-4 with weight decay 0.05 except on 1-D parameters (norms, biases,
-# scales), gradient clipping at norm 1.0, GroupNorm in the FPN, drop path 0.175.
+# scales, D) and the SSM's A logs, gradient clipping at norm 1.0, GroupNorm in the FPN, drop path 0.175.
 # On one GPU keep the recipe's batch of 16 with --cfg-options optim_wrapper.accumulative_counts=8.
 _base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']
 
@@ -21,5 +21,6 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
+                       custom_keys={'A_t_log': dict(decay_mult=0.0), 'A_l_log': dict(decay_mult=0.0)}),
     clip_grad=dict(max_norm=1.0, norm_type=2))
