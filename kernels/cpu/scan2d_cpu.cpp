@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <utility>
 #include <vector>
@@ -474,15 +475,15 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
   const int64_t spill_size = 3 * pixels * N;  // dB_t, dB_l, dC of one image
   const int64_t partial_size = 2 * E * N + E;  // dA_t, dA_l, dD
   std::vector<Vec<Real>> scratch;
-  std::vector<Real> spill, partial;
+  std::unique_ptr<Real[]> spill;  // per thread, dB/dC of its first and its last image when it shares them
+  std::vector<Real> partial;
   try {
     scratch.resize(per_thread * threads);
-    spill.assign(2 * spill_size * threads, Real(0));  // the first and the last image of each thread
+    spill.reset(new Real[2 * spill_size * threads]);
     partial.assign(partial_size * threads, Real(0));
   } catch (const std::bad_alloc&) {
     return 1;
   }
-  for (Real* out : {g.dB_t, g.dB_l, g.dC}) std::fill(out, out + a.batch * pixels * N, Real(0));
   int team_size = threads;
 #pragma omp parallel num_threads(threads)
   {
@@ -505,10 +506,13 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
       const ChannelBlock<Real> blk(a, task, a_buffer);
       const int64_t b = blk.batch_index;
       const bool owned = begin <= b * blocks && (b + 1) * blocks <= end;
-      Real* sums = owned ? nullptr : spill.data() + (2 * k + (b == begin / blocks ? 0 : 1)) * spill_size;
+      Real* sums = owned ? nullptr : spill.get() + (2 * k + (b == begin / blocks ? 0 : 1)) * spill_size;
       const ImageSums<Real> image_sums{owned ? g.dB_t + b * pixels * N : sums,
                                        owned ? g.dB_l + b * pixels * N : sums + pixels * N,
                                        owned ? g.dC + b * pixels * N : sums + 2 * pixels * N};
+      if (task == begin || task % blocks == 0) {  // the thread's first task on image b
+        for (Real* image : {image_sums.dB_t, image_sums.dB_l, image_sums.dC}) std::fill(image, image + pixels * N, 0);
+      }
       std::fill(adj.dA_t, adj.dA_t + 2 * N, Vec<Real>{});
       std::fill(adj.to_up, adj.to_up + W * N, Vec<Real>{});
       adj.dD = Vec<Real>{};
@@ -549,6 +553,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
     }
   }
   // reduce in thread order: dA/dD from every thread, dB/dC of the images threads share
+  int64_t zeroed_through = -1;  // shared images come in increasing order
   std::fill(g.dA_t, g.dA_t + E * N, Real(0));
   std::fill(g.dA_l, g.dA_l + E * N, Real(0));
   if (g.dD) std::fill(g.dD, g.dD + E, Real(0));
@@ -566,7 +571,11 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
     for (int slot = 0; slot < (images[1] > images[0] ? 2 : 1); ++slot) {
       const int64_t b = images[slot];
       if (begin <= b * blocks && (b + 1) * blocks <= end) continue;  // owned: written in place
-      const Real* sums = spill.data() + (2 * k + slot) * spill_size;
+      if (b > zeroed_through) {
+        for (Real* out : {g.dB_t, g.dB_l, g.dC}) std::fill(out + b * pixels * N, out + (b + 1) * pixels * N, 0);
+        zeroed_through = b;
+      }
+      const Real* sums = spill.get() + (2 * k + slot) * spill_size;
       for (int64_t x = 0; x < pixels * N; ++x) {
         g.dB_t[b * pixels * N + x] += sums[x];
         g.dB_l[b * pixels * N + x] += sums[pixels * N + x];
