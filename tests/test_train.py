@@ -182,6 +182,24 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_continues_exactly(small_data, 
     assert_same_metrics(run_dir, reference_run)
 
 
+
+def test_sigterm_to_torchrun_checkpoints_both_processes_mid_epoch(small_data, tmp_path):
+    """torchrun forwards SIGTERM to each process group, data loader workers included: they must outlive the
+    checkpoint that both training processes agree to write after the same step."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(TRAIN),
+               "--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", "run", *RESUME_RUN,
+               "--batch-size", "4", "--lr-base-size", "8"]
+    status, output = run_and_signal(command, r"epoch 2/3:\s+\d+%\|[^|]*\|\s*[2-8]/10", signal.SIGTERM)
+    assert status != 0 and "stopped by SIGTERM" in output, output[-3000:]
+    run_dir = tmp_path / "run"
+    assert re.fullmatch(r"epoch-0001-step-0000\d\d", os.readlink(run_dir / "last")), output[-3000:]
+    verify_manifest(run_dir / "last")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(TRAIN), "--resume", str(run_dir)], env=run_env(), capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["epoch"] for row in read_metrics(run_dir)] == ["1", "2", "3"]
+
 def test_truncated_checkpoint_fails_clearly_and_other_checkpoints_survive(small_data, reference_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run, run_dir, symlinks=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,20 @@ def eval_sample_mask(first_local_index: int, batch_size: int, rank: int, world_s
     return positions < num_samples
 
 
+def seed_of_worker_ignoring_stop_signals(worker_info) -> int:
+    """timm worker seeding hook: the seed torch gave the data loader worker, after making it ignore SIGTERM/SIGINT.
+
+    torchrun and terminals signal whole process groups; the training process handles the signal (checkpoint after
+    the current step), and its loader workers must live until then. They still exit with their parent.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return worker_info.seed
+
+
 def _device_loader_kwargs(device: torch.device) -> dict:
     # On CUDA, timm's prefetcher normalises (and random-erases) on the GPU; each epoch starts fresh workers so
     # that their seeds follow the per-epoch seeding of the trainer (exact resume).
     on_cuda = device.type == "cuda"
-    return dict(device=device, use_prefetcher=on_cuda, pin_memory=on_cuda, persistent_workers=False)
+    return dict(device=device, use_prefetcher=on_cuda, pin_memory=on_cuda, persistent_workers=False,
+                worker_seeding=seed_of_worker_ignoring_stop_signals)
