@@ -358,3 +358,20 @@ def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
         magnitude = 10 if name == "PosterizeIncreasing" else 0
         posterized = AugmentOp(name, prob=1.0, magnitude=magnitude)(image)
         assert posterized.size == image.size and posterized.getextrema() == ((0, 0),) * 3
+
+
+
+def test_resuming_an_earlier_checkpoint_replaces_its_successors(reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir, symlinks=True)
+    epoch_3 = tmp_path / "epoch-0003"
+    shutil.copytree(run_dir / "last", epoch_3)
+    run_train("--resume", str(run_dir), "--epochs", "4")
+    first_epoch_4 = load_file(run_dir / "last" / MODEL_FILE)
+    shutil.copytree(epoch_3, run_dir / "epoch-0003", dirs_exist_ok=True)
+    run_train("--resume", str(run_dir / "epoch-0003"), "--epochs", "4")  # saves epoch-0004 again, over the first
+    assert os.readlink(run_dir / "last") == "epoch-0004"
+    verify_manifest(run_dir / "last")
+    assert not [entry.name for entry in run_dir.iterdir() if entry.name.startswith(".")]
+    again = load_file(run_dir / "last" / MODEL_FILE)
+    assert all(torch.equal(again[key], first_epoch_4[key]) for key in first_epoch_4)

@@ -73,8 +73,8 @@ def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_clas
     manifest = {path.name: dict(size=path.stat().st_size, sha256=_sha256(path))
                 for path in sorted(temp_dir.iterdir())}
     atomic_write(temp_dir / MANIFEST_FILE, lambda temp_path: temp_path.write_text(json.dumps(manifest, indent=1)))
-    if final_dir.exists():  # left by a run that crashed before linking it: never a target of last/best
-        shutil.rmtree(final_dir)
+    if final_dir.exists():  # saved before by this run, resumed from an earlier checkpoint: move it aside, and
+        os.rename(final_dir, run_dir / f".{name}.tmp-replaced-{os.getpid()}")  # delete it once the links move
     os.rename(temp_dir, final_dir)
     fsync_directory(run_dir)
     for link in ("last", "best") if is_best else ("last",):
