@@ -83,7 +83,7 @@ def test_forward_head_and_reset_classifier(test_model):
 
 def test_features_only_matches_feature_info_and_intermediates(test_model):
     features = timm.create_model("test_mamba2d", features_only=True, out_indices=(0, 1, 3)).eval()
-    features.model.load_state_dict({k: v for k, v in test_model.state_dict().items() if not k.startswith("head.fc.")})
+    features.model.load_state_dict({k: v for k, v in test_model.state_dict().items() if not k.startswith("head.")})
     x = torch.randn(2, 3, 64, 48)
     outs = features(x)
     assert [o.shape[1] for o in outs] == features.feature_info.channels() == [16, 32, 64]
@@ -102,7 +102,11 @@ def test_prune_intermediate_layers():
     expected = model.forward_intermediates(x, indices=(1, 2), intermediates_only=True)
     kept = model.prune_intermediate_layers(indices=(1,))
     assert kept == [1] and len(model.stages) == 2
+    assert not any(n.startswith("head.") for n, _ in model.named_parameters()), "a pruned head keeps parameters"
     torch.testing.assert_close(model.forward_intermediates(x, indices=(1,), intermediates_only=True)[0], expected[0])
+    features = timm.create_model("test_mamba2d", features_only=True, out_indices=(1,))
+    sum(f.sum() for f in features(x)).backward()
+    assert all(p.grad is not None for p in features.parameters()), "features_only holds parameters it never uses"
 
 
 def test_grad_checkpointing_gives_same_gradients():

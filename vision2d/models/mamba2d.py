@@ -289,6 +289,8 @@ class Mamba2D(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         if global_pool not in (None, "avg"):
             raise ValueError(f"Mamba2D supports only global_pool='avg', got {global_pool!r}")
+        if isinstance(self.head, nn.Identity):
+            raise RuntimeError("the head was pruned by prune_intermediate_layers(prune_head=True); rebuild the model")
         self.num_classes = num_classes
         self.head.reset(num_classes)
 
@@ -334,8 +336,9 @@ class Mamba2D(nn.Module):
         """Drop the stages after the last wanted intermediate (and the head); returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
-        if prune_head:
-            self.reset_classifier(0)
+        if prune_head:  # the whole head goes: unused parameters would break DDP (find_unused_parameters=False)
+            self.head = nn.Identity()
+            self.num_classes = 0
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,7 +350,10 @@ class Mamba2D(nn.Module):
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pooled head; pre_logits=True returns the (B, head_hidden_size) features before the classifier."""
+        """Pooled head; pre_logits=True returns the (B, head_hidden_size) features before the classifier.
+        After `prune_intermediate_layers(prune_head=True)` there is no head and x is returned unchanged."""
+        if isinstance(self.head, nn.Identity):
+            return x
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
