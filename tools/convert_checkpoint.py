@@ -30,14 +30,13 @@ import re
 import sys
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import vision2d  # noqa: E402,F401  (registers the models with timm)
-from vision2d.checkpoint import WEIGHTS_FORMAT, atomic_write  # noqa: E402
+from vision2d.checkpoint import load_safetensors_weights, save_safetensors_weights  # noqa: E402
 from vision2d.models.mamba2d import (Mamba2D, _strip_prefixes, _unwrap_state_dict,  # noqa: E402
                                      checkpoint_filter_fn)
 
@@ -188,15 +187,11 @@ def convert(checkpoint: dict, model_name: str | None = None) -> tuple[str, int, 
 def save_weights(model: torch.nn.Module, path: str | os.PathLike, model_name: str, num_classes: int,
                  source: str) -> dict[str, str]:
     """Write the model's state_dict (fp32, contiguous) as vision2d safetensors, atomically; returns the metadata."""
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu")
-        tensors[name] = (tensor.float() if tensor.is_floating_point() else tensor).contiguous().clone()
-    metadata = {"format": WEIGHTS_FORMAT, "model": model_name, "num_classes": str(int(num_classes)),
-                "source": source}
-    atomic_write(path, lambda temp: safetensors.torch.save_file(tensors, temp, metadata=metadata))
-    written = safetensors.torch.load_file(str(path))
-    if written.keys() != tensors.keys() or any(not torch.equal(written[k], v) for k, v in tensors.items()):
+    state_dict = model.state_dict()
+    save_safetensors_weights(state_dict, path, model_name, num_classes, extra_metadata={"source": source})
+    written, metadata = load_safetensors_weights(path)
+    if written.keys() != state_dict.keys() or any(not torch.equal(written[k], v.float() if v.is_floating_point()
+                                                                  else v) for k, v in state_dict.items()):
         raise ConversionError(f"{path}: the written file does not read back identically")
     return metadata
 

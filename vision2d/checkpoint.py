@@ -55,11 +55,12 @@ def fsync_directory(directory: str | os.PathLike) -> None:
 
 
 def save_safetensors_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, model_name: str,
-                             num_classes: int, data_config: dict | None = None) -> None:
+                             num_classes: int, data_config: dict | None = None,
+                             extra_metadata: dict[str, str] | None = None) -> None:
     """Write ``state_dict`` (name -> tensor of any shape) to ``path`` in the vision2d weight format, atomically.
 
     ``data_config``: the timm data config of training (see :func:`timm.data.resolve_data_config`), if it differs
-    from the model's default cfg and loaders should follow it.
+    from the model's default cfg and loaders should follow it. ``extra_metadata``: more string entries (e.g. "source").
     """
     tensors = {}
     for name, tensor in state_dict.items():
@@ -70,6 +71,7 @@ def save_safetensors_weights(state_dict: dict[str, torch.Tensor], path: str | os
     metadata = {"format": WEIGHTS_FORMAT, "model": model_name, "num_classes": str(int(num_classes))}
     if data_config is not None:
         metadata["data_config"] = json.dumps(data_config)
+    metadata.update(extra_metadata or {})
     atomic_write(path, lambda temp_path: safetensors.torch.save_file(tensors, temp_path, metadata=metadata))
 
 
