@@ -228,7 +228,13 @@ def test_upernet_train_step_and_inference(fresh_weights, tmp_path):
         assert 0 <= seg_map.min() and seg_map.max() <= len(CLASSES)
 
 
-def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path):
+@pytest.fixture
+def runner_env(monkeypatch):
+    """build_runner sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for mmengine; keep it from leaking into other tests."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+
+def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path, runner_env):
     write_coco_set(tmp_path / "coco")
     runner = build_runner(detection_config(fresh_weights, tmp_path / "coco", tmp_path / "work"))
     runner.train()
@@ -238,7 +244,7 @@ def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path):
     assert (tmp_path / "work" / "epoch_1.pth").is_file()
 
 
-def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path):
+def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path, runner_env):
     write_segmentation_set(tmp_path / "seg")
     cfg = segmentation_config(fresh_weights, tmp_path / "seg", tmp_path / "work")
     runner = build_runner(cfg)
