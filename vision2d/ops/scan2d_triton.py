@@ -106,6 +106,14 @@ if triton is not None:
         return tl.where(inside, w_l, 0.0).to(STATE), tl.where(inside, w_t, 0.0).to(STATE)
 
     @triton.jit
+    def _tile_masks(cols, channels, states, W, E, N):
+        """Masks of the [BLOCK_W, BLOCK_E], [BLOCK_W, BLOCK_N] and [BLOCK_E, BLOCK_N] tiles, and the (E, N) offsets."""
+        mask_e = (cols < W)[:, None] & (channels < E)[None, :]
+        mask_n = (cols < W)[:, None] & (states < N)[None, :]
+        mask_a = (channels < E)[:, None] & (states < N)[None, :]
+        return mask_e, mask_n, mask_a, channels[:, None] * N + states[None, :]
+
+    @triton.jit
     def _load_pixels(ptr, pixels, channels, n_channels, mask, STATE: tl.constexpr):
         """[BLOCK_W, BLOCK_C] tile of a (.., n_channels) channels-last tensor, zero where masked, in STATE."""
         offsets = pixels[:, None] * n_channels + channels[None, :]
@@ -154,10 +162,7 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_W)
         channels = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
         states = tl.arange(0, BLOCK_N)
-        mask_e = (cols < W)[:, None] & (channels < E)[None, :]
-        mask_n = (cols < W)[:, None] & (states < N)[None, :]
-        mask_a = (channels < E)[:, None] & (states < N)[None, :]
-        a_offsets = channels[:, None] * N + states[None, :]
+        mask_e, mask_n, mask_a, a_offsets = _tile_masks(cols, channels, states, W, E, N)
         A2_t = tl.load(At_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE) * LOG2E
         A2_l = tl.load(Al_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE) * LOG2E
         if HAS_D:
@@ -194,10 +199,7 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_W)
         channels = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
         states = tl.arange(0, BLOCK_N)
-        mask_e = (cols < W)[:, None] & (channels < E)[None, :]
-        mask_n = (cols < W)[:, None] & (states < N)[None, :]
-        mask_a = (channels < E)[:, None] & (states < N)[None, :]
-        a_offsets = channels[:, None] * N + states[None, :]
+        mask_e, mask_n, mask_a, a_offsets = _tile_masks(cols, channels, states, W, E, N)
         A_t = tl.load(At_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
         A_l = tl.load(Al_ptr + a_offsets, mask=mask_a, other=0.0).to(STATE)
         A2_t = A_t * LOG2E
