@@ -55,7 +55,7 @@ def test_construction_with_dtype():
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (45, 37), (33, 96), (3, 3)])
-def test_forward_backward_any_size(test_model, size):
+def test_forward_backward_any_size(size):
     model = timm.create_model("test_mamba2d", num_classes=7)
     x = torch.randn(2, 3, *size)
     out = model(x)
