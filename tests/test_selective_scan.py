@@ -1,0 +1,199 @@
+"""The 1D selective scan: reference vs naive loop, scan orders, every backend vs the reference, the custom-op
+contract."""
+import pytest
+import torch
+
+from vision2d.ops import cross_scan_orders, selective_scan, selective_scan_ref
+from vision2d.ops.selective_scan import BACKENDS
+from vision2d.ops.selective_scan_ref import selective_scan_naive, selective_scan_ref_backward
+from selective_scan_cases import SHAPES, TOLERANCES, make_inputs, random_orders
+
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def _require(backend):
+    from vision2d.ops.selective_scan import _BACKEND_MODULES
+    import importlib
+    reason = importlib.import_module(_BACKEND_MODULES[backend]).unavailable_reason(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(f"{backend} unavailable on CPU: {reason}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_reference_matches_naive_loop(shape, merge, ordered):
+    u, delta, A, B, C, D, bias = make_inputs(*shape, dtype=torch.float64)
+    order = random_orders(shape[2], shape[1]) if ordered else None
+    kwargs = dict(delta_softplus=True, order=order, merge=merge)
+    torch.testing.assert_close(selective_scan_ref(u, delta, A, B, C, D, bias, **kwargs),
+                               selective_scan_naive(u, delta, A, B, C, D, bias, **kwargs), rtol=1e-12, atol=1e-12)
+
+
+def test_reference_equals_separate_scans_of_reordered_sequences():
+    """Direction k with order o is the plain scan of the sequence gathered along o, scattered back."""
+    u, delta, A, B, C, D, bias = make_inputs(2, 6, 4, 3, 4, dtype=torch.float64)
+    order = cross_scan_orders(2, 3)
+    y = selective_scan_ref(u, delta, A, B, C, D, bias, delta_softplus=True, order=order, merge=False)
+    for k in range(4):
+        o = order[k]
+        y_k = selective_scan_ref(u[:, o], delta[:, o, k:k + 1], A[k:k + 1], B[:, o, k:k + 1], C[:, o, k:k + 1],
+                                 D[k:k + 1], bias[k:k + 1], delta_softplus=True, merge=True)
+        torch.testing.assert_close(y[:, o, k], y_k, rtol=1e-12, atol=1e-12)
+
+
+def test_cross_scan_orders_follow_vmamba():
+    H, W = 3, 5
+    x = torch.arange(H * W).view(1, H, W)  # pixel ids, row-major
+    row, col = x.flatten(1), x.transpose(1, 2).flatten(1)  # VMamba's CrossScan: rows, columns and both reversed
+    expected = torch.cat([row, col, row.flip(-1), col.flip(-1)])
+    assert torch.equal(cross_scan_orders(H, W), expected)
+    assert cross_scan_orders(0, 4).shape == (4, 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 2, 3, 2), (1, 1, 1, 2, 1), (1, 4, 4, 2, 3)])
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("delta_softplus", [True, False])
+def test_reference_gradcheck(shape, merge, delta_softplus):
+    u, delta, A, B, C, D, bias = make_inputs(*shape, dtype=torch.float64)
+    if not delta_softplus:  # raw deltas must be positive step sizes
+        delta, bias = torch.nn.functional.softplus(delta), bias.abs()
+    order = random_orders(shape[2], shape[1], seed=3)
+    args = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+    assert torch.autograd.gradcheck(
+        lambda *a: selective_scan_ref(*a, delta_softplus=delta_softplus, order=order, merge=merge), args)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("optional", [True, False])
+def test_reference_backward_matches_autograd(shape, merge, optional):
+    u, delta, A, B, C, D, bias = make_inputs(*shape, dtype=torch.float64, with_d=optional, with_bias=optional)
+    args = [t.requires_grad_() if t is not None else None for t in (u, delta, A, B, C, D, bias)]
+    order = random_orders(shape[2], shape[1], seed=2)
+    y = selective_scan_ref(*args, delta_softplus=True, order=order, merge=merge)
+    dy = torch.randn_like(y)
+    expected = torch.autograd.grad(y, [a for a in args if a is not None], dy)
+    got = [g for g in selective_scan_ref_backward(dy, *args, True, order, merge) if g is not None]
+    assert len(got) == len(expected)
+    for name, e, g in zip(GRAD_NAMES, expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"grad of {name}: {m}")
+
+
+def assert_backend_matches_reference(backend, shape, dtype, merge=True, ordered=True, with_d=True, with_bias=True,
+                                     delta_softplus=True, delta_scale=1.0, device="cpu"):
+    """Forward and all gradients of `backend` on `device` vs the float64 reference on the CPU (same rounded inputs)."""
+    batch, L, K = shape[:3]
+    args = make_inputs(*shape, dtype=dtype, device=device, with_d=with_d, with_bias=with_bias,
+                       delta_scale=delta_scale)
+    if not delta_softplus:  # raw deltas must be positive step sizes
+        args = (args[0], torch.nn.functional.softplus(args[1].double()).to(dtype), *args[2:])
+    order = random_orders(K, L, seed=1, device=device) if ordered else None
+    kwargs = dict(delta_softplus=delta_softplus, merge=merge)
+    leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
+    y = selective_scan(*leaves, order=order, backend=backend, **kwargs)
+    assert y.dtype == dtype and y.device == args[0].device
+    assert y.shape == ((batch, L, shape[3]) if merge else (batch, L, K, shape[3]))
+    ref_leaves = [a.detach().cpu().double().requires_grad_() if a is not None else None for a in args]
+    y_ref = selective_scan_ref(*ref_leaves, order=None if order is None else order.cpu(), **kwargs)
+    atol, rtol = TOLERANCES[dtype]
+    scale = y_ref.abs().max().item() + 1e-6
+    torch.testing.assert_close(y.cpu().double(), y_ref, atol=atol * scale, rtol=rtol)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    names = [n for n, a in zip(GRAD_NAMES, args) if a is not None]
+    grads = torch.autograd.grad(y, [a for a in leaves if a is not None], dy.to(device))
+    ref_grads = torch.autograd.grad(y_ref, [a for a in ref_leaves if a is not None], dy.double())
+    for name, g, r, a in zip(names, grads, ref_grads, [a for a in args if a is not None]):
+        assert g.dtype == a.dtype and g.shape == a.shape, f"grad of {name}: {g.dtype} {tuple(g.shape)}"
+        assert torch.isfinite(g).all(), f"grad of {name} is not finite"
+        gscale = r.abs().max().item() + 1e-6
+        torch.testing.assert_close(g.cpu().double(), r, atol=atol * gscale, rtol=rtol,
+                                   msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("merge", [True, False])
+def test_backend_matches_reference(backend, dtype, shape, merge):
+    _require(backend)
+    assert_backend_matches_reference(backend, shape, dtype, merge=merge)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", [dict(ordered=False), dict(with_d=False, with_bias=False),
+                                     dict(delta_softplus=False, with_bias=False), dict(delta_scale=8.0)])
+def test_backend_options(backend, options):
+    _require(backend)
+    assert_backend_matches_reference(backend, (2, 9, 4, 5, 4), torch.float32, **options)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_sequence(backend):
+    _require(backend)
+    args = [a.requires_grad_() for a in make_inputs(2, 0, 4, 3, 1)]
+    y = selective_scan(*args, delta_softplus=True, backend=backend)
+    assert y.shape == (2, 0, 3)
+    grads = torch.autograd.grad(y.sum(), args, allow_unused=True)
+    assert grads[2] is None or not grads[2].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", [True, False])
+def test_opcheck(backend, merge):
+    _require(backend)
+    args = [a.requires_grad_() for a in make_inputs(2, 5, 2, 3, 4)]
+    order = random_orders(2, 5)
+    torch.library.opcheck(torch.ops.vision2d.selective_scan.default, (*args, order, True, merge, backend))
+
+
+def test_non_contiguous_inputs_work():
+    u, delta, A, B, C, D, bias = make_inputs(2, 6, 2, 3, 4)
+    proj = torch.cat([delta, torch.cat([B, C], dim=-1)], dim=-1)  # B, C as views of one projection, like the model
+    d_view, b_view, c_view = proj.split([3, 4, 4], dim=-1)
+    assert not b_view.is_contiguous()
+    order = cross_scan_orders(2, 3)[:2]
+    y = selective_scan(u.transpose(0, 1).contiguous().transpose(0, 1), d_view, A, b_view, c_view, D, bias, True,
+                       order=order)
+    torch.testing.assert_close(y, selective_scan_ref(u, delta, A, B, C, D, bias, True, order))
+
+
+def test_bad_inputs_raise_clear_errors():
+    u, delta, A, B, C, D, bias = make_inputs(2, 6, 2, 3, 4)
+    with pytest.raises(ValueError, match="u must be 3-D"):
+        selective_scan(u[0], delta, A, B, C)
+    with pytest.raises(ValueError, match=r"delta must have shape \(2, 6, 2, 3\)"):
+        selective_scan(u, delta[:, :, :1], A, B, C)
+    with pytest.raises(ValueError, match=r"A must be \(K, E, N\)"):
+        selective_scan(u, delta, A[:, :2], B, C)
+    with pytest.raises(ValueError, match=r"C must have shape \(2, 6, 2, 4\)"):
+        selective_scan(u, delta, A, B, C[..., :3])
+    with pytest.raises(ValueError, match=r"D must have shape \(2, 3\)"):
+        selective_scan(u, delta, A, B, C, D.flatten())
+    with pytest.raises(ValueError, match=r"delta_bias must have shape \(2, 3\)"):
+        selective_scan(u, delta, A, B, C, D, bias[:1])
+    with pytest.raises(TypeError, match="B has dtype torch.float64 but u has torch.float32"):
+        selective_scan(u, delta, A, B.double(), C)
+    with pytest.raises(TypeError, match="u has dtype torch.int32"):
+        selective_scan(u.int(), delta, A, B, C)
+    with pytest.raises(ValueError, match=r"order must have shape \(2, 6\)"):
+        selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3))
+    with pytest.raises(TypeError, match="order must be int64"):
+        selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3)[:2].int())
+    with pytest.raises(ValueError, match="permutation"):
+        selective_scan(u, delta, A, B, C, order=torch.zeros(2, 6, dtype=torch.int64))
+    with pytest.raises(ValueError, match="unknown selective_scan backend"):
+        selective_scan(u, delta, A, B, C, backend="cuda-magic")
+
+
+def test_meta_device_and_compile():
+    u, delta, A, B, C, D, bias = make_inputs(1, 6, 4, 3, 1)
+    meta = [a.to("meta") for a in (u, delta, A, B, C, D, bias)]
+    assert selective_scan(*meta, order=cross_scan_orders(2, 3, device="meta")).shape == (1, 6, 3)
+    assert selective_scan(*meta, merge=False).shape == (1, 6, 4, 3)
+
+    def f(*a):
+        return selective_scan(*a, delta_softplus=True, order=cross_scan_orders(3, 2)).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(u, delta, A, B, C, D, bias), f(u, delta, A, B, C, D, bias))

@@ -1,0 +1,151 @@
+"""Pure-PyTorch reference of the 1D selective scan (Mamba's S6) with K scan directions (the oracle for every backend).
+
+Shapes (channels-last, storage order): u (batch, L, E); delta (batch, L, K, E); A (K, E, N); B, C (batch, L, K, N);
+D, delta_bias (K, E); order int64 (K, L), row k a permutation of 0..L-1 (scan step t of direction k visits position
+order[k, t]). For every direction k, channel e and step t with p = order[k, t]:
+    dt = delta[b, p, k, e] + delta_bias[k, e];  dt = softplus(dt) if delta_softplus
+    h_t = exp(dt * A[k, e]) * h_{t-1} + dt * B[b, p, k] * u[b, p, e]        (h_{-1} = 0, h_t has N entries)
+    y_k[b, p, e] = C[b, p, k] . h_t + D[k, e] * u[b, p, e]
+merge=True returns sum_k y_k (batch, L, E), else y (batch, L, K, E); y is in u's dtype. The state is float32
+(float64 for float64 inputs).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in for inputs of `dtype`."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def identity_orders(K: int, L: int, device=None) -> Tensor:
+    """(K, L) int64: every direction scans the storage order."""
+    return torch.arange(L, device=device).expand(K, L)
+
+
+def _step_sizes(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool, dtype: torch.dtype) -> Tensor:
+    """delta (+ delta_bias), softplus-ed if asked, in the state dtype; (batch, L, K, E)."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _gather_steps(x: Tensor, steps: Tensor) -> Tensor:
+    """x (batch, L, K, F) in storage order -> scan order: entry [b, t, k] is x[b, order[k, t], k]."""
+    return x.gather(1, steps[None, :, :, None].expand(x.shape[0], *steps.shape, x.shape[-1]))
+
+
+def _scatter_steps(x: Tensor, steps: Tensor) -> Tensor:
+    """Inverse of `_gather_steps`: scan order -> storage order."""
+    return torch.zeros_like(x).scatter(1, steps[None, :, :, None].expand(x.shape[0], *steps.shape, x.shape[-1]), x)
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order):
+    """Inputs in the state dtype and in scan order (batch, L, K, E|N), and the gates exp(dt * A) (batch, L, K, E, N)."""
+    sd = state_dtype(u.dtype)
+    Bsz, L, E = u.shape
+    K = A.shape[0]
+    steps = (identity_orders(K, L, u.device) if order is None else order).t()  # (L, K)
+    s = dict(steps=steps, A=A.to(sd), u=u.to(sd)[:, steps],
+             dt=_gather_steps(_step_sizes(delta, delta_bias, delta_softplus, sd), steps),
+             B=_gather_steps(B.to(sd), steps), C=_gather_steps(C.to(sd), steps))
+    s["gate"] = torch.exp(s["dt"][..., None] * s["A"])
+    return s
+
+
+def _states(s) -> Tensor:
+    """All states h_t in scan order, (batch, L, K, E, N)."""
+    gate = s["gate"]
+    h = gate.new_zeros(gate.shape[:1] + gate.shape[2:])
+    states = []
+    for t in range(gate.shape[1]):
+        h = gate[:, t] * h + (s["dt"][:, t] * s["u"][:, t])[..., None] * s["B"][:, t, :, None, :]
+        states.append(h)
+    return torch.stack(states, dim=1) if states else torch.zeros_like(gate)
+
+
+def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                       delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                       order: Optional[Tensor] = None, merge: bool = True) -> Tensor:
+    """Reference selective scan, one step of all directions at a time; differentiable by autograd."""
+    s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order)
+    y = _scatter_steps(torch.einsum("btken,btkn->btke", _states(s), s["C"]), s["steps"])  # (batch, L, K, E)
+    if D is not None:
+        y = y + D.to(y.dtype) * u.to(y.dtype)[:, :, None, :]
+    return (y.sum(2) if merge else y).to(u.dtype)
+
+
+def selective_scan_ref_backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
+    """Gradients of `selective_scan_ref` written out (the adjoint recurrence every backend implements).
+
+    In scan order, lam_t = C_t dy_t + exp(dt_{t+1} A) lam_{t+1}; then dx_t = lam_t for the input dt_t B_t u_t and
+    lam_t h_{t-1} exp(dt_t A) for the exponent dt_t A. Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its
+    input's dtype (None for an absent D / delta_bias).
+    """
+    s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order)
+    hs = _states(s)
+    sd, (Bsz, L, K, E, N) = hs.dtype, hs.shape
+    dy_k = dy.to(sd)[:, :, None, :].expand(Bsz, L, K, E) if merge else dy.to(sd)
+    dy_s = _gather_steps(dy_k, s["steps"])
+    g = dy_s[..., None] * s["C"][:, :, :, None, :]  # direct state gradient
+    lam = hs.new_zeros(hs.shape[:1] + hs.shape[2:])
+    lams = []
+    for t in reversed(range(L)):
+        lam = g[:, t] + (s["gate"][:, t + 1] * lam if t + 1 < L else 0)
+        lams.append(lam)
+    lam = torch.stack(lams[::-1], dim=1) if lams else torch.zeros_like(hs)
+    h_prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], dim=1)
+    d_exponent = lam * h_prev * s["gate"]  # gradient w.r.t. dt_t * A
+    lam_b = torch.einsum("btken,btkn->btke", lam, s["B"])
+    ddt = torch.einsum("btken,ken->btke", d_exponent, s["A"]) + lam_b * s["u"]
+    dA = torch.einsum("btken,btke->ken", d_exponent, s["dt"])
+    dB = torch.einsum("btken,btke->btkn", lam, s["dt"] * s["u"])
+    dC = torch.einsum("btken,btke->btkn", hs, dy_s)
+    du = _scatter_steps(lam_b * s["dt"], s["steps"]).sum(2)
+    ddt, dB, dC = (_scatter_steps(t, s["steps"]) for t in (ddt, dB, dC))
+    if delta_softplus:
+        raw = delta.to(sd) + (delta_bias.to(sd) if delta_bias is not None else 0)
+        ddt = ddt * torch.sigmoid(raw)
+    dD = None
+    if D is not None:
+        du = du + (dy_k * D.to(sd)).sum(2)
+        dD = (dy_k * u.to(sd)[:, :, None, :]).sum((0, 1)).to(D.dtype)
+    d_bias = None if delta_bias is None else ddt.sum((0, 1)).to(delta_bias.dtype)
+    return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, d_bias)
+
+
+def selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, order=None, merge=True):
+    """Scalar loop written straight from the recurrence (slow; tests only check the reference against it)."""
+    sd = state_dtype(u.dtype)
+    Bsz, L, E = u.shape
+    K, _, N = A.shape
+    if order is None:
+        order = identity_orders(K, L)
+    dt = _step_sizes(delta, delta_bias, delta_softplus, sd)
+    u, A, B, C = (t.to(sd) for t in (u, A, B, C))
+    y = torch.zeros(Bsz, L, K, E, dtype=sd)
+    for b in range(Bsz):
+        for k in range(K):
+            for e in range(E):
+                h = torch.zeros(N, dtype=sd)
+                for t in range(L):
+                    p = int(order[k, t])
+                    h = torch.exp(dt[b, p, k, e] * A[k, e]) * h + dt[b, p, k, e] * B[b, p, k] * u[b, p, e]
+                    y[b, p, k, e] = (C[b, p, k] * h).sum()
+                    if D is not None:
+                        y[b, p, k, e] += D[k, e].to(sd) * u[b, p, e]
+    return y.sum(2) if merge else y
+
+
+# the backend interface of `selective_scan` (same arguments as the reference; order always given)
+forward = selective_scan_ref
+backward = selective_scan_ref_backward
+
+
+def unavailable_reason(device: torch.device):
+    """The reference runs on every device."""
+    return None
