@@ -1,0 +1,76 @@
+"""Fixture-integrity tests for the official-code parity fixtures in `tests/data/` (see `tests/data/README.md`).
+
+These check the committed artifacts themselves: each file loads with `torch.load(weights_only=True)`, holds the keys
+the parity tests will read, and its tensors have the shapes the recorded official config implies, with every
+constant-initialised parameter moved away from its init. The model parity tests come with each family's model.
+"""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+def _load(name: str) -> dict:
+    path = DATA / name
+    assert path.stat().st_size < 2_000_000, f"{name} is {path.stat().st_size} bytes; fixtures must stay small"
+    return torch.load(path, weights_only=True)
+
+
+def _check_common(fx: dict, num_classes: int = 1000) -> None:
+    assert fx["format_version"] == 1
+    assert len(fx["official_commit"]) == 40 and fx["official_repo"].startswith("https://github.com/")
+    for case in fx["cases"]:
+        x = case["input"]
+        assert x.dim() == 4 and x.shape[1] == 3
+        assert case["logits"].shape == (x.shape[0], num_classes) and case["logits"].dtype == torch.float32
+        assert all(torch.isfinite(t).all() for t in [case["logits"], *case["stages"]])
+    sizes = {tuple(c["input"].shape[-2:]) for c in fx["cases"]}
+    assert (224, 224) in sizes and any(h != w for h, w in sizes), "a 224x224 case and a non-square case"
+    assert all(isinstance(n, int) and n > 0 for n in fx["official_param_counts"].values())
+
+
+def _perturbed(sd: dict, suffix: str, init: float) -> None:
+    """Every tensor whose key ends with `suffix` exists and is not at its constant init anywhere."""
+    keys = [k for k in sd if k.endswith(suffix)]
+    assert keys, f"no parameter ends with {suffix}"
+    for k in keys:
+        assert not torch.isclose(sd[k], torch.full_like(sd[k], init)).any(), f"{k} still holds its init {init}"
+
+
+def _n_params(sd: dict) -> int:
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    return sum(v.numel() for k, v in sd.items() if not k.endswith(buffers))
+
+
+def test_spatial_mamba_fixture_integrity():
+    fx = _load("official_spatial_mamba_parity.pt")
+    _check_common(fx)
+    cfg, sd = fx["official_config"], fx["state_dict"]
+    d, depths = cfg["dims"], cfg["depths"]
+    dims = [d * 2**i for i in range(4)]
+    assert fx["official_param_counts"] == {"tiny": 26_748_862, "small": 43_074_280, "base": 95_745_592}
+    assert _n_params(sd) == fx["test_param_count"]
+    for i, depth in enumerate(depths):
+        e, r = 2 * dims[i], math.ceil(dims[i] / 16)
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}.self_attention."
+            assert sd[p + "A_logs"].shape == (e, cfg["d_state"])
+            assert sd[p + "x_proj_weight"].shape == (r + 2 * cfg["d_state"], e)
+            assert sd[p + "dt_projs_weight"].shape == (e, r)
+            assert sd[p + "state_fusion.kernel_3_2"].shape == (e, 1, 3, 3)
+        assert (f"layers.{i}.downsample.conv.2.conv.weight" in sd) == (i < 3)
+    assert not any(f"layers.{i}.blocks.{depths[i]}." in k for i in range(4) for k in sd)
+    assert sd["head.weight"].shape == (1000, dims[3])
+    for suffix, init in [("A_logs", 0.0), ("Ds", 1.0), ("alpha", 1.0), ("kernel_3", 1.0), ("kernel_3_1", 1.0),
+                         ("kernel_3_2", 1.0), ("ln_1.weight", 1.0), ("ln_2.bias", 0.0), ("out_norm.weight", 1.0),
+                         ("norm.running_var", 1.0), ("norm.running_mean", 0.0)]:
+        _perturbed(sd, suffix, init)
+    for case in fx["cases"]:
+        h, w = case["input"].shape[-2:]
+        h, w = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
+        for i, stage in enumerate(case["stages"]):
+            assert stage.shape == (case["input"].shape[0], dims[i], h, w)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
