@@ -74,3 +74,35 @@ def test_spatial_mamba_fixture_integrity():
         for i, stage in enumerate(case["stages"]):
             assert stage.shape == (case["input"].shape[0], dims[i], h, w)
             h, w = math.ceil(h / 2), math.ceil(w / 2)
+
+
+def test_plainmamba_fixture_integrity():
+    fx = _load("official_plainmamba_parity.pt")
+    _check_common(fx)
+    cfg, sd = fx["official_config"]["backbone"], fx["state_dict"]
+    c, n_layers = cfg["embed_dims"], cfg["num_layers"]
+    mamba = cfg["layer_cfgs"]["mamba_cfg"]
+    e, n, r = mamba["expand"] * c, mamba["d_state"], math.ceil(c / 16)
+    assert fx["official_backbone_param_counts"] == {"l1": 7_358_656, "l2": 25_760_832, "l3": 50_507_456}
+    assert fx["official_param_counts"] == {"l1": 7_551_656, "l2": 26_145_832, "l3": 50_956_456}
+    assert _n_params(sd) == fx["test_param_count"]
+    assert sd["backbone.pos_embed"].shape == (1, 14 * 14, c)
+    assert sd["backbone.patch_embed.projection.weight"].shape == (c, 64, 8, 8)
+    for i in range(n_layers):
+        p = f"backbone.layers.{i}."
+        assert sd[p + "mamba.A_log"].shape == (e, n)
+        assert sd[p + "mamba.direction_Bs"].shape == (5, n)
+        assert sd[p + "mamba.x_proj.weight"].shape == (r + 2 * n, e)
+        assert sd[p + "mamba.conv2d.weight"].shape == (e, 1, mamba["conv_size"], mamba["conv_size"])
+        assert (p + "dw.1.running_var" in sd) == (i in cfg["layers_with_dwconv"])
+    assert sd["backbone.ln1.weight"].shape == (c,) and sd["head.fc.weight"].shape == (1000, c)
+    assert not any(k.startswith("ema_") for k in sd)
+    for suffix, init in [("A_log", 0.0), ("mamba.D", 1.0), ("norm.weight", 1.0), ("norm.bias", 0.0),
+                         ("ln1.weight", 1.0), ("running_var", 1.0), ("running_mean", 0.0)]:
+        _perturbed(sd, suffix, init)
+    assert sd["backbone.layers.0.mamba.direction_Bs"].std() > 0.1  # far from its trunc_normal(.02) init
+    for case in fx["cases"]:
+        b, _, h, w = case["input"].shape
+        grid = (math.ceil(math.ceil(h / 2) / 8), math.ceil(math.ceil(w / 2) / 8))
+        assert [s.shape for s in case["stages"]] == [(b, c, *grid)] * n_layers
+    assert {c["stages"][0].shape[-2:] for c in fx["cases"]} >= {(14, 14), (7, 11)}
