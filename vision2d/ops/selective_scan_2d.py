@@ -1,85 +1,38 @@
 """`selective_scan_2d`: the one entry point of the Mamba2D 2D selective scan, a `torch.library` custom op.
 
-Backends (each a module with `forward(...) -> y` and `backward(dy, ...) -> 9 grads`, same arguments as the reference):
-    "reference"  pure PyTorch (`scan2d_ref`), any device; backward by autograd through a recompute
-    "cpu"        compiled C++/OpenMP kernel from `kernels/cpu/` (CPU tensors)
-    "triton"     Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
-Choose with `backend=` or the environment variable VISION2D_SCAN_BACKEND (default "auto": the fastest available, with a
-warning once when a device falls back to the reference); `resolve_backend(device)` reports the choice.
+Backends (`backends.OpBackends`; modules with `forward(...) -> y` and `backward(dy, ...) -> 9 grads`, same arguments
+as the reference): "reference" (`scan2d_ref`, pure PyTorch, any device), "cpu" (`scan2d_cpu`, compiled C++/OpenMP),
+"triton" (`scan2d_triton`, CUDA; CPU tensors under TRITON_INTERPRET=1). The backend is resolved inside the op, so
+compiled graphs keep the name (default "auto") as a constant.
 """
-import importlib
-import os
-import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .backends import OpBackends
 
-BACKENDS = ("reference", "cpu", "triton")  # "auto" picks one per device
-_BACKEND_MODULES = {"reference": "vision2d.ops.scan2d_ref", "cpu": "vision2d.ops.scan2d_cpu",
-                    "triton": "vision2d.ops.scan2d_triton"}
+SCAN2D_BACKENDS = OpBackends("selective_scan_2d", {"reference": "vision2d.ops.scan2d_ref",
+                                                   "cpu": "vision2d.ops.scan2d_cpu",
+                                                   "triton": "vision2d.ops.scan2d_triton"})
+BACKENDS = SCAN2D_BACKENDS.names
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_warned = set()
-
-
-def _warn_once(msg: str):
-    if msg not in _warned:
-        _warned.add(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 def backend_unavailable_reason(name: str, device: torch.device) -> Optional[str]:
-    """None when backend `name` can run on `device`, else why not."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown scan backend {name!r}; expected one of {BACKENDS}")
-    try:
-        module = importlib.import_module(_BACKEND_MODULES[name])
-    except ImportError as e:
-        return f"cannot import {_BACKEND_MODULES[name]}: {e}"
-    return module.unavailable_reason(torch.device(device))
+    """None when backend `name` of the 2D scan can run on `device`, else why not."""
+    return SCAN2D_BACKENDS.unavailable_reason(name, device)
 
 
 def resolve_backend(device, backend: Optional[str] = None) -> str:
-    """The backend that runs a scan on `device`: `backend`, else $VISION2D_SCAN_BACKEND, else the fastest available.
-
-    An explicitly requested backend that cannot run raises; the automatic choice warns once when it falls back
-    to the slow reference.
-    """
-    device = torch.device(device)
-    requested = backend if backend not in (None, "auto") else os.environ.get("VISION2D_SCAN_BACKEND", "auto")
-    if requested != "auto":
-        reason = backend_unavailable_reason(requested, device)
-        if reason is not None:
-            raise RuntimeError(f"scan backend {requested!r} cannot run on {device.type}: {reason}")
-        return requested
-    preferred = {"cuda": "triton", "cpu": "cpu"}.get(device.type)
-    if preferred is None:
-        return "reference"
-    reason = backend_unavailable_reason(preferred, device)
-    if reason is None:
-        return preferred
-    _warn_once(f"vision2d: the {preferred!r} scan backend is unavailable on {device.type} ({reason}); "
-               f"falling back to the slow 'reference' backend")
-    return "reference"
-
-
-def _backend_module(name: str):
-    return importlib.import_module(_BACKEND_MODULES[name])
-
-
-def _forward_impl(backend, *args):
-    return _backend_module(resolve_backend(args[0].device, backend)).forward(*args)
-
-
-def _backward_impl(backend, *args):
-    return _backend_module(resolve_backend(args[0].device, backend)).backward(*args)
+    """The backend that runs a 2D scan on `device` (see `backends.OpBackends.resolve`)."""
+    return SCAN2D_BACKENDS.resolve(device, backend)
 
 
 @torch.library.custom_op("vision2d::selective_scan_2d", mutates_args=())
 def _scan_op(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
              C: Tensor, D: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str) -> Tensor:
-    return _forward_impl(backend, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse)
+    return SCAN2D_BACKENDS.forward(backend, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse)
 
 
 @_scan_op.register_fake
@@ -91,8 +44,8 @@ def _(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse, ba
 def _scan_backward_op(dy: Tensor, u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor,
                       B_t: Tensor, B_l: Tensor, C: Tensor, D: Optional[Tensor], delta_softplus: bool, reverse: bool,
                       backend: str) -> list[Tensor]:
-    grads = _backward_impl(backend, dy.contiguous(), u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus,
-                           reverse)
+    grads = SCAN2D_BACKENDS.backward(backend, dy.contiguous(), u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
+                                     delta_softplus, reverse)
     # a custom op cannot return None: a missing D gets an empty placeholder that autograd drops
     return [g if g is not None else u.new_empty(0) for g in grads]
 
@@ -161,9 +114,6 @@ def selective_scan_2d(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, 
     (fp64 for fp64 inputs). Returns y (B, H, W, E) in u's dtype. Any strides are accepted.
     """
     _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D)
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
-    # resolved inside the op (untraced), so torch.compile sees a constant string
-    name = backend or "auto"
+    name = SCAN2D_BACKENDS.check_name(backend)  # resolved inside the op (untraced): compile sees a constant
     args = [t.contiguous() for t in (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)]
     return _scan_op(*args, None if D is None else D.contiguous(), bool(delta_softplus), bool(reverse), name)

@@ -1,0 +1,87 @@
+"""Backend choice for every op, written once.
+
+Each op has backend modules with the same interface (`unavailable_reason(device) -> Optional[str]`,
+`forward(...)`, `backward(...)`, the op's arguments in the op's order):
+    "reference"  pure PyTorch, any device (the math; the fallback)
+    "cpu"        compiled C++/OpenMP kernel from `kernels/cpu/` (CPU tensors)
+    "triton"     Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
+An op picks one with its `backend=` argument, else the environment variable VISION2D_SCAN_BACKEND (for every op),
+else "auto": the fastest backend the tensor's device has, with a warning (once per message) when it has to fall back
+to the slow reference. `OpBackends.resolve(device)` reports the choice; an explicitly requested backend that cannot run
+raises with the reason.
+"""
+import importlib
+import os
+import warnings
+from typing import Dict, Optional
+
+import torch
+
+ENV_VAR = "VISION2D_SCAN_BACKEND"
+AUTO = "auto"
+_PREFERRED = {"cuda": "triton", "cpu": "cpu"}  # device type -> fastest backend kind
+_warned = set()
+
+
+def _warn_once(message: str):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+class OpBackends:
+    """The backends of one op: `modules` maps a backend name to its module's import path."""
+
+    def __init__(self, op_name: str, modules: Dict[str, str]):
+        if "reference" not in modules:
+            raise ValueError(f"{op_name}: every op needs a 'reference' backend")
+        self.op_name = op_name
+        self.modules = dict(modules)
+        self.names = tuple(modules)
+
+    def check_name(self, backend: Optional[str]) -> str:
+        """`backend` (None means "auto") if it names a backend of this op or "auto"; else a ValueError."""
+        backend = AUTO if backend is None else backend
+        if backend != AUTO and backend not in self.modules:
+            raise ValueError(f"{self.op_name}: unknown scan backend {backend!r}; expected one of {self.names} or 'auto'")
+        return backend
+
+    def module(self, name: str):
+        return importlib.import_module(self.modules[self.check_name(name)])
+
+    def unavailable_reason(self, name: str, device) -> Optional[str]:
+        """None when backend `name` can run on `device`, else why not."""
+        self.check_name(name)
+        try:
+            module = importlib.import_module(self.modules[name])
+        except ImportError as e:
+            return f"cannot import {self.modules[name]}: {e}"
+        return module.unavailable_reason(torch.device(device))
+
+    def resolve(self, device, backend: Optional[str] = None) -> str:
+        """The backend that runs this op on `device`: `backend`, else $VISION2D_SCAN_BACKEND, else the fastest."""
+        device = torch.device(device)
+        requested = self.check_name(backend)
+        if requested == AUTO:
+            requested = self.check_name(os.environ.get(ENV_VAR) or AUTO)
+        if requested != AUTO:
+            reason = self.unavailable_reason(requested, device)
+            if reason is not None:
+                raise RuntimeError(f"{self.op_name}: backend {requested!r} cannot run on {device.type}: {reason}")
+            return requested
+        preferred = _PREFERRED.get(device.type)
+        if preferred is None or preferred not in self.modules:
+            return "reference"
+        reason = self.unavailable_reason(preferred, device)
+        if reason is None:
+            return preferred
+        _warn_once(f"vision2d: the {preferred!r} backend of {self.op_name} is unavailable on {device.type} "
+                   f"({reason}); falling back to the slow 'reference' backend")
+        return "reference"
+
+    def forward(self, backend: str, *args):
+        """Run the chosen backend's forward; args[0] is a tensor on the op's device."""
+        return self.module(self.resolve(args[0].device, backend)).forward(*args)
+
+    def backward(self, backend: str, *args):
+        return self.module(self.resolve(args[0].device, backend)).backward(*args)
