@@ -106,3 +106,33 @@ def test_plainmamba_fixture_integrity():
         grid = (math.ceil(math.ceil(h / 2) / 8), math.ceil(math.ceil(w / 2) / 8))
         assert [s.shape for s in case["stages"]] == [(b, c, *grid)] * n_layers
     assert {c["stages"][0].shape[-2:] for c in fx["cases"]} >= {(14, 14), (7, 11)}
+
+
+def test_v2dmamba_fixture_integrity():
+    fx = _load("official_v2dmamba_parity.pt")
+    _check_common(fx)
+    cfg, sd = fx["official_config"], fx["state_dict"]
+    assert cfg["use_v2d"] and cfg["forward_type"] == "v05_noz" and cfg["norm_layer"] == "ln2d"
+    dims = [cfg["dims"] * 2**i for i in range(4)]
+    n = cfg["ssm_d_state"]
+    assert fx["official_param_counts"] == {"tiny": 30_249_064, "small": 50_147_752}
+    assert _n_params(sd) == fx["test_param_count"]
+    for i, depth in enumerate(cfg["depths"]):
+        e, r = int(cfg["ssm_ratio"] * dims[i]), math.ceil(dims[i] / 16)
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}.op."
+            assert sd[p + "x_proj_weight"].shape == (4, r + 2 * n, e)
+            assert sd[p + "dt_projs_weight"].shape == (4, e, r) and sd[p + "dt_projs_bias"].shape == (4, e)
+            assert sd[p + "A_logs"].shape == (4 * e, n) and sd[p + "Ds"].shape == (4 * e,)
+            assert p + "conv2d.bias" not in sd
+        assert (f"layers.{i}.downsample.1.weight" in sd) == (i < 3)
+    assert sd["classifier.head.weight"].shape == (1000, dims[3])
+    for suffix, init in [("A_logs", 0.0), ("Ds", 1.0), ("norm.weight", 1.0), ("norm2.bias", 0.0),
+                         ("out_norm.weight", 1.0), ("patch_embed.7.weight", 1.0)]:
+        _perturbed(sd, suffix, init)
+    for case in fx["cases"]:
+        b, _, h, w = case["input"].shape
+        h, w = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
+        for i, stage in enumerate(case["stages"]):
+            assert stage.shape == (b, dims[i], h, w)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
