@@ -1,0 +1,242 @@
+"""GrootV's tree scan: the tree build and both propagation passes, every backend against the reference, the
+reference against the official op (fixture) and a brute-force path-product oracle.
+
+The Triton kernels run on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 set before
+`vision2d.ops.tree_scan_triton` is imported): `test_triton_under_interpreter` re-runs the `triton` tests of this file
+in a subprocess with the variable set.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vision2d.ops import tree_scan_ref
+from vision2d.ops.tree_scan import TREE_SCAN, build_tree, tree_scan, tree_scan_2d
+
+FIXTURE = Path(__file__).parent / "data" / "official_grootv_parity.pt"
+CPU = torch.device("cpu")
+TRITON_REASON = TREE_SCAN.unavailable_reason("triton", CPU)
+TRITON_IMPORTABLE = TRITON_REASON is None or "not importable" not in TRITON_REASON
+FAST_BACKENDS = [pytest.param("cpu", id="cpu"),
+                 pytest.param("triton", id="triton", marks=pytest.mark.skipif(
+                     TRITON_REASON is not None, reason=f"runs in test_triton_under_interpreter ({TRITON_REASON})"))]
+SHAPES = [(1, 1, 1, 1), (2, 3, 1, 9), (1, 2, 8, 1), (2, 5, 4, 6), (1, 3, 7, 7)]  # (B, D, H, W)
+TOLERANCES = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(scope="module")
+def official():
+    return torch.load(FIXTURE, weights_only=True)["op_cases"]
+
+
+def _guide(kind: str, batch: int, height: int, width: int, generator) -> torch.Tensor:
+    """Guides whose similarities are random, all equal (constant or zero features), or tied in a pattern."""
+    if kind == "random":
+        return torch.randn(batch, 4, height, width, generator=generator)
+    if kind == "constant":
+        return torch.full((batch, 4, height, width), 0.7)
+    if kind == "zero":
+        return torch.zeros(batch, 4, height, width)
+    guide = torch.zeros(batch, 2, height, width)  # checkerboard: two similarities, each many times
+    guide[:, 0] = 1
+    guide[:, 1, ::2, 1::2] = 1
+    guide[:, 1, 1::2, ::2] = 1
+    return guide
+
+
+def _tree_edges(parent: torch.Tensor):
+    return [{tuple(sorted((v, int(p[v])))) for v in range(1, p.numel())} for p in parent]
+
+
+def _path_product_oracle(x, decay, parent):
+    """y[v] = sum_u x[u] prod(decay on the tree path u..v), by walking each pair's paths to the root (O(L^2 depth))."""
+    batch, channels, count = x.shape
+    y = torch.zeros_like(x)
+    for b in range(batch):
+        def ancestors(v):
+            chain = [v]
+            while chain[-1] != 0:
+                chain.append(int(parent[b, chain[-1]]))
+            return chain
+        chains = [ancestors(v) for v in range(count)]
+        for v in range(count):
+            for u in range(count):
+                common = set(chains[u]) & set(chains[v])
+                factor = torch.ones(channels, dtype=x.dtype)
+                for a in chains[u] + chains[v]:
+                    if a not in common:  # the edge a -> parent(a) is on the path
+                        factor = factor * decay[b, :, a]
+                y[b, :, v] += factor * x[b, :, u]
+    return y
+
+
+def _inputs(shape, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    batch, channels, height, width = shape
+    x = torch.randn(batch, channels, height * width, generator=generator).to(dtype)
+    decay = torch.rand(batch, channels, height * width, generator=generator).to(dtype)
+    return x, decay, torch.randn(batch, 4, height, width, generator=generator)
+
+
+def test_reference_tree_and_output_match_the_official_op(official):
+    for case in official:
+        feature, decay, expected = case["feature"], case["decay"], case["output"]
+        order, parent = tree_scan_ref.build_tree(case["guide"])
+        official_edges = [{tuple(sorted(e)) for e in tree.tolist()} for tree in case["tree_edges"]]
+        assert _tree_edges(parent) == official_edges, case["name"]
+        y = tree_scan_ref.tree_scan_ref(feature.flatten(2).double(), decay.flatten(2).double(), order, parent)
+        torch.testing.assert_close(y.view_as(expected).float(), expected, rtol=1e-5, atol=1e-6, msg=case["name"])
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_backend_matches_the_official_op(official, backend):
+    for case in official:
+        y = tree_scan_2d(case["feature"], case["decay"], case["guide"], backend=backend)
+        torch.testing.assert_close(y, case["output"], rtol=1e-5, atol=1e-6, msg=case["name"])
+
+
+@pytest.mark.parametrize("kind", ["random", "constant", "zero", "checkerboard"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (5, 8), (9, 9)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_compiled_tree_equals_reference_tree(kind, shape):
+    guide = _guide(kind, 2, *shape, torch.Generator().manual_seed(1))
+    order, parent = build_tree(guide, backend="cpu")
+    ref_order, ref_parent = tree_scan_ref.build_tree(guide)
+    assert torch.equal(order, ref_order) and torch.equal(parent, ref_parent)
+
+
+@pytest.mark.parametrize("kind", ["random", "constant", "checkerboard"])
+def test_tree_is_a_breadth_first_spanning_tree_of_the_grid_rooted_at_pixel_0(kind):
+    height, width = 6, 7
+    order, parent = tree_scan_ref.build_tree(_guide(kind, 2, height, width, torch.Generator().manual_seed(2)))
+    for o, p in zip(order.tolist(), parent.tolist()):
+        assert o[0] == 0 and p[0] == 0
+        assert sorted(o) == list(range(height * width))
+        position = {v: i for i, v in enumerate(o)}
+        for v in o[1:]:
+            dh, dw = abs(v // width - p[v] // width), abs(v % width - p[v] % width)
+            assert dh + dw == 1, "a tree edge joins 4-neighbours"
+            assert position[p[v]] < position[v], "parents come first"
+            depth = lambda u: 0 if u == 0 else 1 + depth(p[u])
+            assert depth(v) == depth(p[v]) + 1
+
+
+def test_tree_prefers_similar_neighbours():
+    """Two flat regions: the tree crosses the boundary between them exactly once."""
+    guide = torch.ones(1, 2, 4, 6)
+    guide[:, 1, :, 3:] = -1.0  # right half points elsewhere
+    guide[:, 0] += 0.01 * torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(3))
+    _, parent = build_tree(guide)
+    crossing = [v for v in range(1, 24) if (v % 6 < 3) != (int(parent[0, v]) % 6 < 3)]
+    assert len(crossing) == 1
+
+
+def test_reference_matches_the_path_product_oracle():
+    for shape in [(1, 2, 3, 4), (2, 1, 1, 5), (1, 2, 4, 1)]:
+        x, decay, guide = _inputs(shape, torch.float64, seed=4)
+        order, parent = tree_scan_ref.build_tree(guide)
+        torch.testing.assert_close(tree_scan_ref.tree_scan_ref(x, decay, order, parent),
+                                   _path_product_oracle(x, decay, parent), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,dtype,shape", [
+    pytest.param(backend.values[0], dtype, shape, marks=backend.marks,
+                 id=f"{backend.id}-{str(dtype)[6:]}-{'x'.join(map(str, shape))}")
+    for backend in FAST_BACKENDS for dtype in (torch.float32, torch.float64, torch.bfloat16)
+    for shape in (SHAPES if backend.id == "cpu" else SHAPES[:4])])  # the interpreter is slow
+def test_backend_matches_reference_forward_and_backward(backend, dtype, shape):
+    x, decay, guide = _inputs(shape, dtype)
+    order, parent = build_tree(guide, backend=backend)
+    x.requires_grad_(True)
+    decay.requires_grad_(True)
+    y = tree_scan(x, decay, order, parent, backend=backend)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    dx, ddecay = torch.autograd.grad(y, (x, decay), dy)
+    x64, decay64 = x.detach().double().requires_grad_(True), decay.detach().double().requires_grad_(True)
+    y64 = tree_scan_ref.tree_scan_ref(x64, decay64, order, parent)
+    dx64, ddecay64 = torch.autograd.grad(y64, (x64, decay64), dy.double(), materialize_grads=True)
+    tol = TOLERANCES[dtype]
+    assert y.dtype == dx.dtype == ddecay.dtype == dtype
+    for got, want in ((y, y64), (dx, dx64), (ddecay, ddecay64)):
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * (1 + want.abs().max().item()))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_float64(backend):
+    x, decay, guide = _inputs((1, 2, 3, 3), torch.float64, seed=6)
+    order, parent = build_tree(guide, backend=backend)
+    decay = (0.1 + 0.8 * decay).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, w: tree_scan(a, w, order, parent, backend=backend),
+                                    (x.requires_grad_(True), decay))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_root_decay_is_unused(backend):
+    x, decay, guide = _inputs((2, 3, 4, 5), torch.float32, seed=7)
+    order, parent = build_tree(guide)
+    changed = decay.clone()
+    changed[:, :, 0] = 0.5 * changed[:, :, 0] + 0.3
+    torch.testing.assert_close(tree_scan(x, decay, order, parent, backend=backend),
+                               tree_scan(x, changed, order, parent, backend=backend), rtol=0, atol=0)
+    decay.requires_grad_(True)
+    (grad,) = torch.autograd.grad(tree_scan(x, decay, order, parent, backend=backend).sum(), decay)
+    assert torch.all(grad[:, :, 0] == 0) and grad[:, :, 1:].abs().sum() > 0
+
+
+def test_zero_decay_is_identity_and_empty_batch():
+    x, decay, guide = _inputs((2, 3, 4, 5), torch.float32, seed=8)
+    y = tree_scan_2d(x.view(2, 3, 4, 5), torch.zeros(2, 3, 4, 5), guide)
+    torch.testing.assert_close(y, x.view(2, 3, 4, 5), rtol=0, atol=0)
+    empty = tree_scan_2d(torch.zeros(0, 3, 4, 5), torch.zeros(0, 3, 4, 5), torch.zeros(0, 4, 4, 5))
+    assert empty.shape == (0, 3, 4, 5)
+
+
+def test_opcheck():
+    x, decay, guide = _inputs((2, 3, 3, 4), torch.float32, seed=9)
+    order, parent = build_tree(guide)
+    torch.library.opcheck(torch.ops.vision2d.tree_build.default, (guide, "cpu"),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.vision2d.tree_scan.default,
+                          (x.requires_grad_(True), decay.requires_grad_(True), order, parent, "cpu"))
+
+
+def test_compiles_without_graph_breaks():
+    x, decay, guide = _inputs((1, 2, 3, 4), torch.float32, seed=10)
+    compiled = torch.compile(lambda a, w, g: tree_scan_2d(a, w, g, backend="cpu"), fullgraph=True, backend="eager")
+    shape = (1, 2, 3, 4)
+    torch.testing.assert_close(compiled(x.view(shape), decay.view(shape), guide),
+                               tree_scan_2d(x.view(shape), decay.view(shape), guide, backend="cpu"))
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, decay, guide = _inputs((1, 2, 3, 4), torch.float32)
+    order, parent = build_tree(guide)
+    with pytest.raises(ValueError, match="guide must be 4-D"):
+        build_tree(guide[0])
+    with pytest.raises(ValueError, match="no channels"):
+        build_tree(guide[:, :0])
+    with pytest.raises(TypeError, match="int64"):
+        tree_scan(x, decay, order.int(), parent)
+    with pytest.raises(ValueError, match="decay must have x's shape"):
+        tree_scan(x, decay[:, :1], order, parent)
+    with pytest.raises(TypeError, match="share one float dtype"):
+        tree_scan(x, decay.double(), order, parent)
+    with pytest.raises(ValueError, match=r"order must be \(B, L\)"):
+        tree_scan(x, decay, order[:, :5], parent)
+    with pytest.raises(ValueError, match="must share B, H, W"):
+        tree_scan_2d(x.view(1, 2, 3, 4), decay.view(1, 2, 3, 4), guide[:, :, :2])
+    with pytest.raises(ValueError, match="unknown .*backend"):
+        tree_scan(x, decay, order, parent, backend="cuda")
+
+
+@pytest.mark.skipif(not TRITON_IMPORTABLE, reason=f"triton unavailable: {TRITON_REASON}")
+@pytest.mark.skipif(TRITON_REASON is None, reason="the Triton kernels already run in this process")
+def test_triton_under_interpreter():
+    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-rs", "-p", "no:cacheprovider",
+           "-k", "triton and not under_interpreter"]
+    result = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-3000:]

@@ -1,0 +1,128 @@
+"""GrootV's tree scan as `torch.library` custom ops: `build_tree` (minimum spanning tree of a guide map, breadth-first
+order from pixel 0) and `tree_scan` (leaves-to-root then root-to-leaves propagation over it); `tree_scan_2d` runs
+both on (B, D, H, W) maps. See `tree_scan_ref` for the math and the exact tie rules.
+
+Backends (modules with `unavailable_reason(device)`, `build_tree(guide)`, `forward(x, decay, order, parent)` and
+`backward(dy, x, decay, order, parent, y)`), chosen by `backends.OpBackends`:
+    "reference"  pure PyTorch and Python (`tree_scan_ref`), any device; backward by autograd through a recompute
+    "cpu"        compiled C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp` (CPU tensors)
+    "triton"     Triton propagation kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); its trees are
+                 built by the compiled CPU kernel on the host, as the official code builds them
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import OpBackends
+
+TREE_SCAN = OpBackends("tree_scan", {"reference": "vision2d.ops.tree_scan_ref", "cpu": "vision2d.ops.tree_scan_cpu",
+                                     "triton": "vision2d.ops.tree_scan_triton"})
+BACKENDS = TREE_SCAN.names
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@torch.library.custom_op("vision2d::tree_build", mutates_args=())
+def _build_op(guide: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
+    return TREE_SCAN.module(TREE_SCAN.resolve(guide.device, backend)).build_tree(guide)
+
+
+@_build_op.register_fake
+def _(guide, backend):
+    shape = (guide.shape[0], guide.shape[2] * guide.shape[3])
+    return guide.new_empty(shape, dtype=torch.int64), guide.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.custom_op("vision2d::tree_scan", mutates_args=())
+def _scan_op(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: str) -> Tensor:
+    return TREE_SCAN.forward(backend, x, decay, order, parent)
+
+
+@_scan_op.register_fake
+def _(x, decay, order, parent, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("vision2d::tree_scan_backward", mutates_args=())
+def _scan_backward_op(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor,
+                      backend: str) -> Tuple[Tensor, Tensor]:
+    return TREE_SCAN.backward(backend, dy.contiguous(), x, decay, order, parent, y)
+
+
+@_scan_backward_op.register_fake
+def _(dy, x, decay, order, parent, y, backend):
+    return torch.empty_like(x), torch.empty_like(decay)
+
+
+def _setup_context(ctx, inputs, output):
+    x, decay, order, parent, backend = inputs
+    ctx.save_for_backward(x, decay, order, parent, output)
+    ctx.backend = backend
+
+
+def _backward(ctx, dy):
+    x, decay, order, parent, y = ctx.saved_tensors
+    dx, ddecay = _scan_backward_op(dy, x, decay, order, parent, y, ctx.backend)
+    return dx, ddecay, None, None, None
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Minimum spanning tree of the 4-neighbour grid of guide (B, C, H, W), weighted exp(-cosine similarity).
+
+    Returns (order, parent), (B, H*W) int64 on guide's device: the vertices (v = h * W + w) in breadth-first order
+    from the root 0, and each vertex's parent (the root's is 0). Not differentiable (the official tree is built
+    under no_grad).
+    """
+    if not isinstance(guide, Tensor):
+        raise TypeError(f"build_tree: guide must be a torch.Tensor, got {type(guide).__name__}")
+    if guide.dim() != 4:
+        raise ValueError(f"build_tree: guide must be 4-D (B, C, H, W), got shape {tuple(guide.shape)}")
+    if guide.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"build_tree: guide has dtype {guide.dtype}; expected one of {_FLOAT_DTYPES}")
+    if guide.shape[1] == 0:
+        raise ValueError("build_tree: guide has no channels, so no similarities to build a tree from")
+    return _build_op(guide.detach().contiguous(), TREE_SCAN.check_name(backend))
+
+
+def _check_scan_inputs(x, decay, order, parent):
+    for name, t in dict(x=x, decay=decay, order=order, parent=parent).items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"tree_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != x.device:
+            raise ValueError(f"tree_scan: {name} is on {t.device} but x is on {x.device}")
+    if x.dim() != 3:
+        raise ValueError(f"tree_scan: x must be 3-D (B, D, L), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES or decay.dtype != x.dtype:
+        raise TypeError(f"tree_scan: x and decay must share one float dtype of {_FLOAT_DTYPES}, got {x.dtype} and "
+                        f"{decay.dtype}")
+    if decay.shape != x.shape:
+        raise ValueError(f"tree_scan: decay must have x's shape {tuple(x.shape)}, got {tuple(decay.shape)}")
+    for name, t in dict(order=order, parent=parent).items():
+        if t.dtype != torch.int64:
+            raise TypeError(f"tree_scan: {name} must be int64 (from build_tree), got {t.dtype}")
+        if tuple(t.shape) != (x.shape[0], x.shape[2]):
+            raise ValueError(f"tree_scan: {name} must be (B, L) = {(x.shape[0], x.shape[2])}, got {tuple(t.shape)}")
+
+
+def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: Optional[str] = None) -> Tensor:
+    """Propagate x over the tree: y[v] = sum over u of x[u] * prod of decay along the tree path u..v.
+
+    x, decay: (B, D, L) of one float dtype (fp16/bf16 computed in fp32); decay[b, d, v] scales the edge from v to its
+    parent (the root's is unused). order, parent: (B, L) int64 from `build_tree`. Returns y (B, D, L) in x's dtype.
+    Differentiable in x and decay.
+    """
+    _check_scan_inputs(x, decay, order, parent)
+    return _scan_op(x.contiguous(), decay.contiguous(), order.contiguous(), parent.contiguous(),
+                    TREE_SCAN.check_name(backend))
+
+
+def tree_scan_2d(x: Tensor, decay: Tensor, guide: Tensor, backend: Optional[str] = None) -> Tensor:
+    """`tree_scan` of x, decay (B, D, H, W) over the tree `build_tree(guide)` of guide (B, C, H, W); y (B, D, H, W)."""
+    if x.dim() != 4 or guide.dim() != 4 or x.shape[0] != guide.shape[0] or x.shape[2:] != guide.shape[2:]:
+        raise ValueError(f"tree_scan_2d: x (B, D, H, W) and guide (B, C, H, W) must share B, H, W; got "
+                         f"{tuple(x.shape)} and {tuple(guide.shape)}")
+    order, parent = build_tree(guide, backend)
+    return tree_scan(x.flatten(2), decay.flatten(2), order, parent, backend).view_as(x)

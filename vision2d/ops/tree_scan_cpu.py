@@ -1,0 +1,80 @@
+"""The "cpu" backend of the tree scan: the C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp`, loaded with ctypes
+through `native.NativeLibrary`. Half-precision inputs are widened to float32 (the kernel's type), outputs cast back.
+It also builds trees (`build_tree`) for every device: the tree is built on the host, as in the official code.
+"""
+import ctypes
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .native import NativeLibrary
+from .tree_scan_ref import edge_weights
+
+
+def _declare(lib: ctypes.CDLL):
+    ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.tree_build.argtypes = [ptr, i64, i64, i64, ptr, ptr, i32]
+    lib.tree_build.restype = i32
+    for suffix in ("f32", "f64"):
+        forward = getattr(lib, f"tree_scan_forward_{suffix}")
+        forward.argtypes = [ptr] * 5 + [i64] * 3 + [i32]
+        forward.restype = i32
+        backward = getattr(lib, f"tree_scan_backward_{suffix}")
+        backward.argtypes = [ptr] * 8 + [i64] * 3 + [i32]
+        backward.restype = i32
+
+
+LIBRARY = NativeLibrary("cpu/tree_scan_cpu.cpp", _declare)
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    """None when the kernel can run on `device` (CPU tensors; builds the kernel on first call), else why not."""
+    if device.type != "cpu":
+        return f"the cpu backend runs on CPU tensors only, not {device.type}"
+    return LIBRARY.unavailable_reason()
+
+
+def build_tree(guide: Tensor) -> Tuple[Tensor, Tensor]:
+    """(order, parent) (B, H*W) int64 on guide's device, as `tree_scan_ref.build_tree`; built on the host."""
+    batch, _, height, width = guide.shape
+    weights = edge_weights(guide).cpu().contiguous()
+    order = torch.empty(batch, height * width, dtype=torch.int64)
+    parent = torch.empty_like(order)
+    if order.numel() > 0:
+        LIBRARY.call("tree_build", weights.data_ptr(), batch, height, width, order.data_ptr(), parent.data_ptr(),
+                     torch.get_num_threads())
+    return order.to(guide.device), parent.to(guide.device)
+
+
+def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    return "f64" if dtype == torch.float64 else "f32"
+
+
+def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
+    """y (B, D, L) in x's dtype; x, decay (B, D, L), order, parent (B, L) int64."""
+    kd = _kernel_dtype(x.dtype)
+    x_, decay_ = x.to(kd).contiguous(), decay.to(kd).contiguous()
+    order, parent = order.contiguous(), parent.contiguous()
+    y = torch.empty(x.shape, dtype=kd)
+    if y.numel() > 0:
+        LIBRARY.call(f"tree_scan_forward_{_suffix(kd)}", x_.data_ptr(), decay_.data_ptr(), order.data_ptr(),
+                     parent.data_ptr(), y.data_ptr(), *x.shape, torch.get_num_threads())
+    return y.to(x.dtype)
+
+
+def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):
+    """(dx, ddecay) in x's and decay's dtypes; y is the forward's output."""
+    kd = _kernel_dtype(x.dtype)
+    dy_, x_, decay_, y_ = (t.to(kd).contiguous() for t in (dy, x, decay, y))
+    order, parent = order.contiguous(), parent.contiguous()
+    dx, ddecay = torch.empty(x.shape, dtype=kd), torch.empty(x.shape, dtype=kd)
+    if dx.numel() > 0:
+        LIBRARY.call(f"tree_scan_backward_{_suffix(kd)}", dy_.data_ptr(), x_.data_ptr(), decay_.data_ptr(),
+                     order.data_ptr(), parent.data_ptr(), y_.data_ptr(), dx.data_ptr(), ddecay.data_ptr(), *x.shape,
+                     torch.get_num_threads())
+    return dx.to(x.dtype), ddecay.to(decay.dtype)

@@ -1,0 +1,198 @@
+"""Reference of the GrootV tree scan (GrootVL, Xiao et al. 2024): the tree built from a guide map, then state
+propagation over it. Readable PyTorch and Python, any device, float64-capable; the other backends must match it.
+
+Tree (`build_tree`), exactly as the official code builds it:
+  * Graph: the 4-neighbour grid of an H x W map, vertex v = h * W + w. Edges are numbered vertical ones first,
+    ((h, w), (h + 1, w)) for h < H - 1 in row-major order of (h, w), then horizontal ones ((h, w), (h, w + 1)) for
+    w < W - 1, again row-major (`grid_edges`).
+  * Edge weight: exp(-cosine_similarity(guide[:, :, a], guide[:, :, b])) over the channel dimension, computed with
+    `torch.cosine_similarity` (eps 1e-8) and then rounded to float32, the type the tree is built in (`edge_weights`).
+    Similar neighbours give light edges.
+  * Minimum spanning tree by Boruvka's algorithm: each round, every component (a union-find set) picks its lightest
+    outgoing edge, scanning edges in index order and replacing the pick only when strictly lighter, so a tie goes to
+    the lowest edge index. The picks are then added visiting components in increasing order of their set
+    representative; a pick whose two ends already share a set (possible with ties) is skipped. Sets are merged by
+    rank (the first argument's root wins a tie in rank and gains one rank) with full path compression in `find`;
+    these details decide the representatives, hence the visiting order, hence which edge of a tied cycle is dropped.
+  * Root: vertex 0, the top-left pixel. Traversal: breadth first from the root; a vertex's children are queued in the
+    order its tree edges were added (each added edge (a, b) appends b to a's neighbours and a to b's).
+
+Propagation (`tree_scan_ref`), per batch item and channel, with decay w[v] in [0, 1] on the edge from v to its parent:
+  * leaves to root: up[v] = x[v] + sum over children c of w[c] * up[c] (reverse breadth-first order);
+  * root to leaves: y[root] = up[root]; y[v] = (1 - w[v]^2) * up[v] + w[v] * y[parent(v)] (breadth-first order).
+  Together y[v] = sum over all u of x[u] * (product of w along the tree path between u and v): every pixel
+  aggregates every other, weighted by the decays on the way. The root's own decay is unused (its gradient is zero).
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def unavailable_reason(device: torch.device) -> Optional[str]:
+    return None
+
+
+def grid_edges(height: int, width: int, device=None) -> Tensor:
+    """(E, 2) int64 vertex pairs of the 4-neighbour grid: vertical edges first, then horizontal, each row-major."""
+    index = torch.arange(height * width, device=device).view(height, width)
+    vertical = torch.stack([index[:-1, :], index[1:, :]], -1).reshape(-1, 2)
+    horizontal = torch.stack([index[:, :-1], index[:, 1:]], -1).reshape(-1, 2)
+    return torch.cat([vertical, horizontal])
+
+
+def edge_weights(guide: Tensor) -> Tensor:
+    """(B, E) float32 weights exp(-cosine similarity) of `grid_edges` from guide (B, C, H, W)."""
+    b, c, h, w = guide.shape
+    vertical = F.cosine_similarity(guide[:, :, :-1, :].reshape(b, c, (h - 1) * w),
+                                   guide[:, :, 1:, :].reshape(b, c, (h - 1) * w), dim=1)
+    horizontal = F.cosine_similarity(guide[:, :, :, :-1].reshape(b, c, h * (w - 1)),
+                                     guide[:, :, :, 1:].reshape(b, c, h * (w - 1)), dim=1)
+    return torch.exp(-torch.cat([vertical, horizontal], dim=1)).float()
+
+
+class _DisjointSets:
+    """Union-find with union by rank and full path compression."""
+
+    def __init__(self, count: int):
+        self.parent = list(range(count))
+        self.rank = [0] * count
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, a: int, b: int):
+        a, b = self.find(a), self.find(b)
+        if self.rank[a] < self.rank[b]:
+            self.parent[a] = b
+        elif self.rank[a] > self.rank[b]:
+            self.parent[b] = a
+        else:
+            self.parent[b] = a
+            self.rank[a] += 1
+
+
+def boruvka_tree(edges: List[Tuple[int, int]], weights: List[float], vertex_count: int) -> List[Tuple[int, int]]:
+    """The spanning tree's edges in the order Boruvka adds them (see the module docstring for the tie rules)."""
+    sets = _DisjointSets(vertex_count)
+    tree, components = [], vertex_count
+    while components > 1:
+        cheapest = [-1] * vertex_count
+        for i, (a, b) in enumerate(edges):
+            set_a, set_b = sets.find(a), sets.find(b)
+            if set_a == set_b:
+                continue
+            for s in (set_a, set_b):
+                if cheapest[s] == -1 or weights[cheapest[s]] > weights[i]:
+                    cheapest[s] = i
+        for pick in cheapest:
+            if pick == -1:
+                continue
+            a, b = edges[pick]
+            if sets.find(a) == sets.find(b):
+                continue
+            tree.append((a, b))
+            sets.union(a, b)
+            components -= 1
+    return tree
+
+
+def breadth_first(tree: List[Tuple[int, int]], vertex_count: int) -> Tuple[List[int], List[int]]:
+    """(order, parent): vertices in breadth-first order from vertex 0, and each vertex's parent (the root's is 0)."""
+    neighbours = [[] for _ in range(vertex_count)]
+    for a, b in tree:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    order, parent = [0], [0] * vertex_count
+    for v in order:  # grows while iterating: a queue
+        for n in neighbours[v]:
+            if n != parent[v]:  # the root's parent is itself, never its neighbour
+                parent[n] = v
+                order.append(n)
+    return order, parent
+
+
+def build_tree(guide: Tensor) -> Tuple[Tensor, Tensor]:
+    """Minimum spanning tree of guide (B, C, H, W), rooted at pixel 0.
+
+    Returns (order, parent), both (B, H*W) int64 on the guide's device: order[b, i] is the i-th vertex in breadth-first
+    order (order[b, 0] == 0), parent[b, v] the parent vertex of v (parent[b, 0] == 0).
+    """
+    if guide.dim() != 4:
+        raise ValueError(f"build_tree: guide must be (B, C, H, W), got shape {tuple(guide.shape)}")
+    batch, _, height, width = guide.shape
+    count = height * width
+    edges = [tuple(e) for e in grid_edges(height, width).tolist()]
+    weights = edge_weights(guide).cpu()
+    orders, parents = [], []
+    for b in range(batch):
+        order, parent = breadth_first(boruvka_tree(edges, weights[b].tolist(), count), count)
+        orders.append(order)
+        parents.append(parent)
+    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.int64).view(batch, count).to(guide.device)
+    return as_tensor(orders), as_tensor(parents)
+
+
+def _leaves_to_root(x: Tensor, decay: Tensor, order: List[int], parent: List[int]) -> List[Tensor]:
+    """up[v] = x[v] + sum over children c of decay[c] * up[c], for one batch item; x, decay (D, L); a list of (D,)."""
+    up = list(x.unbind(-1))
+    for v in reversed(order[1:]):
+        up[parent[v]] = up[parent[v]] + decay[:, v] * up[v]
+    return up
+
+
+def _root_to_leaves(up: List[Tensor], decay: Tensor, order: List[int], parent: List[int]) -> List[Tensor]:
+    """y[root] = up[root]; y[v] = (1 - decay[v]^2) up[v] + decay[v] y[parent(v)]."""
+    y = list(up)
+    for v in order[1:]:
+        w = decay[:, v]
+        y[v] = (1 - w * w) * up[v] + w * y[parent[v]]
+    return y
+
+
+def tree_scan_ref(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
+    """Both propagation passes; x, decay (B, D, L), order, parent (B, L) from `build_tree`. Returns y (B, D, L).
+
+    Differentiable by autograd: the passes are written per vertex, out of place.
+    """
+    outs = []
+    for b in range(x.shape[0]):
+        order_b, parent_b = order[b].tolist(), parent[b].tolist()
+        outs.append(torch.stack(_root_to_leaves(_leaves_to_root(x[b], decay[b], order_b, parent_b), decay[b],
+                                                order_b, parent_b), -1))
+    return torch.stack(outs) if outs else x.clone()
+
+
+def tree_scan_ref_backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tuple[Tensor, Tensor]:
+    """(dx, ddecay) of `tree_scan_ref`, written out.
+
+    The filter is symmetric, so dx is the same two passes applied to dy. For a non-root vertex c with parent p, the
+    pairs of pixels whose path crosses the edge c-p give
+        ddecay[c] = up_x[c] (dx[p] - w[c] up_dy[c]) + up_dy[c] (y[p] - w[c] up_x[c])
+    (up_*: leaves-to-root sums; dx[p] - w[c] up_dy[c] is what reaches p from outside c's subtree); the root's is 0.
+    """
+    dx, ddecay = torch.zeros_like(x), torch.zeros_like(decay)
+    for b in range(x.shape[0]):
+        order_b, parent_b = order[b].tolist(), parent[b].tolist()
+        up_x = _leaves_to_root(x[b], decay[b], order_b, parent_b)
+        up_dy = _leaves_to_root(dy[b], decay[b], order_b, parent_b)
+        y, dx_b = (_root_to_leaves(up, decay[b], order_b, parent_b) for up in (up_x, up_dy))
+        dx[b] = torch.stack(dx_b, -1)
+        for c in order_b[1:]:
+            p, w = parent_b[c], decay[b, :, c]
+            ddecay[b, :, c] = up_x[c] * (dx_b[p] - w * up_dy[c]) + up_dy[c] * (y[p] - w * up_x[c])
+    return dx, ddecay
+
+
+def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
+    return tree_scan_ref(x, decay, order, parent)
+
+
+def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):
+    return tree_scan_ref_backward(dy, x, decay, order, parent)
