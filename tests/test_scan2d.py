@@ -6,15 +6,15 @@ import torch
 
 from vision2d.ops import BACKENDS, backend_unavailable_reason, resolve_backend, selective_scan_2d
 from vision2d.ops.scan2d_ref import selective_scan_2d_naive, selective_scan_2d_ref, selective_scan_2d_ref_backward
-from scan2d_cases import SHAPES, TOLERANCES, make_scan_inputs
+from vision2d.ops.selective_scan_2d import SCAN2D_BACKENDS
+from op_harness import assert_matches_reference, require_backend
+from scan2d_cases import SHAPES, make_scan_inputs
 
 GRAD_NAMES = ("u", "delta_t", "delta_l", "A_t", "A_l", "B_t", "B_l", "C", "D")
 
 
 def _require(backend):
-    reason = backend_unavailable_reason(backend, torch.device("cpu"))
-    if reason is not None:
-        pytest.skip(f"{backend} unavailable on CPU: {reason}")
+    require_backend(SCAN2D_BACKENDS, backend)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -53,24 +53,9 @@ def test_reference_backward_matches_autograd(shape, reverse, with_d):
 
 def _assert_backend_matches_reference(backend, shape, dtype, reverse, with_d=True, delta_scale=1.0, device="cpu"):
     """Forward and all gradients of `backend` on `device` vs the float64 reference on the CPU (same rounded inputs)."""
-    args = make_scan_inputs(*shape, dtype=dtype, with_d=with_d, delta_scale=delta_scale, device=device)
-    leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
-    y = selective_scan_2d(*leaves, reverse=reverse, backend=backend)
-    assert y.dtype == dtype and y.shape == args[0].shape and y.device == args[0].device
-    ref_leaves = [a.detach().cpu().double().requires_grad_() if a is not None else None for a in args]
-    y_ref = selective_scan_2d_ref(*ref_leaves, reverse=reverse)
-    atol, rtol = TOLERANCES[dtype]
-    scale = y_ref.abs().max().item() + 1e-6
-    torch.testing.assert_close(y.cpu().double(), y_ref, atol=atol * scale, rtol=rtol)
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-    grads = torch.autograd.grad(y, [a for a in leaves if a is not None], dy.to(device))
-    ref_grads = torch.autograd.grad(y_ref, [a for a in ref_leaves if a is not None], dy.double())
-    for name, g, r in zip(GRAD_NAMES, grads, ref_grads):
-        assert g.dtype == dict(zip(GRAD_NAMES, args))[name].dtype, f"grad of {name} has dtype {g.dtype}"
-        assert torch.isfinite(g).all(), f"grad of {name} is not finite"
-        gscale = r.abs().max().item() + 1e-6
-        torch.testing.assert_close(g.cpu().double(), r, atol=atol * gscale, rtol=rtol,
-                                   msg=lambda m: f"grad of {name}: {m}")
+    args = make_scan_inputs(*shape, dtype=dtype, with_d=with_d, delta_scale=delta_scale)
+    assert_matches_reference(selective_scan_2d, selective_scan_2d_ref, args, GRAD_NAMES, dtype, backend, device=device,
+                             reverse=reverse)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])

@@ -5,7 +5,8 @@ import torch
 
 from vision2d.ops import scan2d_cpu
 from vision2d.ops.scan2d_ref import selective_scan_2d_ref, selective_scan_2d_ref_backward
-from scan2d_cases import TOLERANCES, make_scan_inputs
+from op_harness import TOLERANCES
+from scan2d_cases import make_scan_inputs
 
 pytestmark = pytest.mark.skipif(scan2d_cpu.unavailable_reason(torch.device("cpu")) is not None,
                                 reason=f"cpu backend unavailable: {scan2d_cpu.unavailable_reason(torch.device('cpu'))}")

@@ -1,50 +1,30 @@
-"""The Triton scan kernels vs the float64 reference, on CPU tensors under the Triton interpreter.
-
-Triton builds interpreted kernels only when TRITON_INTERPRET=1 is set before `vision2d.ops.scan2d_triton` is
-imported. In an ordinary run `test_kernels_under_triton_interpreter` therefore re-runs this file in two subprocesses
-(one per half of the kernel cases, VISION2D_TRITON_TEST_SHARD=i/2) with the variable set; there (or in a session
-started with TRITON_INTERPRET=1) the kernel tests below run in-process.
-"""
+"""The Triton scan kernels vs the float64 reference, on CPU tensors under the Triton interpreter: an ordinary run
+re-runs this file in TRITON_INTERPRET=1 subprocess shards (`op_harness.run_file_under_triton_interpreter`), where the
+kernel cases below run in-process."""
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from vision2d.ops import backend_unavailable_reason, selective_scan_2d
 from vision2d.ops.scan2d_ref import selective_scan_2d_ref, selective_scan_2d_ref_backward
-from scan2d_cases import SHAPES, TOLERANCES, make_scan_inputs
+from vision2d.ops.selective_scan_2d import SCAN2D_BACKENDS
+from op_harness import (DTYPES, TOLERANCES, run_file_under_triton_interpreter, shard, triton_cpu_reason,
+                        triton_importable)
+from scan2d_cases import SHAPES, make_scan_inputs
 from test_scan2d import GRAD_NAMES, _assert_backend_matches_reference
 
-CPU_REASON = backend_unavailable_reason("triton", torch.device("cpu"))
-TRITON_IMPORTABLE = CPU_REASON is None or "not importable" not in CPU_REASON
+CPU_REASON = triton_cpu_reason(SCAN2D_BACKENDS)
+TRITON_IMPORTABLE = triton_importable(SCAN2D_BACKENDS)
 needs_interpreter = pytest.mark.skipif(
     CPU_REASON is not None,
     reason=f"runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_triton_interpreter ({CPU_REASON})")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
-SHARD, NUM_SHARDS = map(int, os.environ.get("VISION2D_TRITON_TEST_SHARD", "0/1").split("/"))
-
-
-def _shard(cases):
-    """This process's share of a list of pytest.param cases."""
-    return cases[SHARD::NUM_SHARDS]
 
 
 @pytest.mark.skipif(not TRITON_IMPORTABLE, reason=f"triton unavailable: {CPU_REASON}")
 @pytest.mark.skipif(CPU_REASON is None, reason="the kernels already run in this process")
 def test_kernels_under_triton_interpreter():
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-rs", "-p", "no:cacheprovider"]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shards = [subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, TRITON_INTERPRET="1", VISION2D_TRITON_TEST_SHARD=f"{i}/2"))
-              for i in range(2)]
-    for i, shard in enumerate(shards):
-        output, _ = shard.communicate(timeout=900)
-        assert shard.returncode == 0, f"shard {i}/2 of {' '.join(cmd)} failed (exit {shard.returncode}):\n" \
-                                      f"{output[-8000:]}"
-        assert " passed" in output and "TRITON_INTERPRET=1 subprocess" not in output, output[-3000:]
+    run_file_under_triton_interpreter(__file__)
 
 
 @pytest.mark.skipif(not TRITON_IMPORTABLE or CPU_REASON is None, reason="needs triton, not its interpreter")
@@ -88,7 +68,7 @@ def test_unavailable_reason_names_the_requirement():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("shape, dtype, reverse", _shard([
+@pytest.mark.parametrize("shape, dtype, reverse", shard([
     pytest.param(shape, dtype, reverse, id=f"{'br' if reverse else 'tl'}-{shape}-{name}")
     for shape, reverse, (name, dtype) in itertools.product(SHAPES, [False, True], DTYPES.items())]))
 def test_matches_reference(shape, dtype, reverse):
@@ -96,7 +76,7 @@ def test_matches_reference(shape, dtype, reverse):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype, reverse", _shard([
+@pytest.mark.parametrize("dtype, reverse", shard([
     pytest.param(dtype, reverse, id=f"{'br' if reverse else 'tl'}-{name}")
     for reverse, (name, dtype) in itertools.product([False, True], [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 ]))
@@ -105,7 +85,7 @@ def test_without_d(dtype, reverse):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", _shard([pytest.param(torch.bfloat16, id="bf16"),
+@pytest.mark.parametrize("dtype", shard([pytest.param(torch.bfloat16, id="bf16"),
                                           pytest.param(torch.float16, id="fp16")]))
 def test_half_inputs_with_large_deltas_and_long_rows(dtype):
     """softplus(delta) up to ~30 and a 33-pixel row: finite everywhere and still close to the reference."""
@@ -113,7 +93,7 @@ def test_half_inputs_with_large_deltas_and_long_rows(dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("reverse", _shard([pytest.param(False, id="tl"), pytest.param(True, id="br")]))
+@pytest.mark.parametrize("reverse", shard([pytest.param(False, id="tl"), pytest.param(True, id="br")]))
 def test_raw_deltas_without_softplus(reverse):
     args = list(make_scan_inputs(2, 3, 4, 3, 4))
     args[1], args[2] = torch.nn.functional.softplus(args[1]), torch.nn.functional.softplus(args[2])
@@ -132,7 +112,7 @@ def test_raw_deltas_without_softplus(reverse):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("with_d, reverse", _shard([pytest.param(True, True, id="d-br"),
+@pytest.mark.parametrize("with_d, reverse", shard([pytest.param(True, True, id="d-br"),
                                                     pytest.param(False, False, id="nod-tl")]))
 def test_opcheck(with_d, reverse):
     args = [a.requires_grad_() if a is not None else None for a in make_scan_inputs(2, 3, 4, 3, 4, with_d=with_d)]
@@ -140,7 +120,7 @@ def test_opcheck(with_d, reverse):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("shape", _shard([pytest.param((0, 3, 4, 2, 4), id="B0"),
+@pytest.mark.parametrize("shape", shard([pytest.param((0, 3, 4, 2, 4), id="B0"),
                                           pytest.param((1, 3, 4, 2, 0), id="N0"),
                                           pytest.param((1, 2, 3, 0, 2), id="E0")]))
 def test_empty_dimensions(shape):
