@@ -136,3 +136,39 @@ def test_v2dmamba_fixture_integrity():
         for i, stage in enumerate(case["stages"]):
             assert stage.shape == (b, dims[i], h, w)
             h, w = math.ceil(h / 2), math.ceil(w / 2)
+
+
+def test_localmamba_fixture_integrity():
+    fx = _load("official_localmamba_parity.pt")
+    _check_common(fx)
+    cfg, sd = fx["official_config"], fx["state_dict"]
+    dims, depths, n = cfg["dims"], cfg["depths"], cfg["ssm_d_state"]
+    assert fx["official_param_counts"] == {"tiny": 25_527_160, "small": 49_748_536}
+    assert _n_params(sd) == fx["test_param_count"]
+    assert len(cfg["directions"]) == sum(depths) and all(len(d) == 4 for d in cfg["directions"])
+    assert {c for d in cfg["directions"] for c in d} == {"h", "h_flip", "v", "v_flip", "w2", "w2_flip", "w7", "w7_flip"}
+    for i, depth in enumerate(depths):
+        e, r = int(cfg["ssm_ratio"] * dims[i]), math.ceil(dims[i] / 16)
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}.op."
+            assert sd[p + "x_proj_weight"].shape == (4, r + 2 * n, e)
+            assert sd[p + "A_logs"].shape == (4 * e, n) and sd[p + "Ds"].shape == (4 * e,)
+            assert sd[p + "multi_scan.attn.global_reduce.weight"].shape == (int(e * 0.125), e)
+            assert not any(k.startswith(p + "multi_scan.weights") for k in sd)  # no search-only parameters
+        assert (f"layers.{i}.downsample.reduction.weight" in sd) == (i < 3)
+    for suffix, init in [("A_logs", 0.0), ("Ds", 1.0), ("norm.weight", 1.0), ("out_norm.bias", 0.0),
+                         ("attn.norm.weight", 1.0)]:
+        _perturbed(sd, suffix, init)
+    for case in fx["cases"]:
+        b, _, h, w = case["input"].shape
+        square = h == w
+        assert ("v_reverse_fixed" in case) == (not square)
+        h, w = h // 4, w // 4
+        for i, stage in enumerate(case["stages"]):
+            assert stage.shape == (b, dims[i], h, w)
+            if not square:
+                assert case["v_reverse_fixed"]["stages"][i].shape == stage.shape
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        if not square:  # the official vertical un-permute is only right for square maps
+            fixed = case["v_reverse_fixed"]["logits"]
+            assert (fixed - case["logits"]).norm() > 0.1 * case["logits"].norm()
