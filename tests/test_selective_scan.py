@@ -4,19 +4,19 @@ import pytest
 import torch
 
 from vision2d.ops import cross_scan_orders, selective_scan, selective_scan_ref
-from vision2d.ops.selective_scan import BACKENDS
+from vision2d.ops.selective_scan import SELECTIVE_SCAN_BACKENDS
 from vision2d.ops.selective_scan_ref import selective_scan_naive, selective_scan_ref_backward
-from selective_scan_cases import SHAPES, TOLERANCES, make_inputs, random_orders
+from op_harness import assert_matches_reference, require_backend
+from selective_scan_cases import SHAPES, make_inputs, random_orders
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
+BACKENDS = [b for b in SELECTIVE_SCAN_BACKENDS.names if b != "triton"]  # triton: test_selective_scan_triton.py
+
+
 def _require(backend):
-    from vision2d.ops.selective_scan import _BACKEND_MODULES
-    import importlib
-    reason = importlib.import_module(_BACKEND_MODULES[backend]).unavailable_reason(torch.device("cpu"))
-    if reason is not None:
-        pytest.skip(f"{backend} unavailable on CPU: {reason}")
+    require_backend(SELECTIVE_SCAN_BACKENDS, backend)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -82,33 +82,13 @@ def test_reference_backward_matches_autograd(shape, merge, optional):
 
 def assert_backend_matches_reference(backend, shape, dtype, merge=True, ordered=True, with_d=True, with_bias=True,
                                      delta_softplus=True, delta_scale=1.0, device="cpu"):
-    """Forward and all gradients of `backend` on `device` vs the float64 reference on the CPU (same rounded inputs)."""
-    batch, L, K = shape[:3]
-    args = make_inputs(*shape, dtype=dtype, device=device, with_d=with_d, with_bias=with_bias,
-                       delta_scale=delta_scale)
+    """Forward and all gradients of `backend` on `device` vs the float64 reference (same rounded inputs)."""
+    args = make_inputs(*shape, dtype=dtype, with_d=with_d, with_bias=with_bias, delta_scale=delta_scale)
     if not delta_softplus:  # raw deltas must be positive step sizes
         args = (args[0], torch.nn.functional.softplus(args[1].double()).to(dtype), *args[2:])
-    order = random_orders(K, L, seed=1, device=device) if ordered else None
-    kwargs = dict(delta_softplus=delta_softplus, merge=merge)
-    leaves = [a.detach().requires_grad_() if a is not None else None for a in args]
-    y = selective_scan(*leaves, order=order, backend=backend, **kwargs)
-    assert y.dtype == dtype and y.device == args[0].device
-    assert y.shape == ((batch, L, shape[3]) if merge else (batch, L, K, shape[3]))
-    ref_leaves = [a.detach().cpu().double().requires_grad_() if a is not None else None for a in args]
-    y_ref = selective_scan_ref(*ref_leaves, order=None if order is None else order.cpu(), **kwargs)
-    atol, rtol = TOLERANCES[dtype]
-    scale = y_ref.abs().max().item() + 1e-6
-    torch.testing.assert_close(y.cpu().double(), y_ref, atol=atol * scale, rtol=rtol)
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-    names = [n for n, a in zip(GRAD_NAMES, args) if a is not None]
-    grads = torch.autograd.grad(y, [a for a in leaves if a is not None], dy.to(device))
-    ref_grads = torch.autograd.grad(y_ref, [a for a in ref_leaves if a is not None], dy.double())
-    for name, g, r, a in zip(names, grads, ref_grads, [a for a in args if a is not None]):
-        assert g.dtype == a.dtype and g.shape == a.shape, f"grad of {name}: {g.dtype} {tuple(g.shape)}"
-        assert torch.isfinite(g).all(), f"grad of {name} is not finite"
-        gscale = r.abs().max().item() + 1e-6
-        torch.testing.assert_close(g.cpu().double(), r, atol=atol * gscale, rtol=rtol,
-                                   msg=lambda m: f"grad of {name}: {m}")
+    order = random_orders(shape[2], shape[1], seed=1) if ordered else None
+    assert_matches_reference(selective_scan, selective_scan_ref, args, GRAD_NAMES, dtype, backend, device,
+                             delta_softplus=delta_softplus, order=order, merge=merge)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -180,10 +160,19 @@ def test_bad_inputs_raise_clear_errors():
         selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3))
     with pytest.raises(TypeError, match="order must be int64"):
         selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3)[:2].int())
-    with pytest.raises(ValueError, match="permutation"):
-        selective_scan(u, delta, A, B, C, order=torch.zeros(2, 6, dtype=torch.int64))
-    with pytest.raises(ValueError, match="unknown selective_scan backend"):
+    with pytest.raises(ValueError, match="unknown scan backend"):
         selective_scan(u, delta, A, B, C, backend="cuda-magic")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["repeated", "negative", "too large"])
+def test_orders_that_are_not_permutations_raise(backend, bad):
+    _require(backend)
+    args = make_inputs(2, 6, 2, 3, 4)
+    order = cross_scan_orders(2, 3)[:2].clone()
+    order[1, 4] = {"repeated": order[1, 3], "negative": -1, "too large": 6}[bad]
+    with pytest.raises(ValueError, match="every row of order must be a permutation"):
+        selective_scan(*args, order=order, backend=backend)
 
 
 def test_meta_device_and_compile():
@@ -197,3 +186,12 @@ def test_meta_device_and_compile():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(u, delta, A, B, C, D, bias), f(u, delta, A, B, C, D, bias))
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.setenv("VISION2D_SCAN_BACKEND", "reference")
+    assert SELECTIVE_SCAN_BACKENDS.resolve("cpu") == "reference"
+    monkeypatch.delenv("VISION2D_SCAN_BACKEND")
+    expected = "cpu" if SELECTIVE_SCAN_BACKENDS.unavailable_reason("cpu", "cpu") is None else "reference"
+    assert SELECTIVE_SCAN_BACKENDS.resolve("cpu") == expected
+    assert SELECTIVE_SCAN_BACKENDS.resolve("meta") == "reference"

@@ -1,35 +1,27 @@
 """`selective_scan`: the 1D selective scan (Mamba's S6) with K scan directions, a `torch.library` custom op.
 
-Backends (each a module with `unavailable_reason(device)`, `forward(...) -> y` and `backward(dy, ...) -> 7 grads`,
-same arguments as `selective_scan_ref.forward` with the order always given):
-    "reference"  pure PyTorch (`selective_scan_ref`), any device
+Backends (`backends.OpBackends`; modules with `forward(...) -> y` and `backward(dy, ...) -> 7 grads`, the arguments of
+`selective_scan_ref.forward` with the order always given): "reference" (`selective_scan_ref`, pure PyTorch, any
+device), "cpu" (`selective_scan_cpu`, compiled C++/OpenMP). The backend is resolved inside the op, so compiled graphs
+keep the name (default "auto") as a constant.
 """
-import importlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .backends import OpBackends
 from .selective_scan_ref import identity_orders
 
-BACKENDS = ("reference",)
-_BACKEND_MODULES = {"reference": "vision2d.ops.selective_scan_ref"}
+SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
+                                                        "cpu": "vision2d.ops.selective_scan_cpu"})
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _backend_module(backend: str, device: torch.device):
-    name = "reference" if backend == "auto" else backend
-    module = importlib.import_module(_BACKEND_MODULES[name])
-    reason = module.unavailable_reason(device)
-    if reason is not None:
-        raise RuntimeError(f"selective_scan backend {name!r} cannot run on {device.type}: {reason}")
-    return module
 
 
 @torch.library.custom_op("vision2d::selective_scan", mutates_args=())
 def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              delta_bias: Optional[Tensor], order: Tensor, delta_softplus: bool, merge: bool, backend: str) -> Tensor:
-    return _backend_module(backend, u.device).forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge)
+    return SELECTIVE_SCAN_BACKENDS.forward(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge)
 
 
 @_scan_op.register_fake
@@ -41,8 +33,8 @@ def _(u, delta, A, B, C, D, delta_bias, order, delta_softplus, merge, backend):
 def _scan_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                       delta_bias: Optional[Tensor], order: Tensor, delta_softplus: bool, merge: bool,
                       backend: str) -> list[Tensor]:
-    grads = _backend_module(backend, u.device).backward(dy.contiguous(), u, delta, A, B, C, D, delta_bias,
-                                                        delta_softplus, order, merge)
+    grads = SELECTIVE_SCAN_BACKENDS.backward(backend, dy.contiguous(), u, delta, A, B, C, D, delta_bias,
+                                             delta_softplus, order, merge)
     # a custom op cannot return None: an absent D / delta_bias gets an empty placeholder that autograd drops
     return [g if g is not None else u.new_empty(0) for g in grads]
 
@@ -98,12 +90,8 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias, order):
         if tensors[name].dtype != u.dtype:
             raise TypeError(f"selective_scan: {name} has dtype {tensors[name].dtype} but u has {u.dtype}; "
                             f"per-pixel inputs must share one dtype")
-    if order is not None:
-        if order.dtype != torch.int64:
-            raise TypeError(f"selective_scan: order must be int64, got {order.dtype}")
-        if order.device.type != "meta" and not torch.compiler.is_compiling() and order.numel() > 0:
-            if not torch.equal(order.sort(dim=1).values, identity_orders(K, L, order.device)):
-                raise ValueError("selective_scan: every row of order must be a permutation of 0..L-1")
+    if order is not None and order.dtype != torch.int64:  # its values are checked by the backends
+        raise TypeError(f"selective_scan: order must be int64, got {order.dtype}")
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
@@ -118,10 +106,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     (batch, L, K, E). Any strides are accepted.
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias, order)
-    if backend is not None and backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"unknown selective_scan backend {backend!r}; expected one of {BACKENDS} or 'auto'")
+    backend = SELECTIVE_SCAN_BACKENDS.check_name(backend)
     if order is None:
         order = identity_orders(A.shape[0], u.shape[1], u.device)
     args = [t.contiguous() for t in (u, delta, A, B, C)]
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
-    return _scan_op(*args, *optional, order.contiguous(), bool(delta_softplus), bool(merge), backend or "auto")
+    return _scan_op(*args, *optional, order.contiguous(), bool(delta_softplus), bool(merge), backend)

@@ -15,15 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the recurrence runs in for inputs of `dtype`."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .scan2d_ref import state_dtype
 
 
 def identity_orders(K: int, L: int, device=None) -> Tensor:
     """(K, L) int64: every direction scans the storage order."""
     return torch.arange(L, device=device).expand(K, L)
+
+
+ORDER_ERROR = "selective_scan: every row of order must be a permutation of 0..L-1"
+
+
+def check_orders(order: Tensor):
+    """Raises ValueError(ORDER_ERROR) unless every row of `order` (K, L) is a permutation of 0..L-1."""
+    K, L = order.shape
+    if order.device.type != "meta" and order.numel() > 0:
+        if not torch.equal(order.sort(dim=1).values, identity_orders(K, L, order.device)):
+            raise ValueError(ORDER_ERROR)
 
 
 def _step_sizes(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool, dtype: torch.dtype) -> Tensor:
@@ -72,6 +80,8 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                        order: Optional[Tensor] = None, merge: bool = True) -> Tensor:
     """Reference selective scan, one step of all directions at a time; differentiable by autograd."""
+    if order is not None:
+        check_orders(order)
     s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order)
     y = _scatter_steps(torch.einsum("btken,btkn->btke", _states(s), s["C"]), s["steps"])  # (batch, L, K, E)
     if D is not None:

@@ -1,0 +1,441 @@
+// 1D selective scan (Mamba's S6) with K scan directions for CPUs: forward and backward, loaded by
+// vision2d/ops/selective_scan_cpu.py through ctypes.
+//
+// The math is vision2d/ops/selective_scan_ref.py. Every tensor is contiguous, in the state type Real (float, or double
+// for float64 inputs): u (batch, L, E); delta (batch, L, K, E); A (K, E, N); B, C (batch, L, K, N); D, delta_bias
+// (K, E) or null; order int64 (K, L), row k a permutation of 0..L-1; y (batch, L, E) when merging, else
+// (batch, L, K, E). Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
+//
+// A vector holds kLanes consecutive channels (channels-last: contiguous at every position), so y, du and ddelta need
+// no horizontal sums. The forward runs tasks (batch item, channel block); a task scans all K directions step by step
+// (K independent recurrences in flight), keeps K x N state vectors and adds the directions' outputs into its own
+// block of y, so merging needs no synchronisation. The backward runs tasks (batch item, group of channel blocks):
+// it recomputes a block's states (all of them when they fit state_budget_bytes, else segments of >= sqrt(L) steps
+// restarted from checkpointed states) and runs the adjoint sweep from the last step. dB and dC sum over channels:
+// each group adds into its own slice, dA, dD and delta_bias are written per batch item; the caller sums the slices,
+// so results do not depend on timing.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "vector_math.h"
+
+namespace {
+
+constexpr int64_t kChunk = 16;  // forward steps whose step sizes are computed together
+// steps ahead whose lines are prefetched: scan orders other than the storage order (columns of an image) jump by
+// whole rows, which the hardware prefetchers do not follow
+constexpr int64_t kPrefetchDistance = 8;
+
+template <typename Real>
+struct ScanArgs {
+  const Real *u, *delta, *A, *B, *C, *D, *delta_bias;
+  const int64_t* order;
+  int64_t batch, length, directions, channels, state;
+  bool delta_softplus, merge;
+
+  int64_t blocks() const { return (channels + kLanes<Real> - 1) / kLanes<Real>; }
+  int64_t position(int64_t k, int64_t t) const { return order[k * length + t]; }
+  // offsets of (b, p, first channel) in a (batch, L, E) tensor, of (b, p, k, first) in a (batch, L, K, E) tensor and
+  // of (b, p, k, 0) in a (batch, L, K, N) tensor
+  int64_t sequence_offset(int64_t b, int64_t p, int64_t first) const { return (b * length + p) * channels + first; }
+  int64_t direction_offset(int64_t b, int64_t p, int64_t k, int64_t first) const {
+    return ((b * length + p) * directions + k) * channels + first;
+  }
+  int64_t state_offset(int64_t b, int64_t p, int64_t k) const { return ((b * length + p) * directions + k) * state; }
+};
+
+// One channel block of one batch item: A log2(e) as K x N vectors (gates are powers of 2), D and delta_bias per
+// direction, and the sum of D over directions (the skip term of the merged output)
+template <typename Real>
+struct ChannelBlock {
+  int64_t batch_index, first;
+  int count;
+  const Vec<Real>*A2, *D, *bias;
+  Vec<Real> D_sum{};
+
+  // buffer: K (N + 2) vectors
+  ChannelBlock(const ScanArgs<Real>& a, int64_t b, int64_t block, Vec<Real>* buffer)
+      : batch_index(b), first(block * kLanes<Real>) {
+    const int64_t K = a.directions, N = a.state, E = a.channels;
+    count = int(std::min<int64_t>(kLanes<Real>, E - first));
+    Vec<Real>* a2 = buffer;
+    Vec<Real>* d = buffer + K * N;
+    Vec<Real>* bias_k = d + K;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        a2[k * N + n] = Vec<Real>{};
+        for (int l = 0; l < count; ++l) a2[k * N + n][l] = a.A[(k * E + first + l) * N + n] * Real(kLog2e);
+      }
+      d[k] = a.D ? load(a.D + k * E + first, count) : Vec<Real>{};
+      bias_k[k] = a.delta_bias ? load(a.delta_bias + k * E + first, count) : Vec<Real>{};
+      D_sum += d[k];
+    }
+    A2 = a2;
+    D = d;
+    bias = bias_k;
+  }
+  int64_t sequence_offset(const ScanArgs<Real>& a, int64_t p) const { return a.sequence_offset(batch_index, p, first); }
+  int64_t direction_offset(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
+    return a.direction_offset(batch_index, p, k, first);
+  }
+  const Real* B(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
+    return a.B + a.state_offset(batch_index, p, k);
+  }
+  const Real* C(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
+    return a.C + a.state_offset(batch_index, p, k);
+  }
+};
+
+// Step sizes of steps [t0, t1) of every direction, entry (t - t0) K + k: dt = softplus(delta + bias) (or without
+// softplus), dt u and, when `slope` is given, d dt / d delta. Computed ahead of the recurrence, so that the
+// independent softplus evaluations pipeline instead of lengthening its dependency chain.
+template <typename Real>
+void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, Vec<Real>* dt,
+                Vec<Real>* dtu, Vec<Real>* slope) {
+  const int64_t K = a.directions;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t k = 0; k < K; ++k, ++dt, ++dtu) {
+      if (t + kPrefetchDistance < a.length) {
+        const int64_t ahead = a.position(k, t + kPrefetchDistance);
+        __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, k));
+        __builtin_prefetch(a.u + blk.sequence_offset(a, ahead));
+      }
+      const int64_t p = a.position(k, t);
+      *dt = load(a.delta + blk.direction_offset(a, p, k), blk.count) + blk.bias[k];
+      if (slope) *slope = splat<Real>(1);
+      if (a.delta_softplus) *dt = softplus<Real>(*dt, slope);
+      *dtu = *dt * load(a.u + blk.sequence_offset(a, p), blk.count);
+      if (slope) ++slope;
+    }
+  }
+}
+
+// Advances the K x N states h over steps [t0, t1) whose step sizes are in dt / dtu (from `step_sizes`); stores each
+// step's states into `states` (K N vectors per step) when given, and the output into y when given
+template <typename Real>
+void advance(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Vec<Real>* dt,
+             const Vec<Real>* dtu, Vec<Real>* h, Vec<Real>* states, Real* y) {
+  const int64_t K = a.directions, N = a.state;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t k = 0; k < K; ++k, ++dt, ++dtu) {
+      const int64_t p = a.position(k, t);
+      if (y && t + kPrefetchDistance < a.length) {
+        const int64_t ahead = a.position(k, t + kPrefetchDistance);
+        __builtin_prefetch(y + (a.merge ? blk.sequence_offset(a, ahead) : blk.direction_offset(a, ahead, k)), 1);
+      }
+      const Real* b = blk.B(a, p, k);
+      const Real* c = blk.C(a, p, k);
+      const Vec<Real>* A2 = blk.A2 + k * N;
+      Vec<Real>* hk = h + k * N;
+      Vec<Real> acc{};
+      for (int64_t n = 0; n < N; ++n) {
+        hk[n] = vexp2(*dt * A2[n]) * hk[n] + *dtu * b[n];
+        acc += c[n] * hk[n];
+      }
+      if (states) states = std::copy(hk, hk + N, states);
+      if (!y) continue;
+      if (a.merge) {
+        Real* yp = y + blk.sequence_offset(a, p);
+        store(yp, load(yp, blk.count) + acc, blk.count);
+      } else {
+        const Vec<Real> u = load(a.u + blk.sequence_offset(a, p), blk.count);
+        store(y + blk.direction_offset(a, p, k), acc + blk.D[k] * u, blk.count);
+      }
+    }
+  }
+}
+
+template <typename Real>
+int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
+  const int64_t K = a.directions, N = a.state, L = a.length, tasks = a.batch * a.blocks();
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
+  const int64_t per_thread = K * (N + 2) + K * N + 2 * kChunk * K;  // block, states, step sizes
+  std::vector<Vec<Real>> scratch;
+  try {
+    scratch.resize(per_thread * threads);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const FlushDenormals flush;
+    Vec<Real>* block_buffer = scratch.data() + omp_get_thread_num() * per_thread;
+    Vec<Real>* h = block_buffer + K * (N + 2);
+    Vec<Real>* dt = h + K * N;
+    Vec<Real>* dtu = dt + kChunk * K;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const ChannelBlock<Real> blk(a, task / a.blocks(), task % a.blocks(), block_buffer);
+      if (a.merge) {  // y starts as the skip term, sum_k D_k u
+        for (int64_t p = 0; p < L; ++p) {
+          const int64_t offset = blk.sequence_offset(a, p);
+          store(y + offset, blk.D_sum * load(a.u + offset, blk.count), blk.count);
+        }
+      }
+      std::fill(h, h + K * N, Vec<Real>{});
+      for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
+        const int64_t t1 = std::min(L, t0 + kChunk);
+        step_sizes(a, blk, t0, t1, dt, dtu, static_cast<Vec<Real>*>(nullptr));
+        advance(a, blk, t0, t1, dt, dtu, h, static_cast<Vec<Real>*>(nullptr), y);
+      }
+    }
+  }
+  return 0;
+}
+
+template <typename Real>
+struct Grads {
+  Real *du, *ddelta, *dA, *dB, *dC, *dD, *ddelta_bias;  // dA, dD, ddelta_bias per batch item; dB, dC per group
+};
+
+// Per-step products whose lane sums are added to dB / dC entries: rows and their destinations, flushed with one
+// transposed sum per kLanes rows
+template <typename Real>
+struct LaneSums {
+  Vec<Real>* rows;
+  Real** destinations;
+  int64_t count = 0;
+
+  void add(Vec<Real> row, Real* destination) {
+    rows[count] = row;
+    destinations[count++] = destination;
+  }
+  void flush() {
+    constexpr int lanes = kLanes<Real>;
+    int64_t r = 0;
+    for (; r + lanes <= count; r += lanes) {
+      const Vec<Real> sums = transposed_sums<Real>(rows + r);
+      for (int l = 0; l < lanes; ++l) *destinations[r + l] += sums[l];
+    }
+    for (; r < count; ++r) *destinations[r] += hsum<Real>(rows[r]);
+    count = 0;
+  }
+};
+
+// A thread's backward scratch for one block: K (N + 2) vectors of block parameters, K N of adjoint carried to the
+// previous step, K N of dA sums, K of dD and delta_bias sums; K N of running states; checkpointed states
+// (segments - 1) K N; the segment's
+// states (segment + 1) K N (the first row holds the states before it), its step sizes, dt u and slopes, 3 segment K;
+// and 2 kLanes K N rows of lane sums
+template <typename Real>
+struct BackwardScratch {
+  Vec<Real>*block, *carry, *dA, *dD, *dbias, *h, *checkpoints, *states, *dt, *dtu, *slope;
+  LaneSums<Real> sums;
+
+  static int64_t vectors(int64_t K, int64_t N, int64_t segment, int64_t segments) {
+    return K * (N + 2) + 3 * K * N + 2 * K + (segments - 1) * K * N + (segment + 1) * K * N + 3 * segment * K +
+           2 * kLanes<Real> * K * N;
+  }
+  BackwardScratch(Vec<Real>* base, Real** destinations, int64_t K, int64_t N, int64_t segment, int64_t segments) {
+    block = base;
+    carry = block + K * (N + 2);
+    dA = carry + K * N;
+    dD = dA + K * N;
+    dbias = dD + K;
+    h = dbias + K;
+    checkpoints = h + K * N;
+    states = checkpoints + (segments - 1) * K * N;
+    dt = states + (segment + 1) * K * N;
+    dtu = dt + segment * K;
+    slope = dtu + segment * K;
+    sums.rows = slope + segment * K;
+    sums.destinations = destinations;
+  }
+};
+
+// Adjoint of steps [t1 - 1 .. t0] of one block; s.states holds the states before t0 and after each step, s.dt / dtu /
+// slope the step sizes; `dB`, `dC`: where the block's batch item's dB / dC sums go
+template <typename Real>
+void adjoint_segment(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Real* dy,
+                     BackwardScratch<Real>& s, const Grads<Real>& g, Real* dB, Real* dC) {
+  const int64_t K = a.directions, N = a.state;
+  for (int64_t t = t1 - 1; t >= t0; --t) {
+    for (int64_t k = 0; k < K; ++k) {
+      if (t >= kPrefetchDistance) {
+        const int64_t ahead = a.position(k, t - kPrefetchDistance);
+        const int64_t ahead_sequence = blk.sequence_offset(a, ahead);
+        __builtin_prefetch(dy + (a.merge ? ahead_sequence : blk.direction_offset(a, ahead, k)));
+        __builtin_prefetch(a.u + ahead_sequence);
+        __builtin_prefetch(g.du + ahead_sequence, 1);
+        __builtin_prefetch(g.ddelta + blk.direction_offset(a, ahead, k), 1);
+      }
+      const int64_t p = a.position(k, t), i = (t - t0) * K + k;
+      const int64_t direction_offset = blk.direction_offset(a, p, k), sequence_offset = blk.sequence_offset(a, p);
+      const Vec<Real> dy_k = load(dy + (a.merge ? sequence_offset : direction_offset), blk.count);
+      const Vec<Real> dt = s.dt[i], dtu = s.dtu[i];
+      const Vec<Real>* h = s.states + (t - t0 + 1) * K * N + k * N;
+      const Vec<Real>* h_prev = h - K * N;
+      const Vec<Real>* A2 = blk.A2 + k * N;
+      const Real* b = blk.B(a, p, k);
+      const Real* c = blk.C(a, p, k);
+      Vec<Real>* carry = s.carry + k * N;
+      Vec<Real>* dA = s.dA + k * N;
+      Real* dB_p = dB + a.state_offset(0, p, k);
+      Real* dC_p = dC + a.state_offset(0, p, k);
+      Vec<Real> sum_b{}, sum_a{};  // over n: lam b, d(exponent) A / ln2
+      for (int64_t n = 0; n < N; ++n) {
+        const Vec<Real> lam = dy_k * c[n] + carry[n];
+        const Vec<Real> gate = vexp2(dt * A2[n]);
+        const Vec<Real> d_exponent = lam * gate * h_prev[n];  // gradient w.r.t. dt A
+        carry[n] = gate * lam;
+        sum_b += lam * b[n];
+        sum_a += d_exponent * A2[n];
+        dA[n] += d_exponent * dt;
+        s.sums.add(lam * dtu, dB_p + n);
+        s.sums.add(h[n] * dy_k, dC_p + n);
+      }
+      Real* du = g.du + sequence_offset;
+      store(du, load(du, blk.count) + sum_b * dt, blk.count);
+      const Vec<Real> u = load(a.u + sequence_offset, blk.count);
+      const Vec<Real> ddelta = (Real(kLn2) * sum_a + sum_b * u) * s.slope[i];
+      store(g.ddelta + direction_offset, ddelta, blk.count);
+      s.dbias[k] += ddelta;
+    }
+    if ((t - t0) % kLanes<Real> == 0) s.sums.flush();
+  }
+  s.sums.flush();
+}
+
+// The backward of one channel block: skip terms, checkpoints, then the segments from the last
+template <typename Real>
+void backward_block(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, const Real* dy, int64_t segment,
+                    int64_t segments, BackwardScratch<Real>& s, const Grads<Real>& g, Real* dB, Real* dC) {
+  const int64_t K = a.directions, N = a.state, L = a.length, E = a.channels, b = blk.batch_index;
+  std::fill(s.carry, s.carry + 2 * K * N + 2 * K, Vec<Real>{});  // carry, dA, dD, dbias
+  for (int64_t p = 0; p < L; ++p) {  // du starts as the skip term's gradient, sum_k D_k dy_k
+    const int64_t offset = blk.sequence_offset(a, p);
+    const Vec<Real> u = load(a.u + offset, blk.count);
+    Vec<Real> du{};
+    for (int64_t k = 0; k < K; ++k) {
+      const Vec<Real> dy_k = load(dy + (a.merge ? offset : blk.direction_offset(a, p, k)), blk.count);
+      du += blk.D[k] * dy_k;
+      s.dD[k] += dy_k * u;
+    }
+    store(g.du + offset, du, blk.count);
+  }
+  if (segments > 1) {  // states at the end of every segment but the last
+    Vec<Real>* h = s.h;
+    std::fill(h, h + K * N, Vec<Real>{});
+    for (int64_t i = 0; i + 1 < segments; ++i) {
+      step_sizes(a, blk, i * segment, (i + 1) * segment, s.dt, s.dtu, static_cast<Vec<Real>*>(nullptr));
+      advance(a, blk, i * segment, (i + 1) * segment, s.dt, s.dtu, h, static_cast<Vec<Real>*>(nullptr),
+              static_cast<Real*>(nullptr));
+      std::copy(h, h + K * N, s.checkpoints + i * K * N);
+    }
+  }
+  for (int64_t i = segments - 1; i >= 0; --i) {
+    const int64_t t0 = i * segment, t1 = std::min(L, t0 + segment);
+    if (i == 0) {
+      std::fill(s.states, s.states + K * N, Vec<Real>{});
+    } else {
+      std::copy(s.checkpoints + (i - 1) * K * N, s.checkpoints + i * K * N, s.states);
+    }
+    step_sizes(a, blk, t0, t1, s.dt, s.dtu, s.slope);
+    std::copy(s.states, s.states + K * N, s.h);
+    advance(a, blk, t0, t1, s.dt, s.dtu, s.h, s.states + K * N, static_cast<Real*>(nullptr));
+    adjoint_segment(a, blk, t0, t1, dy, s, g, dB, dC);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    for (int l = 0; l < blk.count; ++l) {
+      const int64_t ke = (b * K + k) * E + blk.first + l;
+      for (int64_t n = 0; n < N; ++n) g.dA[ke * N + n] = s.dA[k * N + n][l];
+      if (g.dD) g.dD[ke] = s.dD[k][l];
+      if (g.ddelta_bias) g.ddelta_bias[ke] = s.dbias[k][l];
+    }
+  }
+}
+
+template <typename Real>
+int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int64_t groups,
+             int64_t state_budget_bytes, int num_threads) {
+  const int64_t K = a.directions, N = a.state, L = a.length, blocks = a.blocks(), tasks = a.batch * groups;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
+  // steps whose states are recomputed at once: all when they fit the budget, else segments of >= sqrt(L) steps
+  // restarted from states checkpointed by a first forward pass
+  const int64_t step_bytes = int64_t(sizeof(Vec<Real>)) * K * (N + 3);
+  const int64_t fit = state_budget_bytes / step_bytes;
+  const int64_t segment = std::max<int64_t>(1, std::min(L, std::max(fit, int64_t(std::ceil(std::sqrt(double(L)))))));
+  const int64_t segments = (L + segment - 1) / segment;
+  const int64_t per_thread = BackwardScratch<Real>::vectors(K, N, segment, segments);
+  const int64_t lane_rows = 2 * kLanes<Real> * K * N;
+  std::vector<Vec<Real>> scratch;
+  std::vector<Real*> destinations;
+  try {
+    scratch.resize(per_thread * threads);
+    destinations.resize(lane_rows * threads);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const FlushDenormals flush;
+    const int thread = omp_get_thread_num();
+    BackwardScratch<Real> s(scratch.data() + thread * per_thread, destinations.data() + thread * lane_rows, K, N,
+                            segment, segments);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t b = task / groups, group = task % groups;
+      Real* dB = g.dB + (group * a.batch + b) * L * K * N;
+      Real* dC = g.dC + (group * a.batch + b) * L * K * N;
+      for (int64_t block = blocks * group / groups; block < blocks * (group + 1) / groups; ++block) {
+        const ChannelBlock<Real> blk(a, b, block, s.block);
+        backward_block(a, blk, dy, segment, segments, s, g, dB, dC);
+      }
+    }
+  }
+  return 0;
+}
+
+template <typename Real>
+ScanArgs<Real> make_args(const Real* u, const Real* delta, const Real* A, const Real* B, const Real* C, const Real* D,
+                         const Real* delta_bias, const int64_t* order, int64_t batch, int64_t length,
+                         int64_t directions, int64_t channels, int64_t state, int delta_softplus, int merge) {
+  return ScanArgs<Real>{u,     delta,  A,          B,        C,     D, delta_bias, order, batch,
+                        length, directions, channels, state, delta_softplus != 0, merge != 0};
+}
+
+}  // namespace
+
+// 1 when every row of order (K, L) is a permutation of 0..L-1, else 0 (the kernels read y, du, ... at these positions)
+extern "C" int selective_scan_orders_are_permutations(const int64_t* order, int64_t directions, int64_t length) {
+  std::vector<char> seen(length);
+  for (int64_t k = 0; k < directions; ++k, order += length) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t t = 0; t < length; ++t) {
+      if (order[t] < 0 || order[t] >= length || seen[order[t]]) return 0;
+      seen[order[t]] = 1;
+    }
+  }
+  return 1;
+}
+
+// C entry points: 0 on success, 1 when scratch memory could not be allocated. The backward adds dB / dC into
+// (groups, batch, L, K, N) slices (zeroed by the caller) and writes dA (batch, K, E, N) and dD, ddelta_bias
+// (batch, K, E) per batch item.
+#define SELECTIVE_SCAN_ENTRY_POINTS(Real, suffix)                                                                    \
+  extern "C" int selective_scan_forward_##suffix(const Real* u, const Real* delta, const Real* A, const Real* B,     \
+                                                 const Real* C, const Real* D, const Real* delta_bias,                \
+                                                 const int64_t* order, Real* y, int64_t batch, int64_t length,        \
+                                                 int64_t directions, int64_t channels, int64_t state,                 \
+                                                 int delta_softplus, int merge, int num_threads) {                    \
+    return forward(make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions, channels, state,    \
+                             delta_softplus, merge),                                                                  \
+                   y, num_threads);                                                                                   \
+  }                                                                                                                   \
+  extern "C" int selective_scan_backward_##suffix(                                                                    \
+      const Real* dy, const Real* u, const Real* delta, const Real* A, const Real* B, const Real* C, const Real* D,   \
+      const Real* delta_bias, const int64_t* order, Real* du, Real* ddelta, Real* dA, Real* dB, Real* dC, Real* dD,   \
+      Real* ddelta_bias, int64_t batch, int64_t length, int64_t directions, int64_t channels, int64_t state,          \
+      int delta_softplus, int merge, int64_t groups, int64_t state_budget_bytes, int num_threads) {                   \
+    return backward(make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions, channels, state,   \
+                              delta_softplus, merge),                                                                 \
+                    dy, Grads<Real>{du, ddelta, dA, dB, dC, dD, ddelta_bias}, groups, state_budget_bytes,             \
+                    num_threads);                                                                                     \
+  }
+
+SELECTIVE_SCAN_ENTRY_POINTS(float, f32)
+SELECTIVE_SCAN_ENTRY_POINTS(double, f64)
