@@ -172,3 +172,34 @@ def test_localmamba_fixture_integrity():
         if not square:  # the official vertical un-permute is only right for square maps
             fixed = case["v_reverse_fixed"]["logits"]
             assert (fixed - case["logits"]).norm() > 0.1 * case["logits"].norm()
+
+
+def test_msvmamba_fixture_integrity():
+    fx = _load("official_msvmamba_parity.pt")
+    _check_common(fx)
+    cfg, sd = fx["official_config"], fx["state_dict"]
+    assert cfg["sscore_type"] == "multiscale_4scan_12" and cfg["ms_split"] == [1, 3] and cfg["add_se"] and cfg["convFFN"]
+    dims = [cfg["dims"] * 2**i for i in range(4)]
+    n = cfg["ssm_d_state"]
+    assert fx["official_param_counts"] == {"nano": 6_864_136, "micro": 11_879_272, "tiny": 33_046_312}
+    assert _n_params(sd) == fx["test_param_count"]
+    for i, depth in enumerate(cfg["depths"]):
+        e, r = int(cfg["ssm_ratio"] * dims[i]), math.ceil(dims[i] / 16)
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}."
+            assert sd[p + "op.x_proj_weight"].shape == (2, r + 2 * n, e)
+            assert sd[p + "op.A_logs"].shape == (2 * e, n) and sd[p + "op.Ds"].shape == (2 * e,)
+            assert sd[p + "op.conv2d_b1.weight"].shape == (e, 1, 7, 7)
+            assert sd[p + "op.se.fc.0.weight"].shape == (e // 8, e)
+            assert sd[p + "convFFN.dwc.weight"].shape == (2 * dims[i], 1, 3, 3)
+            assert p + "mlp.fc1.weight" not in sd
+        assert (f"layers.{i}.downsample.reduction.weight" in sd) == (i < 3)
+    for suffix, init in [("A_logs", 0.0), ("Ds", 1.0), ("norm.weight", 1.0), ("norm2.bias", 0.0),
+                         ("out_norm.weight", 1.0)]:
+        _perturbed(sd, suffix, init)
+    for case in fx["cases"]:
+        b, _, h, w = case["input"].shape
+        h, w = h // 4, w // 4
+        for i, stage in enumerate(case["stages"]):
+            assert stage.shape == (b, dims[i], h, w)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
