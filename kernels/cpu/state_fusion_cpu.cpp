@@ -1,0 +1,256 @@
+// Spatial-Mamba's two ops for CPUs, forward and backward, loaded by vision2d/ops/state_scan_cpu.py and
+// vision2d/ops/state_fusion_cpu.py through ctypes:
+//   state scan    the 1D selective scan (one direction) returning every hidden state; math in state_scan_ref.py
+//   state fusion  depthwise k x k cross-correlation over border-replicated input; math in state_fusion_ref.py
+// Every tensor is contiguous and channels-last, in the state type Real (float, or double for float64 inputs):
+// u, delta (batch, L, E); A (E, N); B (batch, L, N); delta_bias (E) or null; states h (batch, L, N, E); fusion input
+// and output (batch, H, W, C); fusion weight transposed to (k * k, C). Build: g++ -O3 -march=native -fopenmp
+// -ffp-contract=fast -std=c++17 -shared -fPIC.
+//
+// A vector holds kLanes consecutive channels. The scan runs tasks (batch item, channel block) that own their slices
+// of h, du and ddelta; dB (a sum over channels) goes to one slice per channel block and dA / ddelta_bias to one per
+// batch item, summed by the caller, so results do not depend on timing. The fusion forward runs tasks (batch item,
+// row) over the taps that are non-zero in some channel (the merged 11x11 kernel of Spatial-Mamba has 25 of 121); its
+// backward runs tasks (batch item, channel block) that scatter into their own channels of dx and write dweight per
+// batch item.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "vector_math.h"
+
+namespace {
+
+struct ScanShape {
+  int64_t batch, length, channels, state;
+  bool delta_softplus;
+  template <typename Real>
+  int64_t blocks() const {
+    return (channels + kLanes<Real> - 1) / kLanes<Real>;
+  }
+};
+
+// One channel block's constants: A log2(e) and A as N vectors each, and delta_bias
+template <typename Real>
+struct ScanBlock {
+  int64_t b, first;
+  int count;
+  std::vector<Vec<Real>> A2, A;
+  Vec<Real> bias{};
+
+  ScanBlock(const ScanShape& s, int64_t task, const Real* a, const Real* delta_bias)
+      : b(task / s.blocks<Real>()), first(task % s.blocks<Real>() * kLanes<Real>), A2(s.state), A(s.state) {
+    count = int(std::min<int64_t>(kLanes<Real>, s.channels - first));
+    for (int64_t n = 0; n < s.state; ++n) {
+      for (int l = 0; l < count; ++l) A[n][l] = a[(first + l) * s.state + n];
+      A2[n] = A[n] * Real(kLog2e);
+    }
+    if (delta_bias) bias = load(delta_bias + first, count);
+  }
+  // offset of (b, t, first) in a (batch, L, E) tensor and of (b, t, n, first) in a (batch, L, N, E) tensor
+  int64_t sequence_offset(const ScanShape& s, int64_t t) const { return (b * s.length + t) * s.channels + first; }
+  int64_t state_offset(const ScanShape& s, int64_t t, int64_t n) const {
+    return ((b * s.length + t) * s.state + n) * s.channels + first;
+  }
+};
+
+int threads_for(int num_threads, int64_t tasks) {
+  return int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
+}
+
+template <typename Real>
+int scan_forward(const ScanShape& s, const Real* u, const Real* delta, const Real* A, const Real* B,
+                 const Real* delta_bias, Real* h, int num_threads) {
+  const int64_t tasks = s.batch * s.blocks<Real>(), N = s.state;
+#pragma omp parallel for num_threads(threads_for(num_threads, tasks)) schedule(dynamic, 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const FlushDenormals flush;
+    const ScanBlock<Real> blk(s, task, A, delta_bias);
+    std::vector<Vec<Real>> state(N);
+    for (int64_t t = 0; t < s.length; ++t) {
+      const int64_t offset = blk.sequence_offset(s, t);
+      Vec<Real> dt = load(delta + offset, blk.count) + blk.bias;
+      if (s.delta_softplus) dt = softplus<Real>(dt, nullptr);
+      const Vec<Real> dtu = dt * load(u + offset, blk.count);
+      const Real* Bt = B + (blk.b * s.length + t) * N;
+      for (int64_t n = 0; n < N; ++n) {
+        state[n] = vexp2(dt * blk.A2[n]) * state[n] + dtu * Bt[n];
+        store(h + blk.state_offset(s, t, n), state[n], blk.count);
+      }
+    }
+  }
+  return 0;
+}
+
+// Adjoint sweep from the last step with the forward's states h: lam_t = dh_t + exp(dt_{t+1} A) lam_{t+1}. Writes
+// du, ddelta; dA (batch, N, E) and ddelta_bias (batch, E) per batch item; dB into slice `block` of
+// (blocks, batch, L, N).
+template <typename Real>
+int scan_backward(const ScanShape& s, const Real* dh, const Real* u, const Real* delta, const Real* A, const Real* B,
+                  const Real* delta_bias, const Real* h, Real* du, Real* ddelta, Real* dA, Real* dB, Real* dbias,
+                  int num_threads) {
+  const int64_t tasks = s.batch * s.blocks<Real>(), N = s.state, L = s.length, E = s.channels;
+#pragma omp parallel for num_threads(threads_for(num_threads, tasks)) schedule(dynamic, 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const FlushDenormals flush;
+    const ScanBlock<Real> blk(s, task, A, delta_bias);
+    const int64_t block = task % s.blocks<Real>();
+    std::vector<Vec<Real>> lam(N), next_gate(N), dA_sum(N);
+    Vec<Real> dbias_sum{};
+    for (int64_t t = L - 1; t >= 0; --t) {
+      const int64_t offset = blk.sequence_offset(s, t);
+      const Vec<Real> raw = load(delta + offset, blk.count) + blk.bias, uv = load(u + offset, blk.count);
+      Vec<Real> slope = splat<Real>(1), dt = raw;
+      if (s.delta_softplus) dt = softplus<Real>(raw, &slope);
+      const Vec<Real> dtu = dt * uv;
+      const Real* Bt = B + (blk.b * L + t) * N;
+      Real* dBt = dB + ((block * s.batch + blk.b) * L + t) * N;
+      Vec<Real> ddt{}, lam_b{};
+      for (int64_t n = 0; n < N; ++n) {
+        // lanes past the block's end load dh = 0, so their lam and every sum over them stay 0
+        lam[n] = load(dh + blk.state_offset(s, t, n), blk.count) + next_gate[n] * lam[n];
+        const Vec<Real> gate = vexp2(dt * blk.A2[n]);
+        const Vec<Real> h_prev = t > 0 ? load(h + blk.state_offset(s, t - 1, n), blk.count) : Vec<Real>{};
+        const Vec<Real> d_exponent = lam[n] * h_prev * gate;
+        ddt += d_exponent * blk.A[n];
+        dA_sum[n] += d_exponent * dt;
+        lam_b += lam[n] * Bt[n];
+        dBt[n] = hsum<Real>(lam[n] * dtu);
+        next_gate[n] = gate;
+      }
+      const Vec<Real> dd = (ddt + lam_b * uv) * slope;
+      dbias_sum += dd;
+      store(du + offset, lam_b * dt, blk.count);
+      store(ddelta + offset, dd, blk.count);
+    }
+    for (int64_t n = 0; n < N; ++n) store(dA + (blk.b * N + n) * E + blk.first, dA_sum[n], blk.count);
+    if (dbias) store(dbias + blk.b * E + blk.first, dbias_sum, blk.count);
+  }
+  return 0;
+}
+
+struct FusionShape {
+  int64_t batch, height, width, channels, kernel;
+  int64_t pad() const { return kernel / 2; }
+  int64_t taps() const { return kernel * kernel; }
+  int64_t row(int64_t i, int64_t a) const { return std::clamp<int64_t>(i + a - pad(), 0, height - 1); }
+  int64_t col(int64_t j, int64_t d) const { return std::clamp<int64_t>(j + d - pad(), 0, width - 1); }
+  int64_t offset(int64_t b, int64_t i, int64_t j) const { return ((b * height + i) * width + j) * channels; }
+};
+
+// taps (a * k + d) whose weight is non-zero in some channel
+template <typename Real>
+std::vector<int64_t> active_taps(const FusionShape& s, const Real* weight) {
+  std::vector<int64_t> taps;
+  for (int64_t tap = 0; tap < s.taps(); ++tap) {
+    const Real* w = weight + tap * s.channels;
+    if (std::any_of(w, w + s.channels, [](Real v) { return v != Real(0); })) taps.push_back(tap);
+  }
+  return taps;
+}
+
+template <typename Real>
+int fusion_forward(const FusionShape& s, const Real* x, const Real* weight, Real* out, int num_threads) {
+  std::vector<int64_t> taps;
+  try {
+    taps = active_taps(s, weight);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+  const int64_t tasks = s.batch * s.height, C = s.channels, T = int64_t(taps.size());
+#pragma omp parallel for num_threads(threads_for(num_threads, tasks)) schedule(dynamic, 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / s.height, i = task % s.height;
+    std::vector<const Real*> rows(T);  // the clamped input row of each tap
+    std::vector<int64_t> cols(T);      // tap column offsets (d - pad)
+    for (int64_t t = 0; t < T; ++t) {
+      rows[t] = x + s.offset(b, s.row(i, taps[t] / s.kernel), 0);
+      cols[t] = taps[t] % s.kernel;
+    }
+    for (int64_t j = 0; j < s.width; ++j) {
+      Real* o = out + s.offset(b, i, j);
+      for (int64_t first = 0; first < C; first += kLanes<Real>) {
+        const int count = int(std::min<int64_t>(kLanes<Real>, C - first));
+        Vec<Real> acc{};
+        for (int64_t t = 0; t < T; ++t)
+          acc += load(weight + taps[t] * C + first, count) * load(rows[t] + s.col(j, cols[t]) * C + first, count);
+        store(o + first, acc, count);
+      }
+    }
+  }
+  return 0;
+}
+
+// dx = the adjoint (a scatter onto the clamped source pixels) and dweight (batch, k * k, C) per batch item
+template <typename Real>
+int fusion_backward(const FusionShape& s, const Real* dout, const Real* x, const Real* weight, Real* dx,
+                    Real* dweight, int num_threads) {
+  std::vector<int64_t> taps;
+  try {
+    taps = active_taps(s, weight);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+  const int64_t C = s.channels, blocks = (C + kLanes<Real> - 1) / kLanes<Real>, tasks = s.batch * blocks;
+  const int64_t K = s.kernel, T = int64_t(taps.size());
+#pragma omp parallel for num_threads(threads_for(num_threads, tasks)) schedule(dynamic, 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / blocks, first = task % blocks * kLanes<Real>;
+    const int count = int(std::min<int64_t>(kLanes<Real>, C - first));
+    std::vector<Vec<Real>> dw(s.taps()), w(T);
+    for (int64_t t = 0; t < T; ++t) w[t] = load(weight + taps[t] * C + first, count);
+    for (int64_t i = 0; i < s.height; ++i)
+      for (int64_t j = 0; j < s.width; ++j) store(dx + s.offset(b, i, j) + first, Vec<Real>{}, count);
+    for (int64_t i = 0; i < s.height; ++i) {
+      for (int64_t j = 0; j < s.width; ++j) {
+        const Vec<Real> g = load(dout + s.offset(b, i, j) + first, count);
+        for (int64_t a = 0; a < K; ++a) {
+          const int64_t r = s.row(i, a);
+          for (int64_t d = 0; d < K; ++d)
+            dw[a * K + d] += g * load(x + s.offset(b, r, s.col(j, d)) + first, count);
+        }
+        for (int64_t t = 0; t < T; ++t) {
+          Real* target = dx + s.offset(b, s.row(i, taps[t] / K), s.col(j, taps[t] % K)) + first;
+          store(target, load(target, count) + w[t] * g, count);
+        }
+      }
+    }
+    for (int64_t tap = 0; tap < s.taps(); ++tap) store(dweight + (b * s.taps() + tap) * C + first, dw[tap], count);
+  }
+  return 0;
+}
+
+}  // namespace
+
+// C entry points: 0 on success, 1 when scratch memory could not be allocated.
+#define STATE_FUSION_ENTRY_POINTS(Real, suffix)                                                                      \
+  extern "C" int state_scan_forward_##suffix(const Real* u, const Real* delta, const Real* A, const Real* B,         \
+                                             const Real* delta_bias, Real* h, int64_t batch, int64_t length,          \
+                                             int64_t channels, int64_t state, int delta_softplus, int num_threads) {  \
+    return scan_forward(ScanShape{batch, length, channels, state, delta_softplus != 0}, u, delta, A, B, delta_bias,  \
+                        h, num_threads);                                                                              \
+  }                                                                                                                   \
+  extern "C" int state_scan_backward_##suffix(const Real* dh, const Real* u, const Real* delta, const Real* A,       \
+                                              const Real* B, const Real* delta_bias, const Real* h, Real* du,         \
+                                              Real* ddelta, Real* dA, Real* dB, Real* ddelta_bias, int64_t batch,     \
+                                              int64_t length, int64_t channels, int64_t state, int delta_softplus,    \
+                                              int num_threads) {                                                      \
+    return scan_backward(ScanShape{batch, length, channels, state, delta_softplus != 0}, dh, u, delta, A, B,         \
+                         delta_bias, h, du, ddelta, dA, dB, ddelta_bias, num_threads);                                \
+  }                                                                                                                   \
+  extern "C" int state_fusion_forward_##suffix(const Real* x, const Real* weight, Real* out, int64_t batch,          \
+                                               int64_t height, int64_t width, int64_t channels, int64_t kernel,       \
+                                               int num_threads) {                                                     \
+    return fusion_forward(FusionShape{batch, height, width, channels, kernel}, x, weight, out, num_threads);         \
+  }                                                                                                                   \
+  extern "C" int state_fusion_backward_##suffix(const Real* dout, const Real* x, const Real* weight, Real* dx,       \
+                                                Real* dweight, int64_t batch, int64_t height, int64_t width,          \
+                                                int64_t channels, int64_t kernel, int num_threads) {                  \
+    return fusion_backward(FusionShape{batch, height, width, channels, kernel}, dout, x, weight, dx, dweight,        \
+                           num_threads);                                                                              \
+  }
+
+STATE_FUSION_ENTRY_POINTS(float, f32)
+STATE_FUSION_ENTRY_POINTS(double, f64)

@@ -1,0 +1,35 @@
+"""Inputs shared by the state-scan / state-fusion op tests (CPU and Triton)."""
+import math
+
+import torch
+
+# state_scan: (batch, L, E, N); E = 40 and 70 leave partial channel blocks, L = 1 a single step
+SCAN_SHAPES = [(2, 7, 5, 3), (1, 30, 40, 1), (3, 12, 16, 2), (1, 1, 70, 1), (2, 9, 33, 1)]
+# state_fusion: (batch, H, W, C, k); 1x1, 1xW and Hx1 maps, kernels larger than the map
+FUSION_SHAPES = [(2, 4, 6, 3, 11), (1, 1, 1, 20, 3), (2, 7, 5, 17, 5), (1, 9, 7, 40, 11), (1, 1, 6, 8, 11),
+                 (2, 5, 1, 16, 3)]
+
+
+def make_scan_inputs(batch, L, E, N, dtype=torch.float32, with_bias=True, seed=0):
+    """(u, delta, A, B, delta_bias): step sizes around 0.2..2 after softplus, A in [-4, -0.05]."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, L, E, generator=g)
+    delta = torch.randn(batch, L, E, generator=g) * 0.5
+    A = -torch.exp(torch.empty(E, N).uniform_(math.log(0.05), math.log(4), generator=g))
+    B = torch.randn(batch, L, N, generator=g)
+    bias = torch.randn(E, generator=g) * 0.5 if with_bias else None
+    u, delta, B = (t.to(dtype) for t in (u, delta, B))
+    if dtype == torch.float64:  # parameters stay float32 but for float64 runs
+        A, bias = A.double(), None if bias is None else bias.double()
+    return [u, delta, A, B, bias]
+
+
+def make_fusion_inputs(batch, H, W, C, k, dtype=torch.float32, sparse=True, seed=0):
+    """(x, weight): with `sparse`, the weight is zero on every tap off the merged 1/3/5-dilation pattern (as in
+    Spatial-Mamba) or on a k x k kernel's alternate taps."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, H, W, C, generator=g).to(dtype)
+    weight = torch.randn(C, k, k, generator=g) / k
+    if sparse:
+        weight[:, ::2, 1::2] = 0
+    return x, weight.double() if dtype == torch.float64 else weight
