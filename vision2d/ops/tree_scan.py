@@ -119,6 +119,7 @@ def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: 
                     TREE_SCAN.check_name(backend))
 
 
+@torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def tree_scan_2d(x: Tensor, decay: Tensor, guide: Tensor, backend: Optional[str] = None) -> Tensor:
     """`tree_scan` of x, decay (B, D, H, W) over the tree `build_tree(guide)` of guide (B, C, H, W); y (B, D, H, W)."""
     if x.dim() != 4 or guide.dim() != 4 or x.shape[0] != guide.shape[0] or x.shape[2:] != guide.shape[2:]:
