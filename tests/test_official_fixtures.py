@@ -178,7 +178,8 @@ def test_msvmamba_fixture_integrity():
     fx = _load("official_msvmamba_parity.pt")
     _check_common(fx)
     cfg, sd = fx["official_config"], fx["state_dict"]
-    assert cfg["sscore_type"] == "multiscale_4scan_12" and cfg["ms_split"] == [1, 3] and cfg["add_se"] and cfg["convFFN"]
+    assert cfg["sscore_type"] == "multiscale_4scan_12" and cfg["ms_split"] == [1, 3]
+    assert cfg["add_se"] and cfg["convFFN"]
     dims = [cfg["dims"] * 2**i for i in range(4)]
     n = cfg["ssm_d_state"]
     assert fx["official_param_counts"] == {"nano": 6_864_136, "micro": 11_879_272, "tiny": 33_046_312}
