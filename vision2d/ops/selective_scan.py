@@ -2,7 +2,8 @@
 
 Backends (`backends.OpBackends`; modules with `forward(...) -> y` and `backward(dy, ...) -> 7 grads`, the arguments of
 `selective_scan_ref.forward` with the order always given): "reference" (`selective_scan_ref`, pure PyTorch, any
-device), "cpu" (`selective_scan_cpu`, compiled C++/OpenMP). The backend is resolved inside the op, so compiled graphs
+device), "cpu" (`selective_scan_cpu`, compiled C++/OpenMP), "triton" (`selective_scan_triton`, CUDA; CPU tensors under
+TRITON_INTERPRET=1). The backend is resolved inside the op, so compiled graphs
 keep the name (default "auto") as a constant.
 """
 from typing import Optional
@@ -14,7 +15,8 @@ from .backends import OpBackends
 from .selective_scan_ref import identity_orders
 
 SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
-                                                        "cpu": "vision2d.ops.selective_scan_cpu"})
+                                                        "cpu": "vision2d.ops.selective_scan_cpu",
+                                                        "triton": "vision2d.ops.selective_scan_triton"})
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
