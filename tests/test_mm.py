@@ -23,11 +23,23 @@ from vision2d.mm import FAMILIES  # noqa: E402
 from vision2d.mm.runner import build_runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DET_CONFIG = REPO / "configs/mmdet/mask-rcnn_mamba2d-tiny_fpn_1x_coco.py"
-SEG_CONFIG = REPO / "configs/mmseg/upernet_mamba2d-tiny_8xb2-160k_ade20k-512x512.py"
 CONFIGS = sorted((REPO / "configs").glob("mm*/*.py"))
+BACKBONES = {"mamba2d": "Mamba2DBackbone", "vmamba": "VMambaBackbone"}  # family of vision2d.mm.FAMILIES -> mm type
 TEST_ARCH, TEST_MODEL = "test", "test_mamba2d"
-TEST_CHANNELS = [16, 32, 64, 64]  # test_mamba2d's feature_info; test_backbone_matches_timm_feature_info checks it
+TEST_CHANNELS = [16, 32, 64, 64]  # every family's test model's feature_info; test_backbone_matches_timm_feature_info
+NO_DECAY = {  # each family's mm recipe: backbone parameters without weight decay
+    "mamba2d": lambda name, parameter: parameter.ndim == 1 or name.endswith(("A_t_log", "A_l_log")),
+    # Swin's rule (names with 'norm') on the official names, where the stem / downsample norms are numbered
+    "vmamba": lambda name, parameter: "norm" in name and not any(k in name for k in ("stem.norm", "downsample.norm")),
+}
+
+
+def det_config_path(family):
+    return REPO / f"configs/mmdet/mask-rcnn_{family}-tiny_fpn_1x_coco.py"
+
+
+def seg_config_path(family):
+    return REPO / f"configs/mmseg/upernet_{family}-tiny_8xb2-160k_ade20k-512x512.py"
 
 
 def timm_feature_info(model_name):
@@ -35,21 +47,31 @@ def timm_feature_info(model_name):
         return timm.create_model(model_name).feature_info
 
 
-def arch_of(model_name):
-    for family in FAMILIES.values():
-        for arch, name in family.models.items():
+def family_and_arch_of(model_name):
+    for family, spec in FAMILIES.items():
+        for arch, name in spec.models.items():
             if name == model_name:
-                return arch
+                return family, arch
     raise AssertionError(f"{model_name} is in no family of vision2d.mm.FAMILIES")
 
 
 @pytest.fixture(scope="module")
-def fresh_weights(tmp_path_factory):
+def family_weights(tmp_path_factory):
+    """A freshly initialised test model of every family, saved in the vision2d safetensors format."""
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for family, spec in FAMILIES.items():
+        torch.manual_seed(0)
+        name = spec.models[TEST_ARCH]
+        paths[family] = folder / f"{name}.safetensors"
+        save_safetensors_weights(timm.create_model(name).state_dict(), paths[family], name, 1000)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def fresh_weights(family_weights):
     """A freshly initialised test_mamba2d saved in the vision2d safetensors format."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "test_mamba2d.safetensors"
-    save_safetensors_weights(timm.create_model(TEST_MODEL).state_dict(), path, TEST_MODEL, 1000)
-    return path
+    return family_weights["mamba2d"]
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +84,10 @@ def nano_weights(tmp_path_factory):
     return folder / "nano.safetensors", folder / "nano.pth"
 
 
-def detection_config(checkpoint, data_root=None, work_dir=None):
-    """Our Mask R-CNN config with the test backbone (as --cfg-options would set it) and, given data_root, the tiny
-    COCO-format set of mm_data at a small image scale."""
-    cfg = Config.fromfile(DET_CONFIG)
+def detection_config(checkpoint, data_root=None, work_dir=None, family="mamba2d"):
+    """Our Mask R-CNN config of a family with its test backbone (as --cfg-options would set it) and, given data_root,
+    the tiny COCO-format set of mm_data at a small image scale."""
+    cfg = Config.fromfile(det_config_path(family))
     cfg.merge_from_dict({
         "model.backbone.arch": TEST_ARCH,
         "model.backbone.init_cfg.checkpoint": str(checkpoint),
@@ -104,9 +126,10 @@ def detection_config(checkpoint, data_root=None, work_dir=None):
     return cfg
 
 
-def segmentation_config(checkpoint, data_root=None, work_dir=None):
-    """Our UperNet config with the test backbone and, given data_root, the tiny segmentation set of mm_data."""
-    cfg = Config.fromfile(SEG_CONFIG)
+def segmentation_config(checkpoint, data_root=None, work_dir=None, family="mamba2d"):
+    """Our UperNet config of a family with its test backbone and, given data_root, the tiny segmentation set of
+    mm_data."""
+    cfg = Config.fromfile(seg_config_path(family))
     num_classes = len(CLASSES) + 1
     cfg.merge_from_dict({
         "model.backbone.arch": TEST_ARCH,
@@ -152,9 +175,10 @@ def check_train_step_and_inference(model, cfg):
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     weight_decay = {id(parameter): group["weight_decay"] for group in optim_wrapper.optimizer.param_groups
                     for parameter in group["params"]}
-    for name, parameter in model.backbone.named_parameters():  # the paper's recipe: no decay on 1-D and A logs
-        no_decay = parameter.ndim == 1 or name.endswith(("A_t_log", "A_l_log"))
-        assert weight_decay[id(parameter)] == (0.0 if no_decay else 0.05), name
+    no_decay = NO_DECAY[MODELS.get(cfg.model.backbone.type).family]
+    for name, parameter in model.backbone.named_parameters():
+        expected = 0.0 if no_decay(name, parameter) else cfg.optim_wrapper.optimizer.weight_decay
+        assert weight_decay[id(parameter)] == expected, name
     model.train()
     losses = model(**model.data_preprocessor(batch, True), mode="loss")
     loss, log_vars = model.parse_losses(losses)
@@ -171,24 +195,33 @@ def check_train_step_and_inference(model, cfg):
         return model.test_step(batch)
 
 
+def test_every_family_has_a_backbone_and_configs():
+    assert set(BACKBONES) == set(FAMILIES)
+    for family, backbone_type in BACKBONES.items():
+        assert MODELS.get(backbone_type).family == family
+        assert det_config_path(family).is_file() and seg_config_path(family).is_file()
+
+
 def test_configs_match_backbone_feature_info():
     for path in CONFIGS:
         cfg = Config.fromfile(path)
         backbone = cfg.model.backbone
-        assert backbone.type == "Mamba2DBackbone" and "vision2d.mm" in cfg.custom_imports.imports, path
-        info = timm_feature_info(FAMILIES["mamba2d"].models[backbone.arch])
+        assert backbone.type in BACKBONES.values() and "vision2d.mm" in cfg.custom_imports.imports, path
+        model_name = FAMILIES[MODELS.get(backbone.type).family].models[backbone.arch]
+        info = timm_feature_info(model_name)
         channels = [info[i]["num_chs"] for i in backbone.out_indices]
         head = cfg.model.get("neck") or cfg.model.decode_head
         assert head.in_channels == channels, path
         if "auxiliary_head" in cfg.model:
             assert cfg.model.auxiliary_head.in_channels == channels[cfg.model.auxiliary_head.in_index], path
-        assert Path(backbone.init_cfg.checkpoint).name == f"mamba2d_{backbone.arch}.safetensors", path
+        assert Path(backbone.init_cfg.checkpoint).name == f"{model_name}.safetensors", path
 
 
-def test_backbone_matches_timm_feature_info():
-    info = timm_feature_info(TEST_MODEL)
+@pytest.mark.parametrize("family", sorted(BACKBONES))
+def test_backbone_matches_timm_feature_info(family):
+    info = timm_feature_info(FAMILIES[family].models[TEST_ARCH])
     assert [stage["num_chs"] for stage in info] == TEST_CHANNELS
-    backbone = MODELS.build(dict(type="Mamba2DBackbone", arch=TEST_ARCH, out_indices=(1, 3)))
+    backbone = MODELS.build(dict(type=BACKBONES[family], arch=TEST_ARCH, out_indices=(1, 3)))
     features = backbone(torch.randn(2, 3, 64, 96))
     assert isinstance(features, tuple) and len(features) == 2
     for feature, stage in zip(features, (1, 3)):
@@ -196,8 +229,9 @@ def test_backbone_matches_timm_feature_info():
         assert feature.shape == (2, info[stage]["num_chs"], 64 // reduction, 96 // reduction)
 
 
-def test_frozen_stages_stay_frozen_in_train_mode():
-    backbone = MODELS.build(dict(type="Mamba2DBackbone", arch=TEST_ARCH, frozen_stages=2)).train()
+@pytest.mark.parametrize("family", sorted(BACKBONES))
+def test_frozen_stages_stay_frozen_in_train_mode(family):
+    backbone = MODELS.build(dict(type=BACKBONES[family], arch=TEST_ARCH, frozen_stages=2)).train()
     model = backbone.model.model
     for module, frozen in ((model.stem, True), (model.stages[0], True), (model.stages[1], True),
                            (model.stages[2], False), (model.stages[3], False)):
@@ -205,9 +239,10 @@ def test_frozen_stages_stay_frozen_in_train_mode():
         assert all(submodule.training != frozen for submodule in module.modules())
 
 
-def test_mask_rcnn_train_step_and_inference(fresh_weights, tmp_path):
+@pytest.mark.parametrize("family", sorted(BACKBONES))
+def test_mask_rcnn_train_step_and_inference(family_weights, tmp_path, family):
     write_coco_set(tmp_path)
-    cfg = detection_config(fresh_weights, tmp_path, tmp_path / "work")
+    cfg = detection_config(family_weights[family], tmp_path, tmp_path / "work", family=family)
     predictions = check_train_step_and_inference(build_model(cfg), cfg)
     assert len(predictions) == cfg.train_dataloader.batch_size
     for sample in predictions:
@@ -217,9 +252,10 @@ def test_mask_rcnn_train_step_and_inference(fresh_weights, tmp_path):
         assert torch.isfinite(instances.scores).all()
 
 
-def test_upernet_train_step_and_inference(fresh_weights, tmp_path):
+@pytest.mark.parametrize("family", sorted(BACKBONES))
+def test_upernet_train_step_and_inference(family_weights, tmp_path, family):
     write_segmentation_set(tmp_path)
-    cfg = segmentation_config(fresh_weights, tmp_path, tmp_path / "work")
+    cfg = segmentation_config(family_weights[family], tmp_path, tmp_path / "work", family=family)
     predictions = check_train_step_and_inference(build_model(cfg), cfg)
     assert len(predictions) == cfg.train_dataloader.batch_size
     for sample in predictions:
@@ -257,21 +293,23 @@ def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path, runne
 
 
 def weight_files():
-    """The fresh test weights, and every weight file trained by tools/train.py under checkpoints/."""
-    return ["fresh", *sorted((REPO / "checkpoints").glob("*.safetensors"))]
+    """The fresh test weights of every family, and every weight file trained by tools/train.py under checkpoints/."""
+    return [*sorted(BACKBONES), *sorted((REPO / "checkpoints").glob("*.safetensors"))]
 
 
 @pytest.mark.parametrize("weights", weight_files(), ids=lambda weights: getattr(weights, "name", weights))
-def test_one_weight_file_initialises_classifier_and_mm_backbones(weights, fresh_weights):
-    path = fresh_weights if weights == "fresh" else weights
+def test_one_weight_file_initialises_classifier_and_mm_backbones(weights, family_weights):
+    path = family_weights[weights] if weights in family_weights else weights
     model_name = read_weights_metadata(path)["model"]
-    classifier = create_model_from_weights(path).eval()
+    family, arch = family_and_arch_of(model_name)
+    # the classifier built as the mm backbone builds it (e.g. VMamba's output norms, at init from a classifier file)
+    classifier = create_model_from_weights(path, **FAMILIES[family].model_kwargs).eval()
     file_state = classifier.state_dict()
     image = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = classifier.forward_intermediates(image, intermediates_only=True)
-    for cfg in (detection_config(path), segmentation_config(path)):
-        cfg.model.backbone.arch = arch_of(model_name)
+    for cfg in (detection_config(path, family=family), segmentation_config(path, family=family)):
+        cfg.model.backbone.arch = arch
         init_default_scope(cfg.default_scope)  # build in mmdet's / mmseg's registry, as their Runner does
         backbone = MODELS.build(cfg.model.backbone)
         backbone.init_weights()
@@ -284,21 +322,24 @@ def test_one_weight_file_initialises_classifier_and_mm_backbones(weights, fresh_
         assert all(torch.equal(got, want) for got, want in zip(features, expected))
 
 
+@pytest.mark.parametrize("family", sorted(BACKBONES))
 @pytest.mark.parametrize("out_indices", [(4,), (2, 1), (), (0, 0)])
-def test_bad_out_indices_are_named(out_indices):
+def test_bad_out_indices_are_named(out_indices, family):
     with pytest.raises(ValueError, match="out_indices"):
-        MODELS.build(dict(type="Mamba2DBackbone", arch=TEST_ARCH, out_indices=out_indices))
+        MODELS.build(dict(type=BACKBONES[family], arch=TEST_ARCH, out_indices=out_indices))
 
 
+@pytest.mark.parametrize("family", sorted(BACKBONES))
 @pytest.mark.parametrize("frozen_stages", [-2, 5])
-def test_frozen_stages_out_of_range_are_named(frozen_stages):
+def test_frozen_stages_out_of_range_are_named(frozen_stages, family):
     with pytest.raises(ValueError, match="frozen_stages"):
-        MODELS.build(dict(type="Mamba2DBackbone", arch=TEST_ARCH, frozen_stages=frozen_stages))
+        MODELS.build(dict(type=BACKBONES[family], arch=TEST_ARCH, frozen_stages=frozen_stages))
 
 
-def test_unknown_arch_is_named():
+@pytest.mark.parametrize("family", sorted(BACKBONES))
+def test_unknown_arch_is_named(family):
     with pytest.raises(ValueError, match="unknown arch 'huge'"):
-        MODELS.build(dict(type="Mamba2DBackbone", arch="huge"))
+        MODELS.build(dict(type=BACKBONES[family], arch="huge"))
 
 
 def test_checkpoint_of_another_variant_is_an_error(nano_weights):

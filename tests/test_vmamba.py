@@ -266,3 +266,47 @@ def test_bad_input_errors():
         model(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="same length"):
         vmamba.VMamba(depths=(1, 1), dims=(8, 16, 32))
+
+
+def test_mm_backbone_loads_an_official_detector_checkpoint_with_training_objects(fixture, tmp_path):
+    """An official Mask R-CNN file as mmengine writes it (numpy history buffers in its message hub, which
+    weights-only loading refuses) initialises VMambaBackbone through init_cfg, outnorms included."""
+    pytest.importorskip("mmdet", reason="mmdet is not installed: run python tools/install_openmmlab.py")
+    from mmengine.logging import MessageHub
+    from mmengine.registry import MODELS
+
+    import vision2d.mm  # noqa: F401  (registers VMambaBackbone)
+
+    entry = fixture["models"][0]
+    outnorms = {(i, p): torch.full((c,), 0.5 if p == "weight" else 0.25) for i, c in enumerate((16, 32, 64, 64))
+                for p in ("weight", "bias")}
+    checkpoint = mm_layout(official_state_dict(entry), outnorms)
+    hub = MessageHub.get_instance("vmamba_test")
+    hub.update_scalar("train/loss", 1.5)
+    checkpoint["message_hub"] = hub.state_dict()
+    path = save(checkpoint, tmp_path / "mask_rcnn_vssm_fpn_coco_test.pth")
+    with pytest.raises(Exception, match="HistoryBuffer"):
+        torch.load(path, weights_only=True)
+    backbone = MODELS.build(dict(type="VMambaBackbone", arch="test", init_cfg=dict(type="Pretrained", checkpoint=path)))
+    backbone.init_weights()
+    model = backbone.model.model
+    assert torch.equal(model.feature_norms[2].weight, outnorms[2, "weight"])
+    assert torch.equal(model.stages[1].downsample.conv.weight, official_state_dict(entry)["layers.0.downsample.1.weight"])
+    case = entry["cases"][1]
+    with torch.no_grad():
+        features = backbone.eval()(case["input"].float())
+    expected = F.layer_norm(case["stages"][3].permute(0, 2, 3, 1), (64,), outnorms[3, "weight"], outnorms[3, "bias"],
+                            eps=1e-5).permute(0, 3, 1, 2)
+    assert rel_err(features[3], expected) < REL_TOL
+
+
+def test_mm_backbone_rejects_a_checkpoint_of_another_variant(tmp_path):
+    pytest.importorskip("mmdet", reason="mmdet is not installed: run python tools/install_openmmlab.py")
+    from mmengine.registry import MODELS
+
+    import vision2d.mm  # noqa: F401
+
+    path = save({"model": timm.create_model("test_vmamba", dims=(16, 32, 48, 64)).state_dict()}, tmp_path / "o.pth")
+    backbone = MODELS.build(dict(type="VMambaBackbone", arch="test", init_cfg=dict(type="Pretrained", checkpoint=path)))
+    with pytest.raises(ValueError, match=r"does not match.*mis-shaped"):
+        backbone.init_weights()

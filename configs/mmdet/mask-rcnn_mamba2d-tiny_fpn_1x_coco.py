@@ -20,7 +20,7 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    constructor='TimmNoWeightDecayConstructor',  # no decay on what the timm model's no_weight_decay() names (A logs)
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
-                       custom_keys={'A_t_log': dict(decay_mult=0.0), 'A_l_log': dict(decay_mult=0.0)}),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
     clip_grad=dict(max_norm=1.0, norm_type=2))

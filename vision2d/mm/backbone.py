@@ -1,20 +1,21 @@
 """mmdet / mmseg backbones built on the zoo's timm models (``features_only``), one registered class per family."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
+import safetensors.torch
 import timm
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from timm.models import load_state_dict
 from timm.models._features import FeatureGetterNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import check_weights_model, read_weights_metadata
-from ..models import mamba2d
+from ..models import mamba2d, vmamba
+from ..unpickle import load_tensors
 
 
 @dataclass(frozen=True)
@@ -22,32 +23,43 @@ class BackboneFamily:
     """A model family of the zoo as mm backbones see it."""
     models: Dict[str, str]  # mm ``arch`` -> timm model name
     checkpoint_filter_fn: Callable  # (state_dict, full timm model) -> timm state_dict; raises when it does not fit
+    model_kwargs: Dict = field(default_factory=dict)  # extra timm model arguments of the mm backbone
 
 
 FAMILIES = {
     "mamba2d": BackboneFamily(
         models={"nano": "mamba2d_nano", "tiny": "mamba2d_tiny", "small": "mamba2d_small", "test": "test_mamba2d"},
         checkpoint_filter_fn=mamba2d.checkpoint_filter_fn),
+    "vmamba": BackboneFamily(  # feature_norms: the official MM_VSSM's outnorm{i} on every returned stage
+        models={"tiny": "vmamba_tiny", "small": "vmamba_small", "base": "vmamba_base", "test": "test_vmamba"},
+        checkpoint_filter_fn=vmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
 }
 
 
-def _full_model_on_meta(model_name: str) -> torch.nn.Module:
+def _full_model_on_meta(model_name: str, **model_kwargs) -> torch.nn.Module:
     """The complete timm classifier with shapes but no storage: a cheap reference for stage counts and keys."""
     with torch.device("meta"):
-        return timm.create_model(model_name)
+        return timm.create_model(model_name, **model_kwargs)
 
 
 def load_backbone_weights(checkpoint: str, model_name: str, family: BackboneFamily) -> Dict[str, torch.Tensor]:
-    """The weights of ``checkpoint`` (a vision2d safetensors file or an official checkpoint) in timm's keys for
-    ``model_name``, classifier removed. The family's filter converts the keys and raises when any backbone key is
-    missing, unexpected or mis-shaped; a vision2d file tagged with another model is an error."""
+    """The weights of ``checkpoint`` (a vision2d safetensors file, or an official classifier, detector or segmentor
+    checkpoint) in timm's keys for ``model_name``, classifier removed. Torch files are read with
+    `vision2d.unpickle.load_tensors` (no code from the file runs; training objects beside the weights are skipped).
+    The family's filter converts the keys and raises when any backbone key is missing, unexpected or mis-shaped; a
+    vision2d file tagged with another model is an error."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"init_cfg checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         check_weights_model(read_weights_metadata(path), model_name, path)
-    reference = _full_model_on_meta(model_name)
-    state_dict = family.checkpoint_filter_fn(load_state_dict(str(path)), reference)
+        checkpoint = safetensors.torch.load_file(path, device="cpu")
+    else:
+        checkpoint = load_tensors(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    reference = _full_model_on_meta(model_name, **family.model_kwargs)
+    state_dict = family.checkpoint_filter_fn(checkpoint, reference)
     classifier_prefix = reference.pretrained_cfg["classifier"] + "."
     return {key: value for key, value in state_dict.items() if not key.startswith(classifier_prefix)}
 
@@ -76,7 +88,8 @@ class TimmFeatureBackbone(BaseModule):
             raise ValueError(f"{type(self).__name__}: init_cfg must be dict(type='Pretrained', checkpoint=PATH), "
                              f"got {init_cfg}")
         self.model_name = models[arch]
-        num_stages = len(_full_model_on_meta(self.model_name).feature_info)
+        model_kwargs = FAMILIES[self.family].model_kwargs
+        num_stages = len(_full_model_on_meta(self.model_name, **model_kwargs).feature_info)
         out_indices = tuple(out_indices)
         if not out_indices or list(out_indices) != sorted(set(out_indices)) or not all(
                 isinstance(i, int) and 0 <= i < num_stages for i in out_indices):
@@ -89,7 +102,7 @@ class TimmFeatureBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.model = timm.create_model(self.model_name, features_only=True, out_indices=out_indices,
-                                       drop_path_rate=drop_path_rate)
+                                       drop_path_rate=drop_path_rate, **model_kwargs)
         if not isinstance(self.model, FeatureGetterNet):
             raise TypeError(f"{self.model_name} must register feature_cfg feature_cls='getter' for mm backbones")
         self.feature_info = self.model.feature_info
@@ -141,3 +154,11 @@ class TimmFeatureBackbone(BaseModule):
 class Mamba2DBackbone(TimmFeatureBackbone):
     """Mamba2D (arch 'nano', 'tiny', 'small'; 'test' for tests) for mmdet and mmseg."""
     family = "mamba2d"
+
+
+@MODELS.register_module()
+class VMambaBackbone(TimmFeatureBackbone):
+    """VMamba v2 (arch 'tiny', 'small', 'base'; 'test' for tests) for mmdet and mmseg: the official MM_VSSM, with a
+    LayerNorm on every returned stage. An ImageNet classifier checkpoint starts those norms at weight 1, bias 0 (as
+    the official backbone does); an official Mask R-CNN / UperNet checkpoint loads them with the rest."""
+    family = "vmamba"

@@ -79,7 +79,7 @@ class SS2D(nn.Module):
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        delta = torch.einsum("blkr,ker->blke", dts, self.dt_projs_weight)
+        delta = torch.einsum("blkr,ker->blke", dts, self.dt_projs_weight.to(dts.dtype))  # dtype as u under autocast
         y = selective_scan(
             u, delta, -torch.exp(self.A_logs.float()).view(K, E, N), Bs, Cs, self.Ds.float().view(K, E),
             self.dt_projs_bias.float(), delta_softplus=True, order=cross_scan_orders(H, W, device=u.device),
