@@ -195,3 +195,14 @@ def test_backend_choice(monkeypatch):
     expected = "cpu" if SELECTIVE_SCAN_BACKENDS.unavailable_reason("cpu", "cpu") is None else "reference"
     assert SELECTIVE_SCAN_BACKENDS.resolve("cpu") == expected
     assert SELECTIVE_SCAN_BACKENDS.resolve("meta") == "reference"
+
+
+def test_export():
+    class Scan(torch.nn.Module):
+        def forward(self, u, delta, A, B, C, D, bias, order):
+            return selective_scan(u, delta, A, B, C, D, bias, delta_softplus=True, order=order)
+
+    args = (*make_inputs(1, 6, 4, 3, 2), cross_scan_orders(2, 3))
+    exported = torch.export.export(Scan(), args)
+    assert "vision2d.selective_scan" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(*args), Scan()(*args))
