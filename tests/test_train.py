@@ -182,7 +182,6 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_continues_exactly(small_data, 
     assert_same_metrics(run_dir, reference_run)
 
 
-
 def test_sigterm_to_torchrun_checkpoints_both_processes_mid_epoch(small_data, tmp_path):
     """torchrun forwards SIGTERM to each process group, data loader workers included: they must outlive the
     checkpoint that both training processes agree to write after the same step."""
@@ -369,9 +368,144 @@ def test_resuming_an_earlier_checkpoint_replaces_its_successors(reference_run, t
     run_train("--resume", str(run_dir), "--epochs", "4")
     first_epoch_4 = load_file(run_dir / "last" / MODEL_FILE)
     shutil.copytree(epoch_3, run_dir / "epoch-0003", dirs_exist_ok=True)
-    run_train("--resume", str(run_dir / "epoch-0003"), "--epochs", "4")  # saves epoch-0004 again, over the first
-    assert os.readlink(run_dir / "last") == "epoch-0004"
+    run_train("--resume", str(run_dir / "epoch-0003"), "--epochs", "4")  # saves epoch-0004 again: the name is taken
+    assert os.readlink(run_dir / "last") == "epoch-0004.2"
     verify_manifest(run_dir / "last")
-    assert not [entry.name for entry in run_dir.iterdir() if entry.name.startswith(".")]
+    assert sorted(entry.name for entry in run_dir.iterdir() if entry.name.startswith("epoch-")) == ["epoch-0004.2"]
+    assert not [entry.name for entry in run_dir.iterdir() if entry.name.startswith(".") and entry.name != ".lock"]
     again = load_file(run_dir / "last" / MODEL_FILE)
     assert all(torch.equal(again[key], first_epoch_4[key]) for key in first_epoch_4)
+
+
+# --- checkpoint saving: every kill point, full disk, broken links, one writer per run folder --------------------
+
+# The os calls through which a save changes the file system (shutil.rmtree and pathlib go through them too).
+FILE_SYSTEM_CHANGES = ("mkdir", "rename", "replace", "symlink", "unlink", "rmdir", "fsync")
+
+
+def save_marked_checkpoint(run_dir: Path, name: str, marker: str, is_best: bool) -> Path:
+    from vision2d.train.checkpointing import save_training_checkpoint
+    state = {"weight": torch.full((4, 3), float(len(marker)))}
+    return save_training_checkpoint(run_dir, name, "test_mamba2d", 10, {"input_size": [3, 32, 32]}, state, state,
+                                     dict(marker=marker), dict(model="test_mamba2d"), is_best)
+
+
+def save_in_child(run_dir: Path, name: str, kill_before: int | None) -> int:
+    """Save checkpoint ``name`` (marker 'new') in a forked process that dies (os._exit, no clean-up) right before
+    its ``kill_before``-th file-system change; returns how many changes the save made when it was not killed."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: count (and maybe die at) every change, then report the count
+        status = 0
+        try:
+            calls = [0]
+            for function_name in FILE_SYSTEM_CHANGES:
+                def counted(*args, _original=getattr(os, function_name), **kwargs):
+                    if calls[0] == kill_before:
+                        os._exit(137)
+                    calls[0] += 1
+                    return _original(*args, **kwargs)
+                setattr(os, function_name, counted)
+            save_marked_checkpoint(run_dir, name, "new", is_best=True)
+            os.write(write_end, str(calls[0]).encode())
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        reported = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == (0 if kill_before is None else 137)
+    return int(reported) if kill_before is None else -1
+
+
+def make_run(run_dir: Path, timeline: str) -> None:
+    """'fresh': last and best name epoch-0001. 'resumed': epoch-0001, and epoch-0002 of a later timeline named by
+    last and best, as after resuming epoch-0001: saving epoch-0002 again finds the name taken."""
+    run_dir.mkdir()
+    save_marked_checkpoint(run_dir, "epoch-0001", "old", is_best=True)
+    if timeline == "resumed":
+        os.rename(run_dir / "epoch-0001", run_dir / "kept")  # out of reach of the clean-up of the next save
+        save_marked_checkpoint(run_dir, "epoch-0002", "abandoned", is_best=True)
+        os.rename(run_dir / "kept", run_dir / "epoch-0001")
+
+
+@pytest.mark.parametrize("timeline", ["fresh", "resumed"])
+def test_a_kill_at_every_step_of_a_save_leaves_last_complete_and_resumable(tmp_path, monkeypatch, timeline):
+    from vision2d.train.checkpointing import list_checkpoints, load_training_checkpoint
+    # fsync guards against power loss, not against a process kill: still a kill point, but a no-op for speed
+    monkeypatch.setattr(os, "fsync", lambda descriptor: None)
+    template = tmp_path / "template"
+    make_run(template, timeline)
+    before = load_training_checkpoint(template, "test_mamba2d").trainer_state["marker"]
+    count_dir = tmp_path / "count"
+    shutil.copytree(template, count_dir, symlinks=True)
+    changes = save_in_child(count_dir, "epoch-0002", kill_before=None)
+    assert changes > 20, changes  # mkdir, file writes, renames, links, deletions: the interception works
+    for kill_before in range(changes + 1):
+        run_dir = tmp_path / f"killed-{kill_before}"
+        shutil.copytree(template, run_dir, symlinks=True)
+        if kill_before < changes:
+            save_in_child(run_dir, "epoch-0002", kill_before)
+        else:
+            save_in_child(run_dir, "epoch-0002", kill_before=None)
+        for link in ("last", "best"):
+            verify_manifest((run_dir / link).resolve())
+        marker = load_training_checkpoint(run_dir, "test_mamba2d").trainer_state["marker"]
+        assert marker in (before, "new"), (kill_before, marker)
+        if kill_before == changes:
+            assert marker == "new"
+        # what --resume then does: save the next checkpoint; leftovers of the killed save are cleaned up
+        save_marked_checkpoint(run_dir, "epoch-0003", "next", is_best=True)
+        assert sorted(entry.name for entry in run_dir.iterdir()) == ["best", "epoch-0003", "last"], kill_before
+        assert list_checkpoints(run_dir) == ["epoch-0003"]
+        shutil.rmtree(run_dir)
+
+
+def test_a_save_over_a_taken_name_keeps_both_until_the_links_move(tmp_path):
+    run_dir = tmp_path / "run"
+    make_run(run_dir, "resumed")
+    saved = save_marked_checkpoint(run_dir, "epoch-0002", "new", is_best=False)
+    assert saved.name == "epoch-0002.2" and os.readlink(run_dir / "last") == "epoch-0002.2"
+    assert os.readlink(run_dir / "best") == "epoch-0002"  # the abandoned timeline's best stays until a new best
+
+
+def test_a_full_disk_during_a_save_removes_the_partial_checkpoint_and_keeps_last(tmp_path, monkeypatch):
+    import errno
+
+    from vision2d.train import checkpointing
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_marked_checkpoint(run_dir, "epoch-0001", "old", is_best=True)
+    writes = []
+
+    def fill_the_disk_on_the_second_file(state, path, *args, **kwargs):
+        writes.append(path)
+        if len(writes) == 2:
+            Path(path).write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(state, path, *args, **kwargs)
+
+    original = checkpointing.save_safetensors_weights
+    monkeypatch.setattr(checkpointing, "save_safetensors_weights", fill_the_disk_on_the_second_file)
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint .*epoch-0002 \(.*No space left on device.*"
+                                              r"partial copy was removed and 'last' names epoch-0001"):
+        save_marked_checkpoint(run_dir, "epoch-0002", "new", is_best=True)
+    assert sorted(entry.name for entry in run_dir.iterdir()) == ["best", "epoch-0001", "last"]
+    verify_manifest(run_dir / "last")
+
+
+def test_last_naming_a_deleted_checkpoint_lists_the_ones_that_remain(small_data, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir, symlinks=True)
+    shutil.copytree(run_dir / "last", run_dir / "epoch-0002")
+    shutil.rmtree(run_dir / os.readlink(run_dir / "last"))
+    message = r"last names epoch-0003, which does not exist; checkpoints that remain in .*run: epoch-0002"
+    with pytest.raises(CheckpointError, match=message):
+        load_tool("train").main(["--resume", str(run_dir)])
+    result = run_train("--resume", str(run_dir / "epoch-0002"), "--epochs", "2")  # resuming one by path works
+    assert "resuming" in result.stdout
+    with pytest.raises(CheckpointError, match="checkpoint .*model.safetensors is a file; expected a checkpoint folder"):
+        load_tool("train").main(["--resume", str(run_dir / "epoch-0002" / MODEL_FILE)])
+

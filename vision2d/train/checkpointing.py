@@ -11,12 +11,16 @@
     <run>/last -> epoch-0007           symbolic links, each replaced atomically
     <run>/best -> epoch-0005           best validation top-1 so far
 
-A checkpoint is built in a hidden temporary folder and renamed into place when complete, and only then do the links
-move; older checkpoints are deleted after that. A crash at any point leaves ``last`` naming a complete checkpoint.
+A checkpoint is built in a hidden temporary folder and renamed to a name that is free (``epoch-0007.2`` when a run
+resumed from an earlier checkpoint saves ``epoch-0007`` again), so no folder a link names is ever renamed or
+replaced; only then do the links move, and only then are unlinked checkpoints deleted (renamed aside first, so a
+half-deleted folder never carries a checkpoint's name). A kill at any point leaves ``last`` naming a complete
+checkpoint; a failed write (full disk) removes the temporary folder and leaves the links as they were.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -36,7 +40,7 @@ STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 LINKS = ("last", "best")
-_CHECKPOINT_NAME = re.compile(r"epoch-\d{4}(-step-\d{6})?")
+_CHECKPOINT_NAME = re.compile(r"epoch-\d{4}(-step-\d{6})?(\.\d+)?")
 
 
 @dataclass
@@ -59,49 +63,73 @@ def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_clas
                              is_best: bool) -> Path:
     """Write checkpoint ``run_dir/name`` atomically, point ``last`` (and ``best``) at it, delete unlinked ones.
 
-    The weight files carry ``model_name``, ``num_classes`` and ``data_config`` (see vision2d.checkpoint).
+    Returns the checkpoint folder: ``run_dir/name``, or ``run_dir/name.<n>`` if ``name`` is taken (by a checkpoint
+    of the timeline a resumed run abandoned). The weight files carry ``model_name``, ``num_classes`` and
+    ``data_config`` (see vision2d.checkpoint). CheckpointError if writing fails (e.g. a full disk): the partial
+    checkpoint is removed and the links keep naming the previous one.
     """
-    final_dir = run_dir / name
-    temp_dir = run_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    temp_dir.mkdir(parents=True)
-    save_safetensors_weights(model_state, temp_dir / MODEL_FILE, model_name, num_classes, data_config)
-    if ema_state is not None:
-        save_safetensors_weights(ema_state, temp_dir / EMA_FILE, model_name, num_classes, data_config)
-    atomic_write(temp_dir / STATE_FILE, lambda temp_path: torch.save(trainer_state, temp_path))
-    atomic_write(temp_dir / CONFIG_FILE, lambda temp_path: temp_path.write_text(yaml.safe_dump(config)))
-    manifest = {path.name: dict(size=path.stat().st_size, sha256=_sha256(path))
-                for path in sorted(temp_dir.iterdir())}
-    atomic_write(temp_dir / MANIFEST_FILE, lambda temp_path: temp_path.write_text(json.dumps(manifest, indent=1)))
-    if final_dir.exists():  # saved before by this run, resumed from an earlier checkpoint: move it aside, and
-        os.rename(final_dir, run_dir / f".{name}.tmp-replaced-{os.getpid()}")  # delete it once the links move
-    os.rename(temp_dir, final_dir)
-    fsync_directory(run_dir)
-    for link in ("last", "best") if is_best else ("last",):
-        _point_link(run_dir, link, name)
-    remove_unlinked_checkpoints(run_dir)
+    final_dir = run_dir / _free_name(run_dir, name)
+    temp_dir = run_dir / f".{final_dir.name}.tmp-{os.getpid()}"
+    try:
+        _remove_folder(temp_dir)
+        temp_dir.mkdir()
+        save_safetensors_weights(model_state, temp_dir / MODEL_FILE, model_name, num_classes, data_config)
+        if ema_state is not None:
+            save_safetensors_weights(ema_state, temp_dir / EMA_FILE, model_name, num_classes, data_config)
+        atomic_write(temp_dir / STATE_FILE, lambda temp_path: torch.save(trainer_state, temp_path))
+        atomic_write(temp_dir / CONFIG_FILE, lambda temp_path: temp_path.write_text(yaml.safe_dump(config)))
+        manifest = {path.name: dict(size=path.stat().st_size, sha256=_sha256(path))
+                    for path in sorted(temp_dir.iterdir())}
+        atomic_write(temp_dir / MANIFEST_FILE, lambda temp_path: temp_path.write_text(json.dumps(manifest, indent=1)))
+        os.rename(temp_dir, final_dir)
+        fsync_directory(run_dir)
+        for link in ("last", "best") if is_best else ("last",):
+            _point_link(run_dir, link, final_dir.name)
+        remove_unlinked_checkpoints(run_dir)
+    except OSError as error:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        last = run_dir / "last"
+        kept = f"'last' names {os.readlink(last)}" if last.is_symlink() else "there is no 'last' checkpoint yet"
+        raise CheckpointError(f"could not save checkpoint {final_dir} ({error}); its partial copy was removed and "
+                              f"{kept}") from error
     return final_dir
 
 
 def remove_unlinked_checkpoints(run_dir: Path) -> None:
-    """Delete checkpoint folders that neither ``last`` nor ``best`` names, and leftover temporary folders."""
+    """Delete checkpoint folders that neither ``last`` nor ``best`` names, and leftover temporary entries."""
     linked = {os.readlink(run_dir / link) for link in LINKS if (run_dir / link).is_symlink()}
-    for entry in run_dir.iterdir():
-        is_leftover = entry.name.startswith(".") and ".tmp-" in entry.name
-        if is_leftover or (_CHECKPOINT_NAME.fullmatch(entry.name) and entry.name not in linked):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name.startswith(".") and ".tmp-" in entry.name and entry.is_dir() and not entry.is_symlink():
+            _remove_folder(entry)
+        elif entry.name.startswith(".") and ".tmp-" in entry.name:
+            entry.unlink()
+        elif _CHECKPOINT_NAME.fullmatch(entry.name) and entry.name not in linked and entry.is_dir():
+            deleting = run_dir / f".{entry.name}.tmp-deleting-{os.getpid()}"
+            os.rename(entry, deleting)  # never a half-deleted folder under a checkpoint's name
+            _remove_folder(deleting)
+
+
+def list_checkpoints(run_dir: Path) -> list[str]:
+    """Names of the checkpoint folders in ``run_dir``, oldest first."""
+    return sorted(entry.name for entry in run_dir.iterdir() if _CHECKPOINT_NAME.fullmatch(entry.name)
+                  and entry.is_dir())
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The checkpoint folder named by ``path``: a checkpoint folder itself, or a run folder (its ``last``)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if (path / "last").exists():
-        return (path / "last").resolve()
+        raise CheckpointError(f"checkpoint {path} does not exist; expected a checkpoint folder or a run folder")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file; expected a checkpoint folder (with {MANIFEST_FILE}) or a "
+                              f"run folder with a 'last' checkpoint")
+    last = path / "last"
+    if last.is_symlink() and not last.exists():
+        remaining = list_checkpoints(path)
+        raise CheckpointError(f"{last} names {os.readlink(last)}, which does not exist; checkpoints that remain in "
+                              f"{path}: {', '.join(remaining) if remaining else 'none'} (resume one of them by path)")
+    if last.exists():
+        return last.resolve()
     if (path / MANIFEST_FILE).exists() or (path / MODEL_FILE).exists():
         return path.resolve()
     raise CheckpointError(f"{path} is neither a checkpoint folder (with {MANIFEST_FILE}) nor a run folder with a "
@@ -158,8 +186,7 @@ def verify_manifest(directory: Path) -> None:
 
 
 def _other_checkpoints_hint(directory: Path) -> str:
-    others = sorted(entry.name for entry in directory.parent.iterdir()
-                    if _CHECKPOINT_NAME.fullmatch(entry.name) and entry != directory)
+    others = [name for name in list_checkpoints(directory.parent) if name != directory.name]
     return f"; other checkpoints of this run: {', '.join(others)}" if others else ""
 
 
@@ -169,6 +196,17 @@ def _point_link(run_dir: Path, link: str, target_name: str) -> None:
     os.symlink(target_name, temp_link)
     os.replace(temp_link, run_dir / link)
     fsync_directory(run_dir)
+
+
+def _free_name(run_dir: Path, name: str) -> str:
+    """``name``, or ``name.2``, ``name.3``, ... : the first that no entry of ``run_dir`` has."""
+    candidates = (name if number == 1 else f"{name}.{number}" for number in itertools.count(1))
+    return next(candidate for candidate in candidates if not os.path.lexists(run_dir / candidate))
+
+
+def _remove_folder(path: Path) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(path)
 
 
 def _sha256(path: Path) -> str:
