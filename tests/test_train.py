@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -509,3 +510,46 @@ def test_last_naming_a_deleted_checkpoint_lists_the_ones_that_remain(small_data,
     with pytest.raises(CheckpointError, match="checkpoint .*model.safetensors is a file; expected a checkpoint folder"):
         load_tool("train").main(["--resume", str(run_dir / "epoch-0002" / MODEL_FILE)])
 
+
+
+def test_one_writer_per_run_folder_and_the_lock_of_a_killed_run_is_free(small_data, tmp_path):
+    from vision2d.train.checkpointing import lock_run_folder
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    read_end, write_end = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # another training process holding the run folder
+        lock = lock_run_folder(run_dir)  # noqa: F841
+        os.write(write_end, b"locked")
+        time.sleep(600)
+        os._exit(0)
+    try:
+        assert os.read(read_end, 6) == b"locked"
+        with pytest.raises(CheckpointError, match=rf"run folder .*run is in use by another training process "
+                                                  rf"\(pid {holder}\)"):
+            load_tool("train").main(["--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", "run",
+                                     *SMALL_RUN, "--workers", "0"])
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+    lock_run_folder(run_dir).close()  # the kernel released the lock of the killed process
+
+
+def test_default_run_names_are_unique(small_data, tmp_path, monkeypatch):
+    train = load_tool("train")
+    monkeypatch.setattr(train.time, "strftime", lambda _: "20260101-000000")  # two runs started in the same second
+    args = parse_args(["--data-dir", str(small_data), "--output", str(tmp_path)])
+    first, second = train.create_run_dir(args, small_data), train.create_run_dir(args, small_data)
+    assert (first.name, second.name) == ("20260101-000000-test_mamba2d-small0", "20260101-000000-test_mamba2d-small0-2")
+
+
+@pytest.mark.parametrize("experiment", ["../elsewhere", "/tmp/absolute", "a/../../b", ""])
+def test_experiment_must_stay_inside_the_output_folder(small_data, tmp_path, experiment):
+    with pytest.raises(ValueError, match="--experiment must be a folder name inside --output"):
+        parse_args(["--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", experiment])
+
+
+def test_an_output_that_is_a_file_is_a_clear_error(small_data, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"--output .*file is a file; expected a folder"):
+        parse_args(["--data-dir", str(small_data), "--output", str(tmp_path / "file")])

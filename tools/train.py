@@ -7,10 +7,12 @@
     python tools/train.py --resume output/train/<run>           # continue exactly, with the run's settings
 
 Every epoch (and on SIGTERM/SIGINT, after the current optimizer step) the run folder gets an atomic checkpoint
-(see vision2d/train/checkpointing.py), metrics.csv and curves.png.
+(see vision2d/train/checkpointing.py), metrics.csv and curves.png. One training process at a time writes a run
+folder (it holds a lock on it).
 """
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 import time
@@ -24,7 +26,8 @@ from timm.data import resolve_data_config
 import vision2d  # noqa: F401  (registers the models with timm)
 from vision2d.checkpoint import CheckpointError, check_model_name
 from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, TrainingCheckpoint, checkpoint_name,
-                                          load_training_checkpoint, save_training_checkpoint)
+                                          load_training_checkpoint, lock_run_folder, resolve_checkpoint_dir,
+                                          save_training_checkpoint)
 from vision2d.train.config import parse_args
 from vision2d.train.data import (build_digits_image_folder, create_eval_loader, create_image_folder_datasets,
                                  create_train_loader)
@@ -96,6 +99,7 @@ def train(args, context) -> int:
                          f"{args.batch_size} x {context.world_size} processes x {args.grad_accum_steps} accumulation")
     trainer = Trainer(model, args, len(class_names), steps_per_epoch, context)
 
+    run_dir, run_lock = open_run_dir(args, data_dir, context)  # run_lock: held until this function returns
     start_epoch, progress, history, best, resume_rng = 0, EpochProgress(), [], None, None
     if args.resume:
         checkpoint = load_training_checkpoint(args.resume, args.model)
@@ -110,10 +114,7 @@ def train(args, context) -> int:
             else:
                 log(f"note: the checkpoint was saved by {state['world_size']} processes, not {context.world_size}: "
                     f"random augmentation of epoch {start_epoch + 1} will differ from the interrupted run")
-        run_dir = checkpoint.directory.parent
         log(f"resuming {checkpoint.directory} at epoch {start_epoch + 1}, step {progress.step}")
-    else:
-        run_dir = new_run_dir(args, data_dir, context)
     logger = TensorBoardLogger(run_dir / "tensorboard") if args.tensorboard and context.is_main else None
     log(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(class_names)} "
         f"classes, input {data_config['input_size']}; {len(datasets['train'])} train / {len(datasets['val'])} val "
@@ -198,17 +199,43 @@ def prepare_digits(output: Path, context, log) -> Path:
     return data_dir
 
 
-def new_run_dir(args, data_dir: Path, context) -> Path:
-    """A fresh run folder (named by the main process); refuses one that already holds checkpoints."""
-    name = [args.experiment or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-{data_dir.name}"]
-    dist.broadcast_object_list(name)
-    run_dir = Path(args.output) / name[0]
-    if (run_dir / "last").exists():
-        raise CheckpointError(f"{run_dir} already holds checkpoints: pass --resume {run_dir} to continue it, or "
-                              f"another --experiment")
+def open_run_dir(args, data_dir: Path, context):
+    """(run folder, its lock file on the main process, None on the others): the folder of the resumed checkpoint,
+    or a new one. The main process takes the folder's lock, so that one process at a time writes it; a new run
+    refuses a folder that already holds checkpoints."""
+    outcome, lock = [None, None], None  # folder, error
     if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        try:
+            run_dir = resolve_checkpoint_dir(args.resume).parent if args.resume else create_run_dir(args, data_dir)
+            lock = lock_run_folder(run_dir)
+            if not args.resume and (run_dir / "last").is_symlink():
+                lock.close()
+                raise CheckpointError(f"{run_dir} already holds checkpoints: pass --resume {run_dir} to continue it, "
+                                      f"or another --experiment")
+            outcome[0] = str(run_dir)
+        except (CheckpointError, OSError) as error:
+            outcome[1] = str(error)
+    dist.broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise CheckpointError(outcome[1])
+    return Path(outcome[0]), lock
+
+
+def create_run_dir(args, data_dir: Path) -> Path:
+    """``--output/--experiment``, or a new ``--output/<time>-<model>-<data>[-<n>]`` that no other run has."""
+    output = Path(args.output)
+    if args.experiment:
+        (output / args.experiment).mkdir(parents=True, exist_ok=True)
+        return output / args.experiment
+    output.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-{data_dir.name}"
+    for number in itertools.count(1):
+        run_dir = output / (stem if number == 1 else f"{stem}-{number}")
+        try:
+            run_dir.mkdir()  # atomic: of two runs started in the same second, one gets -2
+            return run_dir
+        except FileExistsError:
+            continue
 
 
 def check_resumable(checkpoint: TrainingCheckpoint, args, class_names: list[str], global_batch: int, log) -> None:

@@ -10,6 +10,7 @@
         manifest.json                  size and sha256 of each file above, written last
     <run>/last -> epoch-0007           symbolic links, each replaced atomically
     <run>/best -> epoch-0005           best validation top-1 so far
+    <run>/.lock                        held (flock) by the training process writing the run folder
 
 A checkpoint is built in a hidden temporary folder and renamed to a name that is free (``epoch-0007.2`` when a run
 resumed from an earlier checkpoint saves ``epoch-0007`` again), so no folder a link names is ever renamed or
@@ -19,6 +20,7 @@ checkpoint; a failed write (full disk) removes the temporary folder and leaves t
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -39,6 +41,7 @@ EMA_FILE = "model_ema.safetensors"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
 LINKS = ("last", "best")
 _CHECKPOINT_NAME = re.compile(r"epoch-\d{4}(-step-\d{6})?(\.\d+)?")
 
@@ -93,6 +96,25 @@ def save_training_checkpoint(run_dir: Path, name: str, model_name: str, num_clas
         raise CheckpointError(f"could not save checkpoint {final_dir} ({error}); its partial copy was removed and "
                               f"{kept}") from error
     return final_dir
+
+
+def lock_run_folder(run_dir: Path):
+    """Take the exclusive lock of ``run_dir`` (flock on ``run_dir/.lock``); returns the open lock file, which holds
+    the lock until it is closed or the process ends, however it ends. CheckpointError if another process holds it."""
+    lock_file = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise CheckpointError(f"run folder {run_dir} is in use by another training process (pid {holder}): wait for "
+                              f"it to end, or choose another --experiment") from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    return lock_file
 
 
 def remove_unlinked_checkpoints(run_dir: Path) -> None:

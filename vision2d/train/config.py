@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default=None, help="cpu or cuda; default: cuda when available")
     run.add_argument("--output", default="output/train", help="folder of runs (and of the digits data set)")
-    run.add_argument("--experiment", default=None, help="run folder name; default: <time>-<model>-<data>")
+    run.add_argument("--experiment", default=None,
+                     help="run folder name under --output; default: a new <time>-<model>-<data>[-<n>]")
     run.add_argument("--resume", default=None,
                      help="checkpoint folder, or run folder (resumes its 'last'), to continue exactly")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in the run folder")
@@ -151,6 +152,13 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a file; expected a folder for the runs (created if missing)")
+    if args.experiment is not None:
+        experiment = Path(args.experiment)
+        if experiment.is_absolute() or ".." in experiment.parts or not experiment.parts:
+            raise ValueError(f"--experiment must be a folder name inside --output (no absolute path, no '..'), "
+                             f"got {args.experiment!r}")
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         raise ValueError(f"mixup/cutmix pair images within a batch: --batch-size must be even, got {args.batch_size}")
     if args.warmup_epochs >= args.epochs:
