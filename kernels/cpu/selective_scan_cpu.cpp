@@ -192,17 +192,28 @@ struct Grads {
   Real *du, *ddelta, *dA, *dB, *dC, *dD, *ddelta_bias;  // dA, dD, ddelta_bias per batch item; dB, dC per group
 };
 
-// Per-step products whose lane sums are added to dB / dC entries: rows and their destinations, flushed with one
-// transposed sum per kLanes rows
+// Lane sums of each step's products lam dt u and h dy (2 N rows: its dB and dC entries, N consecutive reals each).
+// With N >= kLanes a step's rows go straight to their entries, one transposed sum per kLanes rows; a smaller N keeps
+// the rows of several steps with their destinations and flushes them kLanes rows at a time.
 template <typename Real>
 struct LaneSums {
-  Vec<Real>* rows;
+  Vec<Real>* rows;  // capacity rows
   Real** destinations;
-  int64_t count = 0;
+  int64_t capacity, state, count = 0;
 
-  void add(Vec<Real> row, Real* destination) {
-    rows[count] = row;
-    destinations[count++] = destination;
+  Vec<Real>* step_rows() { return rows + count; }
+  void commit(Real* dB, Real* dC) {
+    if (state >= kLanes<Real>) {
+      add_lane_sums(rows, state, dB);
+      add_lane_sums(rows + state, state, dC);
+      return;
+    }
+    for (int64_t n = 0; n < state; ++n) {
+      destinations[count + n] = dB + n;
+      destinations[count + state + n] = dC + n;
+    }
+    count += 2 * state;
+    if (count + 2 * state > capacity) flush();
   }
   void flush() {
     constexpr int lanes = kLanes<Real>;
@@ -244,14 +255,19 @@ struct BackwardScratch {
     slope = dtu + segment * K;
     sums.rows = slope + segment * K;
     sums.destinations = destinations;
+    sums.capacity = 2 * kLanes<Real> * K * N;
+    sums.state = N;
   }
 };
 
 // Adjoint of steps [t1 - 1 .. t0] of one block; s.states holds the states before t0 and after each step, s.dt / dtu /
 // slope the step sizes; `dB`, `dC`: where the block's batch item's dB / dC sums go
 template <typename Real>
-void adjoint_segment(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Real* dy,
-                     BackwardScratch<Real>& s, const Grads<Real>& g, Real* dB, Real* dC) {
+void adjoint_segment(const ScanArgs<Real>& args, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1,
+                     const Real* dy, BackwardScratch<Real>& s, const Grads<Real>& g, Real* dB, Real* dC) {
+  // local copies: stores through the destination pointers could otherwise alias their pointer fields
+  const ScanArgs<Real> a = args;
+  LaneSums<Real> sums = s.sums;
   const int64_t K = a.directions, N = a.state;
   for (int64_t t = t1 - 1; t >= t0; --t) {
     for (int64_t k = 0; k < K; ++k) {
@@ -276,6 +292,7 @@ void adjoint_segment(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int
       Vec<Real>* dA = s.dA + k * N;
       Real* dB_p = dB + a.state_offset(0, p, k);
       Real* dC_p = dC + a.state_offset(0, p, k);
+      Vec<Real>* products = sums.step_rows();
       Vec<Real> sum_b{}, sum_a{};  // over n: lam b, d(exponent) A / ln2
       for (int64_t n = 0; n < N; ++n) {
         const Vec<Real> lam = dy_k * c[n] + carry[n];
@@ -285,9 +302,10 @@ void adjoint_segment(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int
         sum_b += lam * b[n];
         sum_a += d_exponent * A2[n];
         dA[n] += d_exponent * dt;
-        s.sums.add(lam * dtu, dB_p + n);
-        s.sums.add(h[n] * dy_k, dC_p + n);
+        products[n] = lam * dtu;
+        products[N + n] = h[n] * dy_k;
       }
+      sums.commit(dB_p, dC_p);
       Real* du = g.du + sequence_offset;
       store(du, load(du, blk.count) + sum_b * dt, blk.count);
       const Vec<Real> u = load(a.u + sequence_offset, blk.count);
@@ -295,9 +313,8 @@ void adjoint_segment(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int
       store(g.ddelta + direction_offset, ddelta, blk.count);
       s.dbias[k] += ddelta;
     }
-    if ((t - t0) % kLanes<Real> == 0) s.sums.flush();
   }
-  s.sums.flush();
+  sums.flush();
 }
 
 // The backward of one channel block: skip terms, checkpoints, then the segments from the last
