@@ -33,7 +33,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_carries_every_kernel_source(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    sources = [p.relative_to(REPO / "kernels") for p in (REPO / "kernels").rglob("*.cpp")]
+    sources = [p.relative_to(REPO / "kernels") for p in (REPO / "kernels").rglob("*") if p.suffix in (".cpp", ".h")]
     assert sources
     for source in sources:
         assert f"vision2d/_kernels/{source.as_posix()}" in names
