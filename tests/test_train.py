@@ -183,6 +183,60 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_continues_exactly(small_data, 
     assert_same_metrics(run_dir, reference_run)
 
 
+def test_a_kill_in_the_first_epoch_resumes_from_a_mid_epoch_checkpoint_exactly(small_data, reference_run, tmp_path):
+    """--checkpoint-steps 4: a SIGKILL in the first epoch loses at most 4 steps, and the run resumed inside the epoch
+    (same samples in the same order, same random augmentation) ends bitwise equal to an uninterrupted one."""
+    command = train_command("--data-dir", str(small_data), "--output", str(tmp_path), "--experiment", "run",
+                            *RESUME_RUN, "--checkpoint-steps", "4")
+    status, output = run_and_signal(command, r"epoch 1/3:\s+\d+%\|[^|]*\|\s*[6-7]/10", signal.SIGKILL)
+    assert status == -signal.SIGKILL, output
+    run_dir = tmp_path / "run"
+    last = os.readlink(run_dir / "last")
+    assert last in ("epoch-0000-step-000004", "epoch-0000-step-000008"), output  # 8 if the kill came late
+    verify_manifest(run_dir / "last")
+    result = run_train("--resume", str(run_dir))
+    assert f"at epoch 1, step {int(last[-6:])}" in result.stdout
+    assert_same_weights(run_dir, reference_run)
+    assert_same_metrics(run_dir, reference_run)
+
+
+def test_torchrun_killed_mid_epoch_resumes_exactly(small_data, tmp_path):
+    """Two gloo processes: SIGKILL to torchrun and both workers as soon as the first checkpoint (every 3 steps)
+    exists, --resume, and the weights equal those of an uninterrupted two-process run bitwise."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(TRAIN)]
+    common = ["--data-dir", str(small_data), "--output", str(tmp_path), *RESUME_RUN, "--epochs", "1",
+              "--warmup-epochs", "0.5", "--batch-size", "4", "--lr-base-size", "8"]
+    subprocess.run([*torchrun, *common, "--experiment", "reference"], env=run_env(), check=True, capture_output=True,
+                   timeout=TIMEOUT_S)
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([*torchrun, *common, "--experiment", "run", "--checkpoint-steps", "3"], env=run_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while not (run_dir / "last").is_symlink() and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=TIMEOUT_S) == -signal.SIGKILL
+    assert re.fullmatch(r"epoch-0000-step-00000[369]", os.readlink(run_dir / "last")), os.readlink(run_dir / "last")
+    result = subprocess.run([*torchrun, "--resume", str(run_dir)], env=run_env(), capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(run_dir, tmp_path / "reference")
+    assert_same_metrics(run_dir, tmp_path / "reference")
+
+
+def test_mid_epoch_schedule_counts_steps_and_minutes(monkeypatch):
+    from vision2d.train import checkpointing
+    now = [1000.0]
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: now[0])
+    by_steps, by_time, off = (checkpointing.MidEpochSchedule(*settings) for settings in ((3, 0), (0, 2.0), (0, 0)))
+    assert [by_steps.due(update) for update in range(1, 7)] == [False, False, True, False, False, True]
+    now[0] += 119
+    assert not by_time.due(1)
+    now[0] += 1
+    assert by_time.due(2) and not off.due(3)
+    by_time.saved()
+    assert not by_time.due(3)
+
+
 def test_sigterm_to_torchrun_checkpoints_both_processes_mid_epoch(small_data, tmp_path):
     """torchrun forwards SIGTERM to each process group, data loader workers included: they must outlive the
     checkpoint that both training processes agree to write after the same step."""

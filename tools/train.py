@@ -6,9 +6,9 @@
     torchrun --nproc-per-node 8 tools/train.py --config ... --data-dir ... --grad-accum-steps 8
     python tools/train.py --resume output/train/<run>           # continue exactly, with the run's settings
 
-Every epoch (and on SIGTERM/SIGINT, after the current optimizer step) the run folder gets an atomic checkpoint
-(see vision2d/train/checkpointing.py), metrics.csv and curves.png. One training process at a time writes a run
-folder (it holds a lock on it).
+Every epoch, every --checkpoint-minutes / --checkpoint-steps inside an epoch, and on SIGTERM/SIGINT (after the
+current optimizer step) the run folder gets an atomic checkpoint (see vision2d/train/checkpointing.py); every epoch
+also metrics.csv and curves.png. One training process at a time writes a run folder (it holds a lock on it).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from timm.data import resolve_data_config
 
 import vision2d  # noqa: F401  (registers the models with timm)
 from vision2d.checkpoint import CheckpointError, check_model_name
-from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, TrainingCheckpoint, checkpoint_name,
-                                          load_training_checkpoint, lock_run_folder, resolve_checkpoint_dir,
-                                          save_training_checkpoint)
+from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, MidEpochSchedule, TrainingCheckpoint,
+                                          checkpoint_name, load_training_checkpoint, lock_run_folder,
+                                          resolve_checkpoint_dir, save_training_checkpoint)
 from vision2d.train.config import parse_args
 from vision2d.train.data import (build_digits_image_folder, create_eval_loader, create_image_folder_datasets,
                                  create_train_loader)
@@ -39,7 +39,8 @@ from vision2d.train.reporting import (METRICS_FILE, PLOT_FILE, TensorBoardLogger
 from vision2d.train.trainer import EpochProgress, Trainer
 
 # Settings that may change on --resume without a note (how to resume, and logging).
-RESUME_NEUTRAL_SETTINGS = {"resume", "config", "experiment", "tensorboard", "workers"}
+RESUME_NEUTRAL_SETTINGS = {"resume", "config", "experiment", "tensorboard", "workers", "checkpoint_minutes",
+                           "checkpoint_steps"}
 
 
 class StopRequest:
@@ -123,7 +124,10 @@ def train(args, context) -> int:
         f"{args.grad_accum_steps} accumulation), lr {trainer.lr:.3g}, {steps_per_epoch} steps/epoch, "
         f"{args.epochs} epochs on {context.device}; run folder {run_dir}")
 
+    mid_epoch_schedule = MidEpochSchedule(args.checkpoint_steps, args.checkpoint_minutes)
+
     def save(epoch_done: int, epoch_progress: EpochProgress | None, is_best: bool) -> None:
+        mid_epoch_schedule.saved()
         rng_states = gather_objects(get_rng_state())
         if not context.is_main:
             return
@@ -139,7 +143,8 @@ def train(args, context) -> int:
     with StopRequest() as stop_requested:
         for epoch in range(start_epoch, args.epochs):
             batches = start_epoch_batches(train_loader, epoch, progress, resume_rng, args, context)
-            if not trainer.train_epoch(batches, epoch, progress, stop_requested):
+            if not trainer.train_epoch(batches, epoch, progress, stop_requested, mid_epoch_schedule.due,
+                                       lambda: save(epoch, progress, is_best=False)):
                 save(epoch, progress, is_best=False)
                 return report_stop(stop_requested, run_dir, log)
             loss_sum, images = all_reduce_sum([progress.loss_sum, progress.images], context.device)

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,24 @@ class TrainingCheckpoint:
     ema_state: dict | None
     trainer_state: dict
     config: dict
+
+
+class MidEpochSchedule:
+    """When to checkpoint inside an epoch: every ``every_steps`` optimizer steps of the run, and/or once
+    ``every_minutes`` have passed since the last save (0 turns either off)."""
+
+    def __init__(self, every_steps: int, every_minutes: float):
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60
+        self.last_save = time.monotonic()
+
+    def due(self, num_updates: int) -> bool:
+        by_steps = self.every_steps > 0 and num_updates % self.every_steps == 0
+        by_time = self.every_seconds > 0 and time.monotonic() - self.last_save >= self.every_seconds
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
 
 
 def checkpoint_name(epoch: int, step: int | None = None) -> str:

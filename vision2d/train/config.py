@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run folder name under --output; default: a new <time>-<model>-<data>[-<n>]")
     run.add_argument("--resume", default=None,
                      help="checkpoint folder, or run folder (resumes its 'last'), to continue exactly")
+    run.add_argument("--checkpoint-minutes", type=float, default=30,
+                     help="also checkpoint inside an epoch after this many minutes since the last save (0: off)")
+    run.add_argument("--checkpoint-steps", type=int, default=0,
+                     help="also checkpoint inside an epoch every this many optimizer steps (0: off)")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in the run folder")
     return parser
 
@@ -150,8 +154,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("batch_size", "grad_accum_steps", "epochs", "lr_base_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    for name in ("workers", "checkpoint_steps", "checkpoint_minutes"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a file; expected a folder for the runs (created if missing)")
     if args.experiment is not None:

@@ -51,11 +51,11 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def any_process(flag: bool, device: torch.device) -> bool:
-    """True on every process if ``flag`` is true on at least one."""
-    tensor = torch.tensor([int(flag)], device=device)
+def any_process(flags: bool | list[bool], device: torch.device) -> bool | list[bool]:
+    """True on every process if ``flags`` is true on at least one (element-wise for a list, in one reduction)."""
+    tensor = torch.tensor([int(flag) for flag in flags] if isinstance(flags, list) else [int(flags)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return [bool(value) for value in tensor.tolist()] if isinstance(flags, list) else bool(tensor.item())
 
 
 def seed_everything(*seed_parts: int) -> None:

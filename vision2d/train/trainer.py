@@ -66,11 +66,13 @@ class Trainer:
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_epoch(self, batches, epoch: int, progress: EpochProgress, stop_requested: Callable[[], bool]) -> bool:
+    def train_epoch(self, batches, epoch: int, progress: EpochProgress, stop_requested: Callable[[], bool],
+                    checkpoint_due: Callable[[int], bool], save_checkpoint: Callable[[], None]) -> bool:
         """Run the optimizer steps of ``epoch`` from ``progress.step`` on, drawing from iterator ``batches``.
 
         Updates ``progress``; returns False if some process asked to stop (checked after every step, so that all
-        processes stop after the same one), True when the epoch is complete.
+        processes stop after the same one), True when the epoch is complete. Calls ``save_checkpoint()`` after the
+        steps (but the last of the epoch) where ``checkpoint_due(optimizer updates so far)`` holds on some process.
         """
         self.ddp_model.train()
         images_per_step = self.args.batch_size * self.args.grad_accum_steps
@@ -89,9 +91,13 @@ class Trainer:
             bar.update()
             bar.set_postfix(loss=f"{progress.loss_sum / progress.images:.4f}", lr=f"{self.current_lr:.3g}",
                             img_s=f"{progress.images * self.context.world_size / progress.seconds:.0f}")
-            if any_process(stop_requested(), self.context.device):
+            stop, save = any_process([stop_requested(), progress.step < self.steps_per_epoch
+                                      and checkpoint_due(self.num_updates)], self.context.device)
+            if stop:
                 bar.close()
                 return False
+            if save:
+                save_checkpoint()
         bar.close()
         return True
 
