@@ -565,6 +565,20 @@ def test_last_naming_a_deleted_checkpoint_lists_the_ones_that_remain(small_data,
         load_tool("train").main(["--resume", str(run_dir / "epoch-0002" / MODEL_FILE)])
 
 
+@pytest.mark.parametrize("manifest, message", [
+    ("[]", "expected a mapping of file names"),
+    ('{"model.safetensors": 5}', "expected a mapping of file names"),
+    ('{"../../etc/passwd": {"size": 1, "sha256": "00"}}', "is missing"),
+    ("\xff\xfe", "is corrupt"),
+])
+def test_a_manifest_of_the_wrong_shape_is_a_clear_error(tmp_path, manifest, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint = save_marked_checkpoint(run_dir, "epoch-0001", "old", is_best=True)
+    (checkpoint / "manifest.json").write_bytes(manifest.encode("latin-1"))
+    with pytest.raises(CheckpointError, match=message):
+        verify_manifest(checkpoint)
+
 
 def test_one_writer_per_run_folder_and_the_lock_of_a_killed_run_is_free(small_data, tmp_path):
     from vision2d.train.checkpointing import lock_run_folder

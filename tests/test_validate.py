@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import safetensors
 import safetensors.torch
 import timm
 import torch
@@ -73,3 +75,60 @@ def test_weights_without_vision2d_metadata_need_a_model_name(tmp_path):
         create_model_from_weights(plain)
     model = create_model_from_weights(plain, "test_mamba2d", num_classes=10)
     assert torch.equal(model.head.fc.weight, safetensors.torch.load_file(SHIPPED)["head.fc.weight"])
+
+
+def write_with_metadata(path: Path, **changes) -> Path:
+    """The shipped weights saved again with some metadata fields changed (None: removed)."""
+    with safetensors.safe_open(SHIPPED, framework="pt") as weights:
+        metadata = dict(weights.metadata())
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key)
+        else:
+            metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    safetensors.torch.save_file(safetensors.torch.load_file(SHIPPED), path, metadata=metadata)
+    return path
+
+
+DATA_CONFIG = {"input_size": [3, 32, 32], "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+               "std": [0.229, 0.224, 0.225], "crop_pct": 1.0, "crop_mode": "center"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("file", "/etc/passwd", "data_config.file is not a data config entry"),
+    ("url", "https://example.com/other.pth", "data_config.url is not a data config entry"),
+    ("hf_hub_id", "someone/else", "data_config.hf_hub_id is not a data config entry"),
+    ("input_size", [3, 100000, 100000], "data_config.input_size must be"),
+    ("input_size", [3, 32], "data_config.input_size must be"),
+    ("input_size", "224", "data_config.input_size must be"),
+    ("interpolation", "exec", "data_config.interpolation must be one of"),
+    ("mean", [0.5, 0.5], "data_config.mean must be 3 finite numbers"),
+    ("std", [0.2, 0.0, 0.2], "data_config.std must be 3 finite numbers .* each > 0"),
+    ("crop_pct", 50, r"data_config.crop_pct must be a number in \(0, 1\]"),
+    ("crop_mode", ["center"], "data_config.crop_mode must be one of"),
+])
+def test_weight_metadata_is_data_not_instructions(tmp_path, field, value, message):
+    bad = write_with_metadata(tmp_path / "bad.safetensors", data_config={**DATA_CONFIG, field: value})
+    with pytest.raises(CheckpointError, match=rf"weight file {re.escape(str(bad))}: metadata field {message}"):
+        create_model_from_weights(bad)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_classes="2000000000"), "num_classes must be a whole number from 0 to 100000"),
+    (dict(num_classes="ten"), "num_classes must be a whole number"),
+    (dict(model="os.system"), "model must name a registered timm model"),
+    (dict(model=None), "model must name a registered timm model"),
+    (dict(data_config="[1, 2]"), "data_config must be a JSON object"),
+    (dict(data_config="{not json"), "data_config is not JSON"),
+])
+def test_bad_weight_metadata_names_the_file_and_field(tmp_path, changes, message):
+    bad = write_with_metadata(tmp_path / "bad.safetensors", **changes)
+    with pytest.raises(CheckpointError, match=rf"weight file {re.escape(str(bad))}: metadata field {message}"):
+        create_model_from_weights(bad)
+
+
+def test_documented_metadata_still_applies(tmp_path):
+    good = write_with_metadata(tmp_path / "good.safetensors",
+                               data_config={**DATA_CONFIG, "input_size": [3, 40, 48], "crop_pct": 0.9})
+    cfg = create_model_from_weights(good).pretrained_cfg
+    assert (cfg["input_size"], cfg["crop_pct"], cfg["file"]) == ((3, 40, 48), 0.9, str(good))

@@ -4,6 +4,8 @@ A weight file holds every entry of ``model.state_dict()`` (floating tensors as f
 the safetensors metadata ``{"format": "vision2d", "model": <timm model name>, "num_classes": str(n)}``, optionally
 with ``"data_config"``: the JSON of the timm data config the weights were trained with (input_size, interpolation,
 mean, std, crop_pct, crop_mode), which :func:`create_model_from_weights` applies to the model's pretrained cfg.
+Metadata is data: each field is checked (:func:`read_data_config`); a data_config key other than those six, or a
+value of the wrong type or out of range, is an error naming the file and the field.
 It loads with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, num_classes=n),
 num_classes=n)``, or with :func:`create_model_from_weights`, which reads name and class count from the file.
 Files are written atomically: a crash while writing leaves the previous file intact.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -116,11 +119,10 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
     metadata = read_weights_metadata(path) if path.suffix == ".safetensors" else {}
     overlay = dict(file=str(path))
     if metadata.get("format") == WEIGHTS_FORMAT:
-        model_name = model_name or metadata["model"]
+        model_name = model_name or _metadata_model_name(metadata, path)
         check_weights_model(metadata, model_name, path)
-        num_classes = num_classes if num_classes is not None else int(metadata["num_classes"])
-        overlay.update({key: tuple(value) if isinstance(value, list) else value
-                        for key, value in json.loads(metadata.get("data_config", "{}")).items()})
+        num_classes = num_classes if num_classes is not None else _metadata_num_classes(metadata, path)
+        overlay.update(read_data_config(metadata, path))
     elif model_name is None:
         raise CheckpointError(f"{path} is not a vision2d weight file, so the model name must be given")
     check_model_name(model_name)
@@ -128,6 +130,77 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
         overlay["num_classes"] = num_classes
         model_kwargs["num_classes"] = num_classes
     return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
+
+
+MAX_NUM_CLASSES = 100_000
+MAX_IMAGE_SIDE = 8192
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash", "border")
+
+
+def read_data_config(metadata: dict[str, str], path: str | os.PathLike) -> dict:
+    """The ``data_config`` of vision2d weight metadata as pretrained cfg entries, every field checked.
+
+    Only the documented fields are data: ``input_size`` [channels 1-16, height, width 1-8192], ``interpolation``
+    (one of :data:`INTERPOLATIONS`), ``mean`` / ``std`` (one finite number per channel, std > 0), ``crop_pct``
+    (0 < x <= 1), ``crop_mode`` (one of :data:`CROP_MODES`). Anything else (e.g. ``file``, ``url``, ``hf_hub_id``,
+    which would redirect loading) is a CheckpointError naming the file and the field.
+    """
+    try:
+        config = json.loads(metadata.get("data_config", "{}"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"weight file {path}: metadata field data_config is not JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"weight file {path}: metadata field data_config must be a JSON object, got "
+                              f"{type(config).__name__}")
+    unknown = sorted(set(config) - {"input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode"})
+    if unknown:
+        raise CheckpointError(f"weight file {path}: metadata field data_config.{unknown[0]} is not a data config "
+                              f"entry (accepted: input_size, interpolation, mean, std, crop_pct, crop_mode)")
+
+    def fail(field: str, expected: str):
+        raise CheckpointError(f"weight file {path}: metadata field data_config.{field} must be {expected}, got "
+                              f"{json.dumps(config[field])[:100]}")
+
+    def is_number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    channels = 3
+    if "input_size" in config:
+        size = config["input_size"]
+        if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in size)
+                and 1 <= size[0] <= 16 and all(1 <= side <= MAX_IMAGE_SIDE for side in size[1:])):
+            fail("input_size", f"[channels 1-16, height, width] with sides 1-{MAX_IMAGE_SIDE}")
+        channels = size[0]
+    for field, choices in (("interpolation", INTERPOLATIONS), ("crop_mode", CROP_MODES)):
+        if field in config and config[field] not in choices:
+            fail(field, f"one of {', '.join(choices)}")
+    for field, lowest in (("mean", -math.inf), ("std", 0.0)):
+        if field in config:
+            values = config[field]
+            if not (isinstance(values, list) and len(values) == channels and all(is_number(v) for v in values)
+                    and all(v > lowest for v in values)):
+                fail(field, f"{channels} finite numbers (one per input channel)" + (", each > 0" if lowest == 0 else ""))
+    if "crop_pct" in config and not (is_number(config["crop_pct"]) and 0 < config["crop_pct"] <= 1):
+        fail("crop_pct", "a number in (0, 1]")
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+
+
+def _metadata_model_name(metadata: dict[str, str], path: str | os.PathLike) -> str:
+    name = metadata.get("model")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise CheckpointError(f"weight file {path}: metadata field model must name a registered timm model, got "
+                              f"{name!r}")
+    return name
+
+
+def _metadata_num_classes(metadata: dict[str, str], path: str | os.PathLike) -> int:
+    value = metadata.get("num_classes")
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and int(value) <= MAX_NUM_CLASSES):
+        raise CheckpointError(f"weight file {path}: metadata field num_classes must be a whole number from 0 to "
+                              f"{MAX_NUM_CLASSES}, got {value!r}")
+    return int(value)
 
 
 def check_model_name(model_name: str) -> None:

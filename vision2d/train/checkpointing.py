@@ -212,11 +212,16 @@ def verify_manifest(directory: Path) -> None:
         raise CheckpointError(f"checkpoint {directory} is incomplete: it has no {MANIFEST_FILE}")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint {directory}: {MANIFEST_FILE} is corrupt ({error})") from error
+    if not isinstance(manifest, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
+            for entry in manifest.values()):
+        raise CheckpointError(f"checkpoint {directory}: {MANIFEST_FILE} is corrupt: expected a mapping of file names "
+                              f'to {{"size": <int>, "sha256": <hex>}}, got {json.dumps(manifest)[:200]}')
     for name, expected in manifest.items():
         file = directory / name
-        if not file.is_file():
+        if Path(name).name != name or not file.is_file():
             raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
         size = file.stat().st_size
         if size != expected["size"]:
