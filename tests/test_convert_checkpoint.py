@@ -71,8 +71,11 @@ def test_explicit_model_and_alias(official_ckpt, tmp_path, capsys):
     for name in ("test_mamba2d",):
         code, _, stderr = run(capsys, official_ckpt, tmp_path / f"{name}.safetensors", "--model", name)
         assert code == 0, stderr
-    assert convert_checkpoint.resolve_model_name("tiny") == "mamba2d_tiny"
     assert convert_checkpoint.resolve_model_name("mamba2d_small") == "mamba2d_small"
+    with pytest.raises(convert_checkpoint.ConversionError, match="'tiny' is ambiguous: .*mamba2d_tiny.*vmamba_tiny"):
+        convert_checkpoint.resolve_model_name("tiny")  # several families have a tiny
+    with pytest.raises(convert_checkpoint.ConversionError, match="unknown model 'huge'"):
+        convert_checkpoint.resolve_model_name("huge")
 
 
 def test_other_variant_is_a_clear_error(official_ckpt, tmp_path, capsys):
@@ -106,10 +109,11 @@ def test_variant_cannot_be_inferred(fixture, tmp_path, capsys):
     sd["backbone.ds.stem.conv.weight"] = torch.zeros(48, 3, 7, 7)
     torch.save({"state_dict": sd}, tmp_path / "w48.ckpt")
     code, _, stderr = run(capsys, tmp_path / "w48.ckpt", tmp_path / "o.safetensors")
-    assert code == 2 and "no Mamba2D variant has stem width 48 and stage-1 depth 2" in stderr, stderr
+    assert code == 2 and "fits no vision2d model" in stderr and "closest is test_mamba2d" in stderr, stderr
+    assert "stem.conv.weight: checkpoint (48, 3, 7, 7) vs model (16, 3, 7, 7)" in stderr, stderr
     torch.save({"state_dict": {"conv.weight": torch.zeros(2, 2)}}, tmp_path / "other.ckpt")
     code, _, stderr = run(capsys, tmp_path / "other.ckpt", tmp_path / "o.safetensors")
-    assert code == 2 and "cannot infer the Mamba2D variant" in stderr and "conv.weight" in stderr, stderr
+    assert code == 2 and "fits no vision2d model (its first keys: conv.weight)" in stderr, stderr
 
 
 def test_unreadable_inputs(tmp_path, capsys):
@@ -129,7 +133,9 @@ def test_backbone_only_checkpoint_is_refused(fixture, tmp_path, capsys):
     sd = {k: v for k, v in fixture["checkpoint"]["state_dict"].items() if k.startswith("backbone.")}
     torch.save({"state_dict": sd}, tmp_path / "backbone.ckpt")
     code, _, stderr = run(capsys, tmp_path / "backbone.ckpt", tmp_path / "o.safetensors")
-    assert code == 2 and "no classifier weight" in stderr, stderr
+    assert code == 2 and "fits no vision2d model" in stderr and "missing" in stderr and "head.fc1" in stderr, stderr
+    code, _, stderr = run(capsys, tmp_path / "backbone.ckpt", tmp_path / "o.safetensors", "--model", "test_mamba2d")
+    assert code == 2 and "head.fc1" in stderr, stderr
 
 
 def test_other_class_count(fixture, tmp_path, capsys):

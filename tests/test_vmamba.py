@@ -310,3 +310,32 @@ def test_mm_backbone_rejects_a_checkpoint_of_another_variant(tmp_path):
     backbone = MODELS.build(dict(type="VMambaBackbone", arch="test", init_cfg=dict(type="Pretrained", checkpoint=path)))
     with pytest.raises(ValueError, match=r"does not match.*mis-shaped"):
         backbone.init_weights()
+
+
+def _convert_checkpoint_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("convert_checkpoint",
+                                                  Path(__file__).resolve().parents[1] / "tools/convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_checkpoint_infers_vmamba_from_a_released_file(fixture, tmp_path, monkeypatch, capsys):
+    """A released-layout file (pickled yacs config, EMA weights) converts without --model, yacs absent."""
+    entry = fixture["models"][0]
+    sd = official_state_dict(entry)
+    path = save(released_layout(sd, monkeypatch), tmp_path / "vssm_test_ckpt_epoch_1.pth")
+    monkeypatch.delitem(sys.modules, "yacs.config")
+    monkeypatch.delitem(sys.modules, "yacs")
+    tool = _convert_checkpoint_tool()
+    out = tmp_path / "test_vmamba.safetensors"
+    assert tool.main([path, str(out)]) == 0, capsys.readouterr().err
+    assert "test_vmamba, 1000 classes" in capsys.readouterr().out
+    converted = timm.create_model("test_vmamba", pretrained=True, pretrained_cfg_overlay=dict(file=str(out))).eval()
+    case = entry["cases"][1]
+    with torch.no_grad():
+        assert rel_err(converted(case["input"].float()), case["logits"]) < REL_TOL
+    backbone_only = save(mm_layout(sd, {}), tmp_path / "mask_rcnn.pth")
+    assert tool.main([backbone_only, str(tmp_path / "o.safetensors")]) == 2
+    assert "no classifier weight" in capsys.readouterr().err

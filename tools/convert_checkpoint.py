@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Convert an official Mamba2D v2 checkpoint (github cocoalex00/Mamba2D) to a vision2d safetensors weight file.
+"""Convert an official checkpoint of any family of the zoo (Mamba2D, VMamba, ...) to a vision2d safetensors weight file.
 
     python tools/convert_checkpoint.py M2D-T-backbone.ckpt mamba2d_tiny.safetensors [--model mamba2d_tiny]
+    python tools/convert_checkpoint.py vssm1_tiny_0230s_ckpt_epoch_264.pth vmamba_tiny.safetensors
 
 The input is read with ``torch.load(weights_only=True)``. Accepted layouts: a Lightning checkpoint (``state_dict``
 with ``backbone.*``, ``norm.*``, ``head.*``), a raw state dict, or one wrapped under ``model``/``model_ema``/
@@ -14,8 +15,11 @@ validation (``evaluate_ema_weights_instead: true`` in every released config) eva
 ``state_dict_ema`` before ``model`` in other layouts); ``state_dict`` and ``callback-ema`` force one or the other.
 Note that loading a ``.ckpt`` directly through timm's pretrained path always takes ``state_dict``.
 
-Without ``--model`` the variant is inferred from the stem width and the depth of stage 1 (nano 32/3, tiny 64/3,
-small 96/12, test 16/2). The weights go through ``checkpoint_filter_fn``, are loaded strictly into the timm model,
+Without ``--model`` the family and variant are inferred: the checkpoint is offered to every model the zoo registers
+(each family's ``checkpoint_filter_fn`` on a meta-device model) and the one model it fits is taken. The released
+VMamba files pickle their yacs training config beside the weights: it is read as plain data (each family module's
+``released_checkpoint_globals()``), nothing else outside torch's weights-only allowlist is accepted. The weights go
+through the family's ``checkpoint_filter_fn``, are loaded strictly into the timm model,
 and are written atomically as safetensors with metadata ``{"format": "vision2d", "model": name, "num_classes": n,
 "source": <input file name>}``. Load the result with
 ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=OUT))`` (add ``num_classes`` to both
@@ -24,6 +28,7 @@ for a classifier other than 1000 classes) or ``vision2d.checkpoint.create_model_
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pickle
 import re
@@ -37,23 +42,123 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import vision2d  # noqa: E402,F401  (registers the models with timm)
 from vision2d.checkpoint import load_safetensors_weights, save_safetensors_weights  # noqa: E402
-from vision2d.models.mamba2d import (Mamba2D, _strip_prefixes, _unwrap_state_dict,  # noqa: E402
-                                     checkpoint_filter_fn)
-
-# (stem width, stage-1 depth) -> timm model
-VARIANTS = {
-    (32, 3): "mamba2d_nano",
-    (64, 3): "mamba2d_tiny",
-    (96, 12): "mamba2d_small",
-    (16, 2): "test_mamba2d",
-}
-_STEM_KEYS = ("ds.stem.conv.weight", "stem.conv.weight")  # official, ours
-_STAGE1_BLOCK = re.compile(r"^stages\.1\.(?:blocks\.)?(\d+)\.norm1\.weight$")
-_CLASSIFIER_KEYS = ("head.fc2.weight", "head.fc.weight")  # official, ours
-
+import vision2d.models  # noqa: E402
 
 class ConversionError(RuntimeError):
     """The input cannot be converted (unreadable, another architecture, keys or shapes that do not fit)."""
+
+
+def family_modules() -> list:
+    """The modules of the model families vision2d.models exports (each with a checkpoint_filter_fn)."""
+    modules = {sys.modules[getattr(vision2d.models, name).__module__]: None for name in vision2d.models.__all__}
+    return [module for module in modules if hasattr(module, "checkpoint_filter_fn")]
+
+
+def zoo_models() -> dict:
+    """{timm model name: family module} for every model the zoo registers."""
+    models = {}
+    for module in family_modules():
+        for name in timm.list_models(module=module.__name__.rsplit(".", 1)[-1]):
+            if timm.models.model_entrypoint(name).__module__ == module.__name__:
+                models[name] = module
+    return models
+
+
+def released_checkpoint_globals() -> list:
+    """The globals that the families' official releases pickle beside their weights, read as inert data."""
+    return [item for module in family_modules() if hasattr(module, "released_checkpoint_globals")
+            for item in module.released_checkpoint_globals()]
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_model(name: str) -> torch.nn.Module:
+    """The timm model `name` on the meta device (shapes only), built once per process; filters only read it."""
+    with torch.device("meta"):
+        return timm.create_model(name)
+
+
+def _problem_count(error: Exception) -> int:
+    counts = re.findall(r"(?:missing|unexpected|mis-shaped) \((\d+)\)", str(error))
+    return sum(map(int, counts)) if counts else 10 ** 9
+
+
+def fit(checkpoint: dict, names: list[str]) -> tuple[list[str], dict]:
+    """(models among `names` that the checkpoint fits, {model: why not} for the others)."""
+    models, fits, errors = zoo_models(), [], {}
+    for name in names:
+        try:
+            models[name].checkpoint_filter_fn(checkpoint, _meta_model(name))
+            fits.append(name)
+        except Exception as error:  # noqa: BLE001  (any filter failure means: not this model)
+            errors[name] = error
+    return fits, errors
+
+
+def infer_model_name(checkpoint: dict) -> str:
+    """The one zoo model the checkpoint fits (its family's filter accepts it, shapes included)."""
+    fits, errors = fit(checkpoint, sorted(zoo_models()))
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise ConversionError(f"the checkpoint fits several models ({', '.join(fits)}); pass --model")
+    tensors = [k for k, v in _unwrap(checkpoint).items() if isinstance(v, torch.Tensor)]
+    closest = min(errors, key=lambda name: _problem_count(errors[name]))
+    raise ConversionError(f"the checkpoint fits no vision2d model (its first keys: {', '.join(tensors[:8]) or 'none'}); "
+                          f"closest is {closest}: {errors[closest]}; pass --model to convert for one model")
+
+
+def _unwrap(checkpoint: dict) -> dict:
+    for key in ("model_ema", "state_dict_ema", "state_dict", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def resolve_model_name(name: str, checkpoint: dict | None = None) -> str:
+    """A zoo model name, or a size ('tiny') naming the one family's model of that size (the one the checkpoint fits
+    when several families have it)."""
+    models = zoo_models()
+    if name in models:
+        return name
+    candidates = sorted(model for model in models if model.endswith(f"_{name}") or model == f"test_{name}")
+    if len(candidates) > 1 and checkpoint is not None:
+        candidates = fit(checkpoint, candidates)[0] or candidates
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise ConversionError(f"--model {name!r} is ambiguous: {', '.join(candidates)}; give the full name")
+    raise ConversionError(f"unknown model {name!r}; expected one of {', '.join(sorted(models))}")
+
+
+def convert(checkpoint: dict, model_name: str | None = None) -> tuple[str, int, torch.nn.Module]:
+    """(model name, num_classes, timm model holding the converted weights)."""
+    if model_name is None:
+        model_name = infer_model_name(checkpoint)
+    model_name = resolve_model_name(model_name, checkpoint)
+    family = zoo_models()[model_name]
+    try:
+        state_dict = family.checkpoint_filter_fn(checkpoint, _meta_model(model_name))
+    except ValueError as error:
+        fits = fit(checkpoint, sorted(zoo_models()))[0]
+        hint = f" (the checkpoint looks like {' or '.join(fits)})" if fits else ""
+        raise ConversionError(f"{model_name}: {error}{hint}") from error
+    classifier = _meta_model(model_name).pretrained_cfg["classifier"]
+    weight = state_dict.get(f"{classifier}.weight")
+    if weight is None:
+        raise ConversionError(f"no classifier weight ({classifier}.weight after conversion) in the checkpoint: only "
+                              f"full classifier checkpoints (backbone, norm and head) can be converted")
+    num_classes = int(weight.shape[0])
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes).eval()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                 for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or misshaped:
+        raise ConversionError(f"{model_name}: the converted weights do not fit: missing {missing}, unexpected "
+                              f"{unexpected}, mis-shaped {misshaped}")
+    model.load_state_dict(state_dict, strict=True)
+    return model_name, num_classes, model
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -62,7 +167,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(released_checkpoint_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         raise ConversionError(f"cannot read {path} with torch.load(weights_only=True): {error}") from error
     if not isinstance(checkpoint, dict):
@@ -114,76 +220,6 @@ def callback_ema_checkpoint(checkpoint: dict) -> dict:
     return {"state_dict": dict(zip(keys, weights))}
 
 
-def _stripped_tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
-    return {_strip_prefixes(k): v for k, v in _unwrap_state_dict(checkpoint).items() if isinstance(v, torch.Tensor)}
-
-
-def infer_model_name(checkpoint: dict) -> str:
-    """The timm model whose stem width and stage-1 depth match the checkpoint."""
-    tensors = _stripped_tensors(checkpoint)
-    stem = next((tensors[k] for k in _STEM_KEYS if k in tensors), None)
-    if stem is None or stem.dim() != 4:
-        sample = ", ".join(list(tensors)[:8])
-        raise ConversionError(f"cannot infer the Mamba2D variant: no stem conv weight ({' or '.join(_STEM_KEYS)}, "
-                              f"optionally under backbone./module./_orig_mod.) in the checkpoint; its first keys "
-                              f"are: {sample or '(none)'}; pass --model")
-    width = stem.shape[0]
-    depth = len({m[1] for k in tensors if (m := _STAGE1_BLOCK.match(k))})
-    known = ", ".join(f"{name} (stem width {w}, stage-1 depth {d})" for (w, d), name in VARIANTS.items())
-    if (width, depth) not in VARIANTS:
-        raise ConversionError(f"no Mamba2D variant has stem width {width} and stage-1 depth {depth}; known: "
-                              f"{known}; pass --model")
-    return VARIANTS[(width, depth)]
-
-
-def infer_num_classes(checkpoint: dict) -> int:
-    tensors = _stripped_tensors(checkpoint)
-    weight = next((tensors[k] for k in _CLASSIFIER_KEYS if k in tensors), None)
-    if weight is None:
-        raise ConversionError(f"no classifier weight ({' or '.join(_CLASSIFIER_KEYS)}) in the checkpoint: only full "
-                              f"classifier checkpoints (backbone, norm and head) can be converted")
-    return int(weight.shape[0])
-
-
-def resolve_model_name(name: str) -> str:
-    """Accept 'tiny' / 'mamba2d_tiny' / 'test_mamba2d'."""
-    candidate = name if name.startswith(("mamba2d_", "test_")) else f"mamba2d_{name}"
-    if not timm.is_model(candidate):
-        raise ConversionError(f"unknown model {name!r}; expected one of {sorted(set(VARIANTS.values()))}")
-    return candidate
-
-
-def convert(checkpoint: dict, model_name: str | None = None) -> tuple[str, int, torch.nn.Module]:
-    """(model name, num_classes, timm model holding the converted weights)."""
-    guessed = None
-    try:
-        guessed = infer_model_name(checkpoint)
-    except ConversionError:
-        if model_name is None:
-            raise
-    model_name = resolve_model_name(model_name) if model_name else guessed
-    num_classes = infer_num_classes(checkpoint)
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
-    if not isinstance(model, Mamba2D):
-        raise ConversionError(f"{model_name} is not a Mamba2D model")
-    model.eval()
-    try:
-        state_dict = checkpoint_filter_fn(checkpoint, model)
-    except ValueError as error:
-        hint = f" (the checkpoint looks like {guessed})" if guessed and guessed != model_name else ""
-        raise ConversionError(f"{model_name}: {error}{hint}") from error
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    misshaped = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                 for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
-    if missing or unexpected or misshaped:
-        raise ConversionError(f"{model_name}: the converted weights do not fit: missing {missing}, unexpected "
-                              f"{unexpected}, mis-shaped {misshaped}")
-    model.load_state_dict(state_dict, strict=True)
-    return model_name, num_classes, model
-
-
 def save_weights(model: torch.nn.Module, path: str | os.PathLike, model_name: str, num_classes: int,
                  source: str) -> dict[str, str]:
     """Write the model's state_dict (fp32, contiguous) as vision2d safetensors, atomically; returns the metadata."""
@@ -201,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="official checkpoint (.ckpt / .pth / .pt)")
     parser.add_argument("output", help="output .safetensors file")
     parser.add_argument("--model", default=None,
-                        help="timm model (mamba2d_nano / mamba2d_tiny / mamba2d_small / test_mamba2d, or nano / tiny "
-                             "/ small); inferred from the weights' shapes when omitted")
+                        help="timm model (e.g. mamba2d_tiny, vmamba_small), or a size (tiny) when the checkpoint "
+                             "tells the family; inferred from the weights when omitted")
     parser.add_argument("--weights", choices=("auto", "state_dict", "callback-ema"), default="auto",
                         help="auto (default): the official EMA callback's weights when the checkpoint has them (what "
                              "the official validation evaluates), else state_dict; or force one")

@@ -14,7 +14,7 @@ from timm.models._features import FeatureGetterNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import check_weights_model, read_weights_metadata
-from ..models import mamba2d, vmamba
+from ..models import mamba2d, v2dmamba, vmamba
 from ..unpickle import load_tensors
 
 
@@ -33,6 +33,9 @@ FAMILIES = {
     "vmamba": BackboneFamily(  # feature_norms: the official MM_VSSM's outnorm{i} on every returned stage
         models={"tiny": "vmamba_tiny", "small": "vmamba_small", "base": "vmamba_base", "test": "test_vmamba"},
         checkpoint_filter_fn=vmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
+    "v2dmamba": BackboneFamily(  # the official 2DVMamba MM_VSSM: outnorm{i} on every returned stage, as VMamba's
+        models={"tiny": "v2dmamba_tiny", "small": "v2dmamba_small", "test": "test_v2dmamba"},
+        checkpoint_filter_fn=v2dmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
 }
 
 
@@ -162,3 +165,12 @@ class VMambaBackbone(TimmFeatureBackbone):
     LayerNorm on every returned stage. An ImageNet classifier checkpoint starts those norms at weight 1, bias 0 (as
     the official backbone does); an official Mask R-CNN / UperNet checkpoint loads them with the rest."""
     family = "vmamba"
+
+
+@MODELS.register_module()
+class V2DMambaBackbone(TimmFeatureBackbone):
+    """2DVMamba (arch 'tiny', 'small'; 'test' for tests) for mmseg and mmdet: the official MM_VSSM of 2DMamba's
+    segmentation code, with a LayerNorm on every returned stage (weight 1, bias 0 from a classifier checkpoint). No
+    official weights exist; an official training checkpoint loads its EMA weights (see
+    `vision2d.models.v2dmamba.checkpoint_filter_fn`)."""
+    family = "v2dmamba"

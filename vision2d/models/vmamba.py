@@ -23,11 +23,14 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
-from ..ops import cross_scan_orders, selective_scan
+from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
 
 __all__ = ["VMamba", "checkpoint_filter_fn", "released_checkpoint_globals"]
 
 NUM_DIRECTIONS = 4  # VMamba's cross scan
+# SS2D's scan over the four directions: "cross" VMamba's 1D selective scan along each direction's sequence, "2pass"
+# 2DVMamba's two-pass 2D selective scan (rows then columns) on each direction's grid (`selective_scan_2pass`)
+SCANS = ("cross", "2pass")
 
 
 class SS2D(nn.Module):
@@ -36,13 +39,16 @@ class SS2D(nn.Module):
     in_proj (no bias) -> depthwise 3x3 conv -> SiLU -> four-direction selective scan (per-direction x_proj, dt_proj,
     A, D; the directions summed) -> LayerNorm -> out_proj (no bias). Parameters keep the official names and shapes:
     x_proj_weight (K, R + 2N, E), dt_projs_weight (K, E, R), dt_projs_bias (K, E), A_logs (K * E, N), Ds (K * E),
-    with K = 4 directions, E = ssm_ratio * dim channels, R = ceil(dim / 16), N = d_state.
+    with K = 4 directions, E = ssm_ratio * dim channels, R = ceil(dim / 16), N = d_state. `scan` is one of SCANS.
     """
 
-    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, conv_bias: bool = False, device=None,
-                 dtype=None):
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, conv_bias: bool = False,
+                 scan: str = "cross", device=None, dtype=None):
         super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"SS2D: unknown scan {scan!r}; expected one of {SCANS}")
         dd = dict(device=device, dtype=dtype)
+        self.scan = scan
         inner = int(ssm_ratio * dim)
         self.d_inner, self.d_state, self.dt_rank = inner, d_state, math.ceil(dim / 16)
         K, R, N = NUM_DIRECTIONS, self.dt_rank, d_state
@@ -80,10 +86,13 @@ class SS2D(nn.Module):
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
         delta = torch.einsum("blkr,ker->blke", dts, self.dt_projs_weight.to(dts.dtype))  # dtype as u under autocast
-        y = selective_scan(
-            u, delta, -torch.exp(self.A_logs.float()).view(K, E, N), Bs, Cs, self.Ds.float().view(K, E),
-            self.dt_projs_bias.float(), delta_softplus=True, order=cross_scan_orders(H, W, device=u.device),
-            merge=True)
+        A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
+            self.dt_projs_bias.float()
+        if self.scan == "2pass":
+            y = selective_scan_2pass(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, height=H, width=W)
+        else:
+            y = selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True,
+                               order=cross_scan_orders(H, W, device=u.device), merge=True)
         return self.out_proj(self.out_norm(y.view(batch, H, W, E)))
 
 
@@ -91,11 +100,11 @@ class VSSBlock(nn.Module):
     """x = x + DropPath(SS2D(LN(x))); x = x + DropPath(MLP(LN(x))); (B, H, W, C)."""
 
     def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 4.0, d_state: int = 1,
-                 ssm_ratio: float = 2.0, conv_bias: bool = False, device=None, dtype=None):
+                 ssm_ratio: float = 2.0, conv_bias: bool = False, scan: str = "cross", device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm1 = nn.LayerNorm(dim, **dd)
-        self.mixer = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, **dd)
+        self.mixer = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, scan=scan, **dd)
         self.norm2 = nn.LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -157,7 +166,8 @@ class VMamba(nn.Module):
     """VMamba v2 classifier. Any input of at least 1x1 pixels works (odd and non-square sizes included).
 
     feature_norms=True adds a LayerNorm on every stage output returned by `forward_intermediates` (the official
-    detection / segmentation backbone's `outnorm{i}`); the classifier has none.
+    detection / segmentation backbone's `outnorm{i}`); the classifier has none. ssm_scan selects SS2D's scan (SCANS:
+    "2pass" makes the model 2DVMamba, see `v2dmamba`).
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class VMamba(nn.Module):
             drop_path_rate: float = 0.0,
             global_pool: str = "avg",
             feature_norms: bool = False,
+            ssm_scan: str = "cross",
             device=None,
             dtype=None,
     ):
@@ -196,7 +207,8 @@ class VMamba(nn.Module):
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             stages.append(VMambaStage(
                 dims[max(i - 1, 0)], dim, depth, downsample=i > 0, drop_path_rates=rates[start:start + depth],
-                mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=ssm_conv_bias, **dd))
+                mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=ssm_conv_bias, scan=ssm_scan,
+                **dd))
             start += depth
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -448,11 +460,12 @@ def _check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module, optional:
                          f"{[len(s.blocks) for s in model.stages]}): " + "; ".join(parts) + hint)
 
 
-def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
+def _create_vmamba(variant: str, pretrained: bool = False, model_cls: type = VMamba, **kwargs) -> VMamba:
+    """`model_cls` (VMamba or a subclass) through timm's builder, official checkpoints through `checkpoint_filter_fn`."""
     out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 8, 2))))))
     with torch.serialization.safe_globals(released_checkpoint_globals()):  # the released .pth files
         return build_model_with_cfg(
-            VMamba, variant, pretrained,
+            model_cls, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
             **kwargs,
