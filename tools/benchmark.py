@@ -1,7 +1,8 @@
-"""Benchmark timm models side by side, or the 2D scan backends, in one run (ratios are only fair within a run).
+"""Benchmark timm models side by side, or the backends of a scan op, in one run (ratios are only fair within a run).
 
     python tools/benchmark.py [MODEL ...]            # default: mamba2d_tiny convnext_tiny
-    python tools/benchmark.py --op                    # every scan backend vs the reference, Mamba2D-T stage shapes
+    python tools/benchmark.py --op                    # every 2D scan backend vs the reference, Mamba2D-T stage shapes
+    python tools/benchmark.py --op selective_scan     # every selective-scan backend, VMamba-T cross-scan stage shapes
     python tools/benchmark.py ... --write docs/benchmarks.md   # append the table with device, versions and command
 
 Models: eval latency (batch --latency-batch), eval throughput (batch --batch-size) and train step throughput, measured
@@ -26,9 +27,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import vision2d  # noqa: E402,F401  (registers the models)
 from vision2d.ops import BACKENDS, backend_unavailable_reason, resolve_backend, selective_scan_2d  # noqa: E402
+from vision2d.ops import cross_scan_orders, selective_scan  # noqa: E402
+from vision2d.ops.selective_scan import SELECTIVE_SCAN_BACKENDS  # noqa: E402
 
 # Mamba2D-T at 224x224: three scans at stage 0 (56x56, E=64) and three at stage 1 (28x28, E=128)
 OP_SHAPES = ("1x56x56x64x16", "1x28x28x128x16", "8x56x56x64x16")
+# VMamba-T at 224x224: one scan of K = 4 cross-scan directions per block at each stage (d_state 1)
+SELECTIVE_SCAN_SHAPES = ("1x56x56x96x1", "1x28x28x192x1", "1x14x14x384x1", "1x7x7x768x1")
 
 
 def _sync(device: torch.device):
@@ -145,27 +150,59 @@ def bench_op(args) -> str:
     backends = [b for b in BACKENDS if backend_unavailable_reason(b, device) is None]
     rows = ["| shape B x H x W x E x N | dtype | backend | forward (ms) | fwd+bwd (ms) | fwd speed-up vs reference |",
             "|---|---|---|---|---|---|"]
-    for shape_text in args.shapes:
+    for shape_text in args.shapes or OP_SHAPES:
         shape = tuple(int(v) for v in shape_text.split("x"))
         args_fp = make_scan_inputs(*shape, dtype=getattr(torch, args.dtype), device=device)
         leaves = [a.detach().requires_grad_() for a in args_fp]
         dy = torch.randn(shape[:4], device=device, dtype=args_fp[0].dtype)
-        tasks = {}
-        for backend in backends:
-            def fwd(backend=backend):
-                with torch.no_grad():
-                    selective_scan_2d(*args_fp, backend=backend)
-
-            def fwd_bwd(backend=backend):
-                torch.autograd.grad(selective_scan_2d(*leaves, backend=backend), leaves, dy)
-            tasks[(backend, "fwd")] = fwd
-            tasks[(backend, "fwd_bwd")] = fwd_bwd
-        medians = _round_robin(tasks, args.rounds, 1, device)
-        for backend in backends:
-            speedup = medians[("reference", "fwd")] / medians[(backend, "fwd")]
-            rows.append(f"| {shape_text} | {args.dtype} | {backend} | {medians[(backend, 'fwd')] * 1e3:.2f} | "
-                        f"{medians[(backend, 'fwd_bwd')] * 1e3:.2f} | {speedup:.1f}x |")
+        rows += _backend_rows(shape_text, backends,
+                              lambda tensors, backend: selective_scan_2d(*tensors, backend=backend),
+                              args_fp, leaves, dy, args, device)
     return "\n".join(rows)
+
+
+def bench_selective_scan(args) -> str:
+    """The selective-scan backends on VMamba cross-scans: K = 4 directions merged, shapes BxHxWxExN."""
+    from selective_scan_cases import make_inputs
+
+    device = torch.device(args.device)
+    backends = [b for b in SELECTIVE_SCAN_BACKENDS.names
+                if SELECTIVE_SCAN_BACKENDS.unavailable_reason(b, device) is None]
+    rows = ["| shape B x H x W x E x N, K = 4 | dtype | backend | forward (ms) | fwd+bwd (ms) | "
+            "fwd speed-up vs reference |", "|---|---|---|---|---|---|"]
+    for shape_text in args.shapes or SELECTIVE_SCAN_SHAPES:
+        batch, H, W, E, N = (int(v) for v in shape_text.split("x"))
+        inputs = make_inputs(batch, H * W, 4, E, N, dtype=getattr(torch, args.dtype), device=device)
+        leaves = [a.detach().requires_grad_() for a in inputs]
+        order = cross_scan_orders(H, W, device=device)
+        dy = torch.randn(batch, H * W, E, device=device, dtype=inputs[0].dtype)
+
+        def call(tensors, backend, order=order):
+            return selective_scan(*tensors, delta_softplus=True, order=order, backend=backend)
+        rows += _backend_rows(shape_text, backends, call, inputs, leaves, dy, args, device)
+    return "\n".join(rows)
+
+
+def _backend_rows(label, backends, call, inputs, leaves, dy, args, device) -> list:
+    """Table rows of the median forward and forward+backward times of every backend; `call(tensors, backend)` runs
+    the op."""
+    tasks = {}
+    for backend in backends:
+        def fwd(backend=backend):
+            with torch.no_grad():
+                call(inputs, backend)
+
+        def fwd_bwd(backend=backend):
+            torch.autograd.grad(call(leaves, backend), leaves, dy)
+        tasks[(backend, "fwd")] = fwd
+        tasks[(backend, "fwd_bwd")] = fwd_bwd
+    medians = _round_robin(tasks, args.rounds, 1, device)
+    rows = []
+    for backend in backends:
+        speedup = medians[("reference", "fwd")] / medians[(backend, "fwd")]
+        rows.append(f"| {label} | {args.dtype} | {backend} | {medians[(backend, 'fwd')] * 1e3:.2f} | "
+                    f"{medians[(backend, 'fwd_bwd')] * 1e3:.2f} | {speedup:.1f}x |")
+    return rows
 
 
 def describe_machine(device: torch.device, threads: int) -> str:
@@ -182,8 +219,12 @@ def describe_machine(device: torch.device, threads: int) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=["mamba2d_tiny", "convnext_tiny"])
-    parser.add_argument("--op", action="store_true", help="benchmark the scan backends instead of models")
-    parser.add_argument("--shapes", nargs="+", default=list(OP_SHAPES), help="--op shapes, BxHxWxExN")
+    parser.add_argument("--op", nargs="?", const="selective_scan_2d", default=None,
+                        choices=["selective_scan_2d", "selective_scan"],
+                        help="benchmark the backends of this scan op instead of models")
+    parser.add_argument("--shapes", nargs="+", default=None,
+                        help=f"--op shapes, BxHxWxExN (default: {' '.join(OP_SHAPES)} for selective_scan_2d, "
+                             f"{' '.join(SELECTIVE_SCAN_SHAPES)} for selective_scan)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--img-size", type=int, default=224)
@@ -196,8 +237,9 @@ def main(argv=None):
     parser.add_argument("--write", type=Path, help="append the result (with device, versions, command) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    table = bench_op(args) if args.op else bench_models(args)
-    header = (f"### {'Scan backends' if args.op else 'Models'}, {datetime.date.today().isoformat()}\n\n"
+    benches = {None: bench_models, "selective_scan_2d": bench_op, "selective_scan": bench_selective_scan}
+    table = benches[args.op](args)
+    header = (f"### {f'{args.op} backends' if args.op else 'Models'}, {datetime.date.today().isoformat()}\n\n"
               f"{describe_machine(torch.device(args.device), args.threads)}\n\n"
               f"Command: `python tools/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n")
     report = f"{header}\n{table}\n"
