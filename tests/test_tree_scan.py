@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vision2d.ops import tree_scan_ref
 from vision2d.ops.tree_scan import TREE_SCAN, build_tree, tree_scan, tree_scan_2d
@@ -47,13 +48,17 @@ def _guide(kind: str, batch: int, height: int, width: int, generator) -> torch.T
     return guide
 
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1)
+
+
 def _tree_edges(parent: torch.Tensor):
     return [{tuple(sorted((v, int(p[v])))) for v in range(1, p.numel())} for p in parent]
 
 
 def _path_product_oracle(x, decay, parent):
     """y[v] = sum_u x[u] prod(decay on the tree path u..v), by walking each pair's paths to the root (O(L^2 depth))."""
-    batch, channels, count = x.shape
+    batch, count, channels = x.shape
     y = torch.zeros_like(x)
     for b in range(batch):
         def ancestors(v):
@@ -68,34 +73,35 @@ def _path_product_oracle(x, decay, parent):
                 factor = torch.ones(channels, dtype=x.dtype)
                 for a in chains[u] + chains[v]:
                     if a not in common:  # the edge a -> parent(a) is on the path
-                        factor = factor * decay[b, :, a]
-                y[b, :, v] += factor * x[b, :, u]
+                        factor = factor * decay[b, a]
+                y[b, v] += factor * x[b, u]
     return y
 
 
 def _inputs(shape, dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
     batch, channels, height, width = shape
-    x = torch.randn(batch, channels, height * width, generator=generator).to(dtype)
-    decay = torch.rand(batch, channels, height * width, generator=generator).to(dtype)
+    x = torch.randn(batch, height * width, channels, generator=generator).to(dtype)
+    decay = torch.rand(batch, height * width, channels, generator=generator).to(dtype)
     return x, decay, torch.randn(batch, 4, height, width, generator=generator)
 
 
 def test_reference_tree_and_output_match_the_official_op(official):
     for case in official:
-        feature, decay, expected = case["feature"], case["decay"], case["output"]
+        feature, decay, expected = (_channels_last(case[k]) for k in ("feature", "decay", "output"))
         order, parent = tree_scan_ref.build_tree(case["guide"])
         official_edges = [{tuple(sorted(e)) for e in tree.tolist()} for tree in case["tree_edges"]]
         assert _tree_edges(parent) == official_edges, case["name"]
-        y = tree_scan_ref.tree_scan_ref(feature.flatten(2).double(), decay.flatten(2).double(), order, parent)
+        y = tree_scan_ref.tree_scan_ref(feature.flatten(1, 2).double(), decay.flatten(1, 2).double(), order, parent)
         torch.testing.assert_close(y.view_as(expected).float(), expected, rtol=1e-5, atol=1e-6, msg=case["name"])
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_backend_matches_the_official_op(official, backend):
     for case in official:
-        y = tree_scan_2d(case["feature"], case["decay"], case["guide"], backend=backend)
-        torch.testing.assert_close(y, case["output"], rtol=1e-5, atol=1e-6, msg=case["name"])
+        feature, decay, guide, expected = (_channels_last(case[k]) for k in ("feature", "decay", "guide", "output"))
+        y = tree_scan_2d(feature, decay, guide, backend=backend)
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6, msg=case["name"])
 
 
 @pytest.mark.parametrize("kind", ["random", "constant", "zero", "checkerboard"])
@@ -121,6 +127,20 @@ def test_tree_is_a_breadth_first_spanning_tree_of_the_grid_rooted_at_pixel_0(kin
             assert position[p[v]] < position[v], "parents come first"
             depth = lambda u: 0 if u == 0 else 1 + depth(p[u])
             assert depth(v) == depth(p[v]) + 1
+
+
+@pytest.mark.parametrize("shape", [(2, 160, 56, 56), (1, 7, 5, 9), (2, 33, 1, 17), (2, 16, 9, 1), (1, 3, 1, 1)])
+def test_edge_weights_are_torch_cosine_similarity_bit_for_bit(shape):
+    """The official weights: exp(-torch.cosine_similarity) of each edge's two pixel slices, vertical edges first."""
+    guide = torch.randn(shape, generator=torch.Generator().manual_seed(11))
+    guide[:, :, 0, 0] = 0  # a zero vector: the norm clamp
+    b, c = shape[:2]
+    vertical = F.cosine_similarity(guide[:, :, :-1, :].reshape(b, c, -1), guide[:, :, 1:, :].reshape(b, c, -1), dim=1)
+    horizontal = F.cosine_similarity(guide[:, :, :, :-1].reshape(b, c, -1), guide[:, :, :, 1:].reshape(b, c, -1),
+                                     dim=1)
+    expected = torch.exp(-torch.cat([vertical, horizontal], dim=1))
+    assert torch.equal(tree_scan_ref.edge_weights(guide), expected)
+    assert torch.equal(tree_scan_ref.edge_weights(guide.to(memory_format=torch.channels_last)), expected)
 
 
 def test_tree_prefers_similar_neighbours():
@@ -177,20 +197,20 @@ def test_root_decay_is_unused(backend):
     x, decay, guide = _inputs((2, 3, 4, 5), torch.float32, seed=7)
     order, parent = build_tree(guide)
     changed = decay.clone()
-    changed[:, :, 0] = 0.5 * changed[:, :, 0] + 0.3
+    changed[:, 0] = 0.5 * changed[:, 0] + 0.3
     torch.testing.assert_close(tree_scan(x, decay, order, parent, backend=backend),
                                tree_scan(x, changed, order, parent, backend=backend), rtol=0, atol=0)
     decay.requires_grad_(True)
     (grad,) = torch.autograd.grad(tree_scan(x, decay, order, parent, backend=backend).sum(), decay)
-    assert torch.all(grad[:, :, 0] == 0) and grad[:, :, 1:].abs().sum() > 0
+    assert torch.all(grad[:, 0] == 0) and grad[:, 1:].abs().sum() > 0
 
 
 def test_zero_decay_is_identity_and_empty_batch():
     x, decay, guide = _inputs((2, 3, 4, 5), torch.float32, seed=8)
-    y = tree_scan_2d(x.view(2, 3, 4, 5), torch.zeros(2, 3, 4, 5), guide)
-    torch.testing.assert_close(y, x.view(2, 3, 4, 5), rtol=0, atol=0)
-    empty = tree_scan_2d(torch.zeros(0, 3, 4, 5), torch.zeros(0, 3, 4, 5), torch.zeros(0, 4, 4, 5))
-    assert empty.shape == (0, 3, 4, 5)
+    y = tree_scan_2d(x.view(2, 4, 5, 3), torch.zeros(2, 4, 5, 3), _channels_last(guide))
+    torch.testing.assert_close(y, x.view(2, 4, 5, 3), rtol=0, atol=0)
+    empty = tree_scan_2d(torch.zeros(0, 4, 5, 3), torch.zeros(0, 4, 5, 3), torch.zeros(0, 4, 5, 4))
+    assert empty.shape == (0, 4, 5, 3)
 
 
 def test_opcheck():
@@ -205,7 +225,7 @@ def test_opcheck():
 def test_compiles_without_graph_breaks():
     x, decay, guide = _inputs((1, 2, 3, 4), torch.float32, seed=10)
     compiled = torch.compile(lambda a, w, g: tree_scan_2d(a, w, g, backend="cpu"), fullgraph=True, backend="eager")
-    shape = (1, 2, 3, 4)
+    shape, guide = (1, 3, 4, 2), _channels_last(guide)
     torch.testing.assert_close(compiled(x.view(shape), decay.view(shape), guide),
                                tree_scan_2d(x.view(shape), decay.view(shape), guide, backend="cpu"))
 
@@ -220,13 +240,13 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="int64"):
         tree_scan(x, decay, order.int(), parent)
     with pytest.raises(ValueError, match="decay must have x's shape"):
-        tree_scan(x, decay[:, :1], order, parent)
+        tree_scan(x, decay[:, :, :1], order, parent)
     with pytest.raises(TypeError, match="share one float dtype"):
         tree_scan(x, decay.double(), order, parent)
     with pytest.raises(ValueError, match=r"order must be \(B, L\)"):
         tree_scan(x, decay, order[:, :5], parent)
     with pytest.raises(ValueError, match="must share B, H, W"):
-        tree_scan_2d(x.view(1, 2, 3, 4), decay.view(1, 2, 3, 4), guide[:, :, :2])
+        tree_scan_2d(x.view(1, 3, 4, 2), decay.view(1, 3, 4, 2), _channels_last(guide)[:, :2])
     with pytest.raises(ValueError, match="unknown .*backend"):
         tree_scan(x, decay, order, parent, backend="cuda")
 

@@ -1,13 +1,13 @@
 // GrootV tree scan for CPUs: the tree build (minimum spanning tree + breadth-first order) and both propagation
 // passes, forward and backward; loaded by vision2d/ops/tree_scan_cpu.py through ctypes.
 //
-// The math, the tie rules and the layouts are those of vision2d/ops/tree_scan_ref.py: x, decay, y (B, D, L)
-// contiguous in Real (float or double); order, parent (B, L) int64; edge weights (B, E) float32 in `grid_edges`
-// order. Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
+// The math, the tie rules and the layouts are those of vision2d/ops/tree_scan_ref.py: x, decay, y (B, L, D)
+// vertex-major and contiguous in Real (float or double); order, parent (B, L) int64; edge weights (B, E) float32 in
+// `grid_edges` order. Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
-// The tree build runs one batch item per OpenMP task; the passes run one (batch item, channel) row per task, each a
-// sequential sweep over the vertices in breadth-first order (forward: leaves to root, then root to leaves, in place
-// in y). Every task writes only its own rows, so results do not depend on the thread count.
+// The tree build runs one batch item per OpenMP task; the passes run one (batch item, block of channels) per task,
+// each a sequential sweep over the vertices in breadth-first order (forward: leaves to root, then root to leaves, in
+// place in y). Every task writes only its own channels, so results do not depend on the thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -114,37 +114,66 @@ void breadth_first(const std::vector<int64_t>& tree, int64_t count, int64_t* ord
   }
 }
 
+// A task is one batch item and a block of at most kBlock consecutive channels: rows are vertices (stride D), and
+// every step updates the block's channels of one vertex, a contiguous run the compiler vectorises.
+constexpr int64_t kBlock = 64;
+
 template <typename Real>
-void leaves_to_root(const Real* x, const Real* w, const int64_t* order, const int64_t* parent, int64_t count,
-                    Real* up) {
-  for (int64_t v = 0; v < count; ++v) up[v] = x[v];
+struct Rows {  // the block's channels of a (B, L, D) tensor's batch item
+  Real* base;
+  int64_t stride;
+  Real* operator[](int64_t v) const { return base + v * stride; }
+};
+
+template <typename Real>
+void leaves_to_root(Rows<const Real> x, Rows<const Real> w, const int64_t* order, const int64_t* parent,
+                    int64_t count, int64_t width, Rows<Real> up) {
+  for (int64_t v = 0; v < count; ++v)
+    for (int64_t k = 0; k < width; ++k) up[v][k] = x[v][k];
   for (int64_t i = count - 1; i > 0; --i) {
     const int64_t v = order[i];
-    up[parent[v]] += w[v] * up[v];
+    Real* __restrict__ to = up[parent[v]];
+    const Real* __restrict__ from = up[v];
+    const Real* __restrict__ wv = w[v];
+    for (int64_t k = 0; k < width; ++k) to[k] += wv[k] * from[k];
   }
 }
 
-// y[root] = up[root]; y[v] = (1 - w[v]^2) up[v] + w[v] y[parent(v)]. `up` and `y` may alias.
+// y[root] = up[root]; y[v] = (1 - w[v]^2) up[v] + w[v] y[parent(v)]. `up` and `y` may be the same rows.
 template <typename Real>
-void root_to_leaves(const Real* up, const Real* w, const int64_t* order, const int64_t* parent, int64_t count,
-                    Real* y) {
+void root_to_leaves(Rows<const Real> up, Rows<const Real> w, const int64_t* order, const int64_t* parent,
+                    int64_t count, int64_t width, Rows<Real> y) {
   if (count == 0) return;
-  y[order[0]] = up[order[0]];
+  for (int64_t k = 0; k < width; ++k) y[order[0]][k] = up[order[0]][k];
   for (int64_t i = 1; i < count; ++i) {
     const int64_t v = order[i];
-    const Real wv = w[v];
-    y[v] = (Real(1) - wv * wv) * up[v] + wv * y[parent[v]];
+    const Real* wv = w[v];
+    const Real* upv = up[v];
+    const Real* yp = y[parent[v]];
+    Real* yv = y[v];
+    for (int64_t k = 0; k < width; ++k) yv[k] = (Real(1) - wv[k] * wv[k]) * upv[k] + wv[k] * yp[k];
   }
+}
+
+template <typename Real>
+Rows<Real> rows(Real* t, int64_t b, int64_t d0, int64_t count, int64_t channels) {
+  return Rows<Real>{t + b * count * channels + d0, channels};
 }
 
 template <typename Real>
 int forward(const Real* x, const Real* w, const int64_t* order, const int64_t* parent, Real* y, int64_t batch,
-            int64_t channels, int64_t count, int threads) {
+            int64_t count, int64_t channels, int threads) {
+  const int64_t blocks = (channels + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t row = 0; row < batch * channels; ++row) {
-    const int64_t b = row / channels, offset = row * count;
-    leaves_to_root(x + offset, w + offset, order + b * count, parent + b * count, count, y + offset);
-    root_to_leaves(y + offset, w + offset, order + b * count, parent + b * count, count, y + offset);
+  for (int64_t task = 0; task < batch * blocks; ++task) {
+    const int64_t b = task / blocks, d0 = (task % blocks) * kBlock;
+    const int64_t width = std::min(kBlock, channels - d0);
+    const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
+    Rows<Real> out = rows(y, b, d0, count, channels);
+    Rows<const Real> out_const{out.base, out.stride};
+    leaves_to_root(rows(x, b, d0, count, channels), rows(w, b, d0, count, channels), order_b, parent_b, count,
+                   width, out);
+    root_to_leaves(out_const, rows(w, b, d0, count, channels), order_b, parent_b, count, width, out);
   }
   return 0;
 }
@@ -153,36 +182,41 @@ int forward(const Real* x, const Real* w, const int64_t* order, const int64_t* p
 // ddecay[c] = up_x[c] (dx[p] - w[c] up_dy[c]) + up_dy[c] (y[p] - w[c] up_x[c]); the root's is 0.
 template <typename Real>
 int backward(const Real* dy, const Real* x, const Real* w, const int64_t* order, const int64_t* parent,
-             const Real* y, Real* dx, Real* dw, int64_t batch, int64_t channels, int64_t count, int threads) {
+             const Real* y, Real* dx, Real* dw, int64_t batch, int64_t count, int64_t channels, int threads) {
+  const int64_t blocks = (channels + kBlock - 1) / kBlock;
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
-    Real* up_x = new (std::nothrow) Real[count > 0 ? count : 1];
-    Real* up_dy = new (std::nothrow) Real[count > 0 ? count : 1];
-    if (up_x == nullptr || up_dy == nullptr) {
+    // per thread: the block's leaves-to-root sums of x and dy, rows of kBlock
+    Real* scratch = new (std::nothrow) Real[2 * (count > 0 ? count : 1) * kBlock];
+    if (scratch == nullptr) {
       failed = 1;
     } else {
+      Rows<Real> up_x{scratch, kBlock}, up_dy{scratch + count * kBlock, kBlock};
+      Rows<const Real> up_x_c{up_x.base, kBlock}, up_dy_c{up_dy.base, kBlock};
 #pragma omp for schedule(static)
-      for (int64_t row = 0; row < batch * channels; ++row) {
-        const int64_t b = row / channels, offset = row * count;
-        const int64_t* order_b = order + b * count;
-        const int64_t* parent_b = parent + b * count;
-        const Real* wr = w + offset;
-        const Real* yr = y + offset;
-        Real* dxr = dx + offset;
-        Real* dwr = dw + offset;
-        leaves_to_root(x + offset, wr, order_b, parent_b, count, up_x);
-        leaves_to_root(dy + offset, wr, order_b, parent_b, count, up_dy);
-        root_to_leaves(up_dy, wr, order_b, parent_b, count, dxr);
-        if (count > 0) dwr[order_b[0]] = Real(0);
+      for (int64_t task = 0; task < batch * blocks; ++task) {
+        const int64_t b = task / blocks, d0 = (task % blocks) * kBlock;
+        const int64_t width = std::min(kBlock, channels - d0);
+        const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
+        Rows<const Real> wr = rows(w, b, d0, count, channels), yr = rows(y, b, d0, count, channels);
+        Rows<Real> dxr = rows(dx, b, d0, count, channels), dwr = rows(dw, b, d0, count, channels);
+        Rows<const Real> dxr_c{dxr.base, dxr.stride};
+        leaves_to_root(rows(x, b, d0, count, channels), wr, order_b, parent_b, count, width, up_x);
+        leaves_to_root(rows(dy, b, d0, count, channels), wr, order_b, parent_b, count, width, up_dy);
+        root_to_leaves(up_dy_c, wr, order_b, parent_b, count, width, dxr);
+        if (count > 0)
+          for (int64_t k = 0; k < width; ++k) dwr[order_b[0]][k] = Real(0);
         for (int64_t i = 1; i < count; ++i) {
           const int64_t c = order_b[i], p = parent_b[c];
-          dwr[c] = up_x[c] * (dxr[p] - wr[c] * up_dy[c]) + up_dy[c] * (yr[p] - wr[c] * up_x[c]);
+          const Real *wc = wr[c], *uxc = up_x_c[c], *udc = up_dy_c[c], *dxp = dxr_c[p], *yp = yr[p];
+          Real* dwc = dwr[c];
+          for (int64_t k = 0; k < width; ++k)
+            dwc[k] = uxc[k] * (dxp[k] - wc[k] * udc[k]) + udc[k] * (yp[k] - wc[k] * uxc[k]);
         }
       }
     }
-    delete[] up_x;
-    delete[] up_dy;
+    delete[] scratch;
   }
   return failed;
 }
@@ -213,25 +247,25 @@ int tree_build(const float* weights, int64_t batch, int64_t height, int64_t widt
 }
 
 int tree_scan_forward_f32(const float* x, const float* w, const int64_t* order, const int64_t* parent, float* y,
-                          int64_t batch, int64_t channels, int64_t count, int threads) {
-  return forward(x, w, order, parent, y, batch, channels, count, threads);
+                          int64_t batch, int64_t count, int64_t channels, int threads) {
+  return forward(x, w, order, parent, y, batch, count, channels, threads);
 }
 
 int tree_scan_forward_f64(const double* x, const double* w, const int64_t* order, const int64_t* parent, double* y,
-                          int64_t batch, int64_t channels, int64_t count, int threads) {
-  return forward(x, w, order, parent, y, batch, channels, count, threads);
+                          int64_t batch, int64_t count, int64_t channels, int threads) {
+  return forward(x, w, order, parent, y, batch, count, channels, threads);
 }
 
 int tree_scan_backward_f32(const float* dy, const float* x, const float* w, const int64_t* order,
                            const int64_t* parent, const float* y, float* dx, float* dw, int64_t batch,
-                           int64_t channels, int64_t count, int threads) {
-  return backward(dy, x, w, order, parent, y, dx, dw, batch, channels, count, threads);
+                           int64_t count, int64_t channels, int threads) {
+  return backward(dy, x, w, order, parent, y, dx, dw, batch, count, channels, threads);
 }
 
 int tree_scan_backward_f64(const double* dy, const double* x, const double* w, const int64_t* order,
                            const int64_t* parent, const double* y, double* dx, double* dw, int64_t batch,
-                           int64_t channels, int64_t count, int threads) {
-  return backward(dy, x, w, order, parent, y, dx, dw, batch, channels, count, threads);
+                           int64_t count, int64_t channels, int threads) {
+  return backward(dy, x, w, order, parent, y, dx, dw, batch, count, channels, threads);
 }
 
 }  // extern "C"

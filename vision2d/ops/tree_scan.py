@@ -1,6 +1,6 @@
 """GrootV's tree scan as `torch.library` custom ops: `build_tree` (minimum spanning tree of a guide map, breadth-first
 order from pixel 0) and `tree_scan` (leaves-to-root then root-to-leaves propagation over it); `tree_scan_2d` runs
-both on (B, D, H, W) maps. See `tree_scan_ref` for the math and the exact tie rules.
+both on channels-last (B, H, W, D) maps. See `tree_scan_ref` for the math and the exact tie rules.
 
 Backends (modules with `unavailable_reason(device)`, `build_tree(guide)`, `forward(x, decay, order, parent)` and
 `backward(dy, x, decay, order, parent, y)`), chosen by `backends.OpBackends`:
@@ -94,7 +94,7 @@ def _check_scan_inputs(x, decay, order, parent):
         if t.device != x.device:
             raise ValueError(f"tree_scan: {name} is on {t.device} but x is on {x.device}")
     if x.dim() != 3:
-        raise ValueError(f"tree_scan: x must be 3-D (B, D, L), got shape {tuple(x.shape)}")
+        raise ValueError(f"tree_scan: x must be 3-D (B, L, D), got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES or decay.dtype != x.dtype:
         raise TypeError(f"tree_scan: x and decay must share one float dtype of {_FLOAT_DTYPES}, got {x.dtype} and "
                         f"{decay.dtype}")
@@ -103,16 +103,16 @@ def _check_scan_inputs(x, decay, order, parent):
     for name, t in dict(order=order, parent=parent).items():
         if t.dtype != torch.int64:
             raise TypeError(f"tree_scan: {name} must be int64 (from build_tree), got {t.dtype}")
-        if tuple(t.shape) != (x.shape[0], x.shape[2]):
-            raise ValueError(f"tree_scan: {name} must be (B, L) = {(x.shape[0], x.shape[2])}, got {tuple(t.shape)}")
+        if tuple(t.shape) != (x.shape[0], x.shape[1]):
+            raise ValueError(f"tree_scan: {name} must be (B, L) = {(x.shape[0], x.shape[1])}, got {tuple(t.shape)}")
 
 
 def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: Optional[str] = None) -> Tensor:
     """Propagate x over the tree: y[v] = sum over u of x[u] * prod of decay along the tree path u..v.
 
-    x, decay: (B, D, L) of one float dtype (fp16/bf16 computed in fp32); decay[b, d, v] scales the edge from v to its
-    parent (the root's is unused). order, parent: (B, L) int64 from `build_tree`. Returns y (B, D, L) in x's dtype.
-    Differentiable in x and decay.
+    x, decay: (B, L, D) vertex-major (channels last) of one float dtype (fp16/bf16 computed in fp32); decay[b, v, d]
+    scales the edge from v to its parent (the root's is unused). order, parent: (B, L) int64 from `build_tree`.
+    Returns y (B, L, D) in x's dtype. Differentiable in x and decay.
     """
     _check_scan_inputs(x, decay, order, parent)
     return _scan_op(x.contiguous(), decay.contiguous(), order.contiguous(), parent.contiguous(),
@@ -121,9 +121,10 @@ def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: 
 
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def tree_scan_2d(x: Tensor, decay: Tensor, guide: Tensor, backend: Optional[str] = None) -> Tensor:
-    """`tree_scan` of x, decay (B, D, H, W) over the tree `build_tree(guide)` of guide (B, C, H, W); y (B, D, H, W)."""
-    if x.dim() != 4 or guide.dim() != 4 or x.shape[0] != guide.shape[0] or x.shape[2:] != guide.shape[2:]:
-        raise ValueError(f"tree_scan_2d: x (B, D, H, W) and guide (B, C, H, W) must share B, H, W; got "
+    """`tree_scan` of channels-last maps x, decay (B, H, W, D) over the tree `build_tree` makes of guide (B, H, W, C)
+    (channels last too); returns y (B, H, W, D)."""
+    if x.dim() != 4 or guide.dim() != 4 or x.shape[:3] != guide.shape[:3]:
+        raise ValueError(f"tree_scan_2d: x (B, H, W, D) and guide (B, H, W, C) must share B, H, W; got "
                          f"{tuple(x.shape)} and {tuple(guide.shape)}")
-    order, parent = build_tree(guide, backend)
-    return tree_scan(x.flatten(2), decay.flatten(2), order, parent, backend).view_as(x)
+    order, parent = build_tree(guide.permute(0, 3, 1, 2), backend)
+    return tree_scan(x.flatten(1, 2), decay.flatten(1, 2), order, parent, backend).view_as(x)

@@ -56,7 +56,7 @@ def _suffix(dtype: torch.dtype) -> str:
 
 
 def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
-    """y (B, D, L) in x's dtype; x, decay (B, D, L), order, parent (B, L) int64."""
+    """y (B, L, D) in x's dtype; x, decay (B, L, D), order, parent (B, L) int64."""
     kd = _kernel_dtype(x.dtype)
     x_, decay_ = x.to(kd).contiguous(), decay.to(kd).contiguous()
     order, parent = order.contiguous(), parent.contiguous()

@@ -5,8 +5,9 @@ Tree (`build_tree`), exactly as the official code builds it:
   * Graph: the 4-neighbour grid of an H x W map, vertex v = h * W + w. Edges are numbered vertical ones first,
     ((h, w), (h + 1, w)) for h < H - 1 in row-major order of (h, w), then horizontal ones ((h, w), (h, w + 1)) for
     w < W - 1, again row-major (`grid_edges`).
-  * Edge weight: exp(-cosine_similarity(guide[:, :, a], guide[:, :, b])) over the channel dimension, computed with
-    `torch.cosine_similarity` (eps 1e-8) and then rounded to float32, the type the tree is built in (`edge_weights`).
+  * Edge weight: exp(-cosine_similarity(guide[:, :, a], guide[:, :, b])) over the channel dimension, bit for bit
+    as `torch.cosine_similarity` (eps 1e-8) computes it, then rounded to float32, the type the tree is built in
+    (`edge_weights`).
     Similar neighbours give light edges.
   * Minimum spanning tree by Boruvka's algorithm: each round, every component (a union-find set) picks its lightest
     outgoing edge, scanning edges in index order and replacing the pick only when strictly lighter, so a tie goes to
@@ -26,7 +27,6 @@ Propagation (`tree_scan_ref`), per batch item and channel, with decay w[v] in [0
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -43,12 +43,17 @@ def grid_edges(height: int, width: int, device=None) -> Tensor:
 
 
 def edge_weights(guide: Tensor) -> Tensor:
-    """(B, E) float32 weights exp(-cosine similarity) of `grid_edges` from guide (B, C, H, W)."""
-    b, c, h, w = guide.shape
-    vertical = F.cosine_similarity(guide[:, :, :-1, :].reshape(b, c, (h - 1) * w),
-                                   guide[:, :, 1:, :].reshape(b, c, (h - 1) * w), dim=1)
-    horizontal = F.cosine_similarity(guide[:, :, :, :-1].reshape(b, c, h * (w - 1)),
-                                     guide[:, :, :, 1:].reshape(b, c, h * (w - 1)), dim=1)
+    """(B, E) float32 weights exp(-cosine similarity) of `grid_edges` from guide (B, C, H, W).
+
+    The official code calls `torch.cosine_similarity` on each edge's two pixel slices. That function divides each
+    vector by its 2-norm clamped at eps = 1e-8, multiplies and sums over channels; here every pixel is normalised once
+    and shared by its edges, which on a contiguous guide gives the same bits (tests/test_tree_scan.py checks) in a
+    fifth of the time.
+    """
+    guide = guide.contiguous()
+    unit = guide / torch.linalg.vector_norm(guide, 2, dim=1, keepdim=True).clamp_min(1e-8)
+    vertical = (unit[:, :, :-1, :] * unit[:, :, 1:, :]).sum(1).flatten(1)
+    horizontal = (unit[:, :, :, :-1] * unit[:, :, :, 1:]).sum(1).flatten(1)
     return torch.exp(-torch.cat([vertical, horizontal], dim=1)).float()
 
 
@@ -140,10 +145,10 @@ def build_tree(guide: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _leaves_to_root(x: Tensor, decay: Tensor, order: List[int], parent: List[int]) -> List[Tensor]:
-    """up[v] = x[v] + sum over children c of decay[c] * up[c], for one batch item; x, decay (D, L); a list of (D,)."""
-    up = list(x.unbind(-1))
+    """up[v] = x[v] + sum over children c of decay[c] * up[c], for one batch item; x, decay (L, D); a list of (D,)."""
+    up = list(x.unbind(0))
     for v in reversed(order[1:]):
-        up[parent[v]] = up[parent[v]] + decay[:, v] * up[v]
+        up[parent[v]] = up[parent[v]] + decay[v] * up[v]
     return up
 
 
@@ -151,13 +156,14 @@ def _root_to_leaves(up: List[Tensor], decay: Tensor, order: List[int], parent: L
     """y[root] = up[root]; y[v] = (1 - decay[v]^2) up[v] + decay[v] y[parent(v)]."""
     y = list(up)
     for v in order[1:]:
-        w = decay[:, v]
+        w = decay[v]
         y[v] = (1 - w * w) * up[v] + w * y[parent[v]]
     return y
 
 
 def tree_scan_ref(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
-    """Both propagation passes; x, decay (B, D, L), order, parent (B, L) from `build_tree`. Returns y (B, D, L).
+    """Both propagation passes; x, decay (B, L, D) (vertex-major), order, parent (B, L) from `build_tree`.
+    Returns y (B, L, D).
 
     Differentiable by autograd: the passes are written per vertex, out of place.
     """
@@ -165,7 +171,7 @@ def tree_scan_ref(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Te
     for b in range(x.shape[0]):
         order_b, parent_b = order[b].tolist(), parent[b].tolist()
         outs.append(torch.stack(_root_to_leaves(_leaves_to_root(x[b], decay[b], order_b, parent_b), decay[b],
-                                                order_b, parent_b), -1))
+                                                order_b, parent_b)))
     return torch.stack(outs) if outs else x.clone()
 
 
@@ -183,10 +189,10 @@ def tree_scan_ref_backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, 
         up_x = _leaves_to_root(x[b], decay[b], order_b, parent_b)
         up_dy = _leaves_to_root(dy[b], decay[b], order_b, parent_b)
         y, dx_b = (_root_to_leaves(up, decay[b], order_b, parent_b) for up in (up_x, up_dy))
-        dx[b] = torch.stack(dx_b, -1)
+        dx[b] = torch.stack(dx_b)
         for c in order_b[1:]:
-            p, w = parent_b[c], decay[b, :, c]
-            ddecay[b, :, c] = up_x[c] * (dx_b[p] - w * up_dy[c]) + up_dy[c] * (y[p] - w * up_x[c])
+            p, w = parent_b[c], decay[b, c]
+            ddecay[b, c] = up_x[c] * (dx_b[p] - w * up_dy[c]) + up_dy[c] * (y[p] - w * up_x[c])
     return dx, ddecay
 
 

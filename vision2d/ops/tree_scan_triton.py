@@ -3,7 +3,7 @@ CPU kernel (`tree_scan_cpu.build_tree`), as the official code builds them.
 
 Same arguments and math as `tree_scan_ref`. One program per (batch item, block of BLOCK_D channels) sweeps the
 vertices in breadth-first order, the channels of a vertex one vector: leaves to root (up[parent] += w * up), then root
-to leaves in place. The kernels work on vertex-major (B, L, D) copies so that a vertex's channels are contiguous.
+to leaves in place. Tensors are vertex-major (B, L, D): a vertex's channels are contiguous.
 Each sweep step reads what an earlier step of the same program wrote, through global memory, so the loops must not be
 software-pipelined (num_stages=1). fp32, bf16 and fp16 inputs run in fp32, fp64 in fp64.
 
@@ -117,10 +117,6 @@ def build_tree(guide: Tensor):
     return tree_scan_cpu.build_tree(guide)
 
 
-def _vertex_major(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t.to(dtype).transpose(1, 2).contiguous()
-
-
 def _launch(kernel, batch: int, channels: int, count: int, *tensors):
     block = min(MAX_BLOCK_D, triton.next_power_of_2(max(channels, 1)))
     if batch * channels * count > 0:
@@ -129,21 +125,21 @@ def _launch(kernel, batch: int, channels: int, count: int, *tensors):
 
 
 def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
-    """y (B, D, L) in x's dtype."""
+    """y (B, L, D) in x's dtype."""
     kd = torch.float64 if x.dtype == torch.float64 else torch.float32
-    batch, channels, count = x.shape
-    x_, w_ = _vertex_major(x, kd), _vertex_major(decay, kd)
+    batch, count, channels = x.shape
+    x_, w_ = x.to(kd).contiguous(), decay.to(kd).contiguous()
     y = torch.empty_like(x_)
     _launch(_tree_scan_fwd_kernel, batch, channels, count, x_, w_, order.contiguous(), parent.contiguous(), y)
-    return y.transpose(1, 2).to(x.dtype)
+    return y.to(x.dtype)
 
 
 def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):
     """(dx, ddecay) in x's and decay's dtypes."""
     kd = torch.float64 if x.dtype == torch.float64 else torch.float32
-    batch, channels, count = x.shape
-    dy_, x_, w_, y_ = (_vertex_major(t, kd) for t in (dy, x, decay, y))
+    batch, count, channels = x.shape
+    dy_, x_, w_, y_ = (t.to(kd).contiguous() for t in (dy, x, decay, y))
     up_x, up_dy, dx, dw = (torch.empty_like(x_) for _ in range(4))
     _launch(_tree_scan_bwd_kernel, batch, channels, count, dy_, x_, w_, order.contiguous(), parent.contiguous(), y_,
             up_x, up_dy, dx, dw)
-    return dx.transpose(1, 2).to(x.dtype), dw.transpose(1, 2).to(decay.dtype)
+    return dx.to(x.dtype), dw.to(decay.dtype)
