@@ -121,12 +121,31 @@ def test_unreadable_inputs(tmp_path, capsys):
     assert code == 2 and "does not exist" in stderr
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "pickled.ckpt")
     code, _, stderr = run(capsys, tmp_path / "pickled.ckpt", tmp_path / "o.safetensors")
-    assert code == 2 and "weights_only=True" in stderr, stderr
+    assert code == 2 and "holds Python objects that weights-only loading refuses" in stderr, stderr
+    assert "If you trust the file and its source" in stderr
     (tmp_path / "trunc.ckpt").write_bytes(b"PK\x03\x04garbage")
     code, _, stderr = run(capsys, tmp_path / "trunc.ckpt", tmp_path / "o.safetensors")
-    assert code == 2 and "cannot read" in stderr, stderr
+    assert code == 2 and "trunc.ckpt is not a readable torch checkpoint" in stderr, stderr
     code, _, stderr = run(capsys, tmp_path / "trunc.ckpt", tmp_path / "o.pt")
     assert code == 2 and ".safetensors" in stderr
+    (tmp_path / "empty.ckpt").touch()
+    code, _, stderr = run(capsys, tmp_path / "empty.ckpt", tmp_path / "o.safetensors")
+    assert code == 2 and "empty.ckpt is empty (0 bytes)" in stderr, stderr
+    torch.save([torch.zeros(1)], tmp_path / "list.ckpt")
+    code, _, stderr = run(capsys, tmp_path / "list.ckpt", tmp_path / "o.safetensors")
+    assert code == 2 and "list.ckpt holds a list; expected a dict" in stderr, stderr
+    code, _, stderr = run(capsys, tmp_path, tmp_path / "o.safetensors")
+    assert code == 2 and "is a folder; expected a .safetensors or torch checkpoint file" in stderr, stderr
+
+
+def test_bad_output_paths(official_ckpt, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "folder.safetensors").mkdir()
+    for output, message in ((tmp_path / "missing" / "o.safetensors", "missing does not exist; expected an existing"),
+                            (tmp_path / "file" / "o.safetensors", "file is a file; expected an existing folder"),
+                            (tmp_path / "folder.safetensors", "is a folder; expected the path of a .safetensors")):
+        code, _, stderr = run(capsys, official_ckpt, output)
+        assert code == 2 and message in stderr, stderr
 
 
 def test_backbone_only_checkpoint_is_refused(fixture, tmp_path, capsys):

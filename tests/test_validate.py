@@ -132,3 +132,43 @@ def test_documented_metadata_still_applies(tmp_path):
                                data_config={**DATA_CONFIG, "input_size": [3, 40, 48], "crop_pct": 0.9})
     cfg = create_model_from_weights(good).pretrained_cfg
     assert (cfg["input_size"], cfg["crop_pct"], cfg["file"]) == ((3, 40, 48), 0.9, str(good))
+
+
+class WritesAMarker:
+    """A pickle payload: unpickling it (without weights-only loading) would create ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("zero-byte", r"weight file {path} is empty \(0 bytes\); expected a .safetensors or torch checkpoint file"),
+    ("folder", r"weight file {path} is a folder; expected a .safetensors or torch checkpoint file \(it holds "),
+    ("list", r"weight file {path} holds a list; expected a dict: a state dict of tensors"),
+    ("text", r"weight file {path} is not a readable torch checkpoint: truncated, corrupt, or not written by "
+             r"torch.save"),
+    ("text-safetensors", r"weight file {path} is truncated or corrupt"),
+    ("pickle", r"{path} holds Python objects that weights-only loading refuses \(.*Unsupported global.*\); .*If you "
+               r"trust the file and its source, load it once yourself"),
+])
+def test_bad_weight_files_are_named_with_what_was_expected(digits_dir, tmp_path, content, message):
+    path = tmp_path / ("weights.safetensors" if content == "text-safetensors" else "weights.pth")
+    marker = tmp_path / "payload-ran"
+    if content == "zero-byte":
+        path.touch()
+    elif content == "folder":
+        path.mkdir()
+        shutil.copy(SHIPPED, path / "model.safetensors")
+    elif content == "list":
+        torch.save([torch.zeros(2)], path)
+    elif content.startswith("text"):
+        path.write_text("these are not weights\n")
+    else:
+        torch.save({"state_dict": safetensors.torch.load_file(SHIPPED), "payload": WritesAMarker(marker)}, path)
+    with pytest.raises(CheckpointError, match=message.format(path=re.escape(str(path)))):
+        load_validate()(["--checkpoint", str(path), "--model", "test_mamba2d", "--data-dir", str(digits_dir),
+                         "--workers", "0"])
+    assert not marker.exists()

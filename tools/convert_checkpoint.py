@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -41,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import vision2d  # noqa: E402,F401  (registers the models with timm)
-from vision2d.checkpoint import load_safetensors_weights, save_safetensors_weights  # noqa: E402
+from vision2d.checkpoint import (CheckpointError, load_safetensors_weights, load_torch_checkpoint,  # noqa: E402
+                                 save_safetensors_weights)
 import vision2d.models  # noqa: E402
 
 class ConversionError(RuntimeError):
@@ -162,18 +162,25 @@ def convert(checkpoint: dict, model_name: str | None = None) -> tuple[str, int, 
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load(weights_only=True) with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"checkpoint {path} does not exist")
+    """torch.load(weights_only=True) of a dict, with clear errors (vision2d.checkpoint.load_torch_checkpoint)."""
     try:
         with torch.serialization.safe_globals(released_checkpoint_globals()):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ConversionError(f"cannot read {path} with torch.load(weights_only=True): {error}") from error
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    return checkpoint
+            return load_torch_checkpoint(path)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise ConversionError(str(error)) from error
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """The output must be a .safetensors file path in an existing folder."""
+    path = Path(path)
+    if not path.name.endswith(".safetensors"):
+        raise ConversionError(f"output {path} must end in .safetensors")
+    if path.is_dir():
+        raise ConversionError(f"output {path} is a folder; expected the path of a .safetensors file to write")
+    if not path.parent.is_dir():
+        state = "is a file" if path.parent.exists() else "does not exist"
+        raise ConversionError(f"output folder {path.parent} {state}; expected an existing folder to write {path.name} "
+                              f"into")
 
 
 def _callback_ema_states(checkpoint: dict) -> list:
@@ -244,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the official validation evaluates), else state_dict; or force one")
     args = parser.parse_args(argv)
     try:
-        if not str(args.output).endswith(".safetensors"):
-            raise ConversionError(f"output {args.output} must end in .safetensors")
+        check_output_path(args.output)
         checkpoint = load_checkpoint(args.checkpoint)
         checkpoint, taken = select_weights(checkpoint, args.weights)
         model_name, num_classes, model = convert(checkpoint, args.model)

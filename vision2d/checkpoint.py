@@ -16,6 +16,7 @@ import difflib
 import json
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -116,7 +117,11 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
     files (e.g. official checkpoints) need ``model_name``; ``num_classes`` then defaults to the pretrained cfg.
     """
     path = _existing_file(path)
-    metadata = read_weights_metadata(path) if path.suffix == ".safetensors" else {}
+    if path.suffix == ".safetensors":
+        metadata = read_weights_metadata(path)
+    else:
+        load_torch_checkpoint(path)  # a clear error before timm's loader (which loads weights-only too) fails
+        metadata = {}
     overlay = dict(file=str(path))
     if metadata.get("format") == WEIGHTS_FORMAT:
         model_name = model_name or _metadata_model_name(metadata, path)
@@ -211,8 +216,50 @@ def check_model_name(model_name: str) -> None:
         raise ValueError(f"unknown model {model_name!r} (not registered with timm; did you `import vision2d`?){hint}")
 
 
+def load_torch_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` of a checkpoint that must hold a dict; CheckpointError naming the file
+    and what was expected otherwise (not a torch file, objects that weights-only loading refuses, no dict)."""
+    path = _existing_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler fails in many ways on files that are not torch checkpoints
+        if is_weights_only_refusal(error):
+            raise CheckpointError(untrusted_pickle_message(path, error)) from error
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"weight file {path} is not a readable torch checkpoint: truncated, corrupt, or not "
+                              f"written by torch.save (safetensors files need the .safetensors suffix): {reason}") \
+            from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"weight file {path} holds a {type(checkpoint).__name__}; expected a dict: a state dict "
+                              f"of tensors, or one under 'state_dict' / 'model'")
+    return checkpoint
+
+
+def is_weights_only_refusal(error: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` raised ``error`` because the file pickles a non-allowlisted object."""
+    return isinstance(error, pickle.UnpicklingError) and "add_safe_globals" in str(error)
+
+
+def untrusted_pickle_message(path: str | os.PathLike, error: Exception) -> str:
+    """What to say when ``torch.load(weights_only=True)`` refuses ``path``: which object, and how to go on if trusted."""
+    refused = next((line.strip() for line in str(error).splitlines()
+                    if "Unsupported global" in line or "Can only build" in line), "")
+    return (f"{path} holds Python objects that weights-only loading refuses ({refused or 'see torch.load'}); "
+            f"unpickling them could run code stored in the file. If you trust the file and its source, load it once "
+            f"yourself with torch.load(path, weights_only=False), torch.save just its state dict (a dict of tensors) "
+            f"to a new file, and use that file")
+
+
 def _existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a non-empty file; FileNotFoundError / CheckpointError saying what it is if not."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"weight file {path} does not exist")
+    if path.is_dir():
+        inside = sorted(path.glob("*.safetensors"))
+        hint = f" (it holds {', '.join(str(file) for file in inside[:3])})" if inside else ""
+        raise CheckpointError(f"weight file {path} is a folder; expected a .safetensors or torch checkpoint file{hint}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weight file {path} is empty (0 bytes); expected a .safetensors or torch checkpoint "
+                              f"file")
     return path
