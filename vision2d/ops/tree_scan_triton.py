@@ -46,8 +46,8 @@ if triton is not None:
     @triton.jit
     def _leaves_to_root(src_ptr, dst_ptr, w_ptr, order_ptr, parent_ptr, L, D, d, mask):
         """dst = src, then dst[parent(v)] += w[v] * dst[v] for v in reverse breadth-first order."""
-        for v in range(0, L):
-            tl.store(dst_ptr + v * D + d, tl.load(src_ptr + v * D + d, mask=mask), mask=mask)
+        for u in range(0, L):
+            tl.store(dst_ptr + u * D + d, tl.load(src_ptr + u * D + d, mask=mask), mask=mask)
         for j in range(1, L):
             v = tl.load(order_ptr + L - j)
             p = tl.load(parent_ptr + v)
@@ -97,8 +97,8 @@ if triton is not None:
         dw_ptr += base
         _leaves_to_root(x_ptr, up_x_ptr, w_ptr, order_ptr, parent_ptr, L, D, d, mask)
         _leaves_to_root(dy_ptr, up_dy_ptr, w_ptr, order_ptr, parent_ptr, L, D, d, mask)
-        for v in range(0, L):
-            tl.store(dx_ptr + v * D + d, tl.load(up_dy_ptr + v * D + d, mask=mask), mask=mask)
+        for u in range(0, L):
+            tl.store(dx_ptr + u * D + d, tl.load(up_dy_ptr + u * D + d, mask=mask), mask=mask)
         _root_to_leaves(dx_ptr, w_ptr, order_ptr, parent_ptr, L, D, d, mask)
         root = tl.load(order_ptr)
         tl.store(dw_ptr + root * D + d, tl.zeros([BLOCK_D], dtype=dw_ptr.dtype.element_ty), mask=mask)
