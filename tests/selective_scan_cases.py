@@ -8,7 +8,8 @@ SHAPES = [(2, 7, 4, 5, 1), (1, 1, 2, 3, 4), (2, 9, 1, 6, 16), (1, 12, 2, 1, 4), 
 def random_orders(K, L, seed=0, device="cpu"):
     """(K, L) int64: one random permutation of 0..L-1 per direction."""
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(L, generator=g) for _ in range(K)]).to(device)
+    rows = [torch.randperm(L, generator=g) for _ in range(K)]
+    return (torch.stack(rows) if rows else torch.empty(0, L, dtype=torch.int64)).to(device)
 
 
 def make_inputs(batch, L, K, E, N, dtype=torch.float32, device="cpu", seed=0, with_d=True, with_bias=True,

@@ -82,15 +82,18 @@ def test_results_do_not_depend_on_timing(threads):
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-def test_empty_inputs():
-    for shape in [(0, 5, 4, 3, 2), (2, 0, 4, 3, 2), (2, 5, 4, 0, 2)]:
-        args = make_inputs(*shape)
-        order = random_orders(shape[2], shape[1])
-        batch, L, K, E, N = shape
-        assert selective_scan_cpu.forward(*args, True, order, True).shape == (batch, L, E)
-        grads = selective_scan_cpu.backward(torch.zeros(batch, L, E), *args, True, order, True)
-        assert [g.shape for g in grads] == [a.shape for a in args]
-        assert not any(g.any() for g in grads)
+@pytest.mark.parametrize("shape", [(0, 5, 4, 3, 2), (2, 0, 4, 3, 2), (2, 5, 4, 0, 2), (2, 5, 0, 3, 2),
+                                   (2, 5, 4, 3, 0)], ids=["batch0", "L0", "E0", "K0", "N0"])
+@pytest.mark.parametrize("merge", [True, False])
+def test_empty_dimensions(shape, merge):
+    args = make_inputs(*shape)
+    order = random_orders(shape[2], shape[1])
+    y = selective_scan_cpu.forward(*args, True, order, merge)
+    torch.testing.assert_close(y, selective_scan_ref(*args, True, order, merge))
+    dy = torch.randn(y.shape)
+    grads = selective_scan_cpu.backward(dy, *args, True, order, merge)
+    for g, r in zip(grads, selective_scan_ref_backward(dy, *args, True, order, merge)):
+        torch.testing.assert_close(g, r)
 
 
 def test_other_devices_are_refused():

@@ -373,7 +373,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
   // steps whose states are recomputed at once: all when they fit the budget, else segments of >= sqrt(L) steps
   // restarted from states checkpointed by a first forward pass
-  const int64_t step_bytes = int64_t(sizeof(Vec<Real>)) * K * (N + 3);
+  const int64_t step_bytes = int64_t(sizeof(Vec<Real>)) * std::max<int64_t>(1, K * (N + 3));
   const int64_t fit = state_budget_bytes / step_bytes;
   const int64_t segment = std::max<int64_t>(1, std::min(L, std::max(fit, int64_t(std::ceil(std::sqrt(double(L)))))));
   const int64_t segments = (L + segment - 1) / segment;
