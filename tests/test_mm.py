@@ -1,6 +1,7 @@
 """OpenMMLab integration: our mmdet/mmseg configs build, train and evaluate with the test backbone, and one weight file
 initialises the timm classifier and the mmdet and mmseg backbones identically."""
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,14 @@ from mm_data import CLASSES, PALETTE, write_coco_set, write_segmentation_set  # 
 from vision2d.checkpoint import CheckpointError, create_model_from_weights, read_weights_metadata  # noqa: E402
 from vision2d.checkpoint import save_safetensors_weights  # noqa: E402
 from vision2d.mm import FAMILIES  # noqa: E402
-from vision2d.mm.runner import build_runner  # noqa: E402
+from vision2d.mm.runner import build_runner, mmengine_checkpoint_globals  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("mm*/*.py"))
-BACKBONES = {"mamba2d": "Mamba2DBackbone", "vmamba": "VMambaBackbone"}  # family of vision2d.mm.FAMILIES -> mm type
+PLAIN_FAMILIES = {"plainmamba"}  # single-stride families (blocks, not stages): mm tests in their own test files
+CONFIGS = sorted(p for p in (REPO / "configs").glob("mm*/*.py") if not any(f in p.name for f in PLAIN_FAMILIES))
+BACKBONES = {"mamba2d": "Mamba2DBackbone", "vmamba": "VMambaBackbone",  # family of vision2d.mm.FAMILIES -> mm type
+             "v2dmamba": "V2DMambaBackbone"}
+SEGMENTATION_ONLY = {"v2dmamba"}  # families whose authors publish no detection config
 TEST_ARCH, TEST_MODEL = "test", "test_mamba2d"
 TEST_CHANNELS = [16, 32, 64, 64]  # every family's test model's feature_info; test_backbone_matches_timm_feature_info
 NO_DECAY = {  # each family's mm recipe: backbone parameters without weight decay
@@ -32,6 +36,7 @@ NO_DECAY = {  # each family's mm recipe: backbone parameters without weight deca
     # Swin's rule (names with 'norm') on the official names, where the stem / downsample norms are numbered
     "vmamba": lambda name, parameter: "norm" in name and not any(k in name for k in ("stem.norm", "downsample.norm")),
 }
+NO_DECAY["v2dmamba"] = NO_DECAY["vmamba"]  # VMamba's config is the base of 2DVMamba's
 
 
 def det_config_path(family):
@@ -196,10 +201,10 @@ def check_train_step_and_inference(model, cfg):
 
 
 def test_every_family_has_a_backbone_and_configs():
-    assert set(BACKBONES) == set(FAMILIES)
+    assert set(BACKBONES) | PLAIN_FAMILIES == set(FAMILIES)
     for family, backbone_type in BACKBONES.items():
         assert MODELS.get(backbone_type).family == family
-        assert det_config_path(family).is_file() and seg_config_path(family).is_file()
+        assert det_config_path(family).is_file() != (family in SEGMENTATION_ONLY) and seg_config_path(family).is_file()
 
 
 def test_configs_match_backbone_feature_info():
@@ -239,7 +244,7 @@ def test_frozen_stages_stay_frozen_in_train_mode(family):
         assert all(submodule.training != frozen for submodule in module.modules())
 
 
-@pytest.mark.parametrize("family", sorted(BACKBONES))
+@pytest.mark.parametrize("family", sorted(set(BACKBONES) - SEGMENTATION_ONLY))
 def test_mask_rcnn_train_step_and_inference(family_weights, tmp_path, family):
     write_coco_set(tmp_path)
     cfg = detection_config(family_weights[family], tmp_path, tmp_path / "work", family=family)
@@ -264,13 +269,17 @@ def test_upernet_train_step_and_inference(family_weights, tmp_path, family):
         assert 0 <= seg_map.min() and seg_map.max() <= len(CLASSES)
 
 
-@pytest.fixture
-def runner_env(monkeypatch):
-    """build_runner sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for mmengine; keep it from leaking into other tests."""
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+class WritesAMarker:
+    """A pickle payload: unpickling it (without weights-only loading) would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
 
 
-def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path, runner_env):
+def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path):
     write_coco_set(tmp_path / "coco")
     runner = build_runner(detection_config(fresh_weights, tmp_path / "coco", tmp_path / "work"))
     runner.train()
@@ -280,7 +289,10 @@ def test_runner_trains_and_evaluates_detection(fresh_weights, tmp_path, runner_e
     assert (tmp_path / "work" / "epoch_1.pth").is_file()
 
 
-def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path, runner_env):
+def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path):
+    """The Runner's own checkpoints load weights-only (nothing sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD); a foreign
+    pickle given to it, as to tools/mm_test.py, is refused without running."""
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
     write_segmentation_set(tmp_path / "seg")
     cfg = segmentation_config(fresh_weights, tmp_path / "seg", tmp_path / "work")
     runner = build_runner(cfg)
@@ -288,8 +300,22 @@ def test_runner_trains_and_evaluates_segmentation(fresh_weights, tmp_path, runne
     metrics = runner.val()
     for name in ("aAcc", "mIoU", "mAcc"):
         assert 0.0 <= metrics[name] <= 100.0, metrics
-    cfg.load_from = str(tmp_path / "work" / "iter_3.pth")  # what tools/mm_test.py does with its checkpoint argument
+    checkpoint = tmp_path / "work" / "iter_3.pth"
+    allowed = {name for item in mmengine_checkpoint_globals()
+               for name in ([item[1]] if isinstance(item, tuple) else [f"{item.__module__}.{item.__qualname__}"])}
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint)) <= allowed
+    cfg.load_from = str(checkpoint)  # what tools/mm_test.py does with its checkpoint argument
     assert build_runner(cfg).test() == metrics
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+
+    foreign = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    foreign["meta"]["payload"] = WritesAMarker(tmp_path / "payload-ran")
+    torch.save(foreign, tmp_path / "foreign.pth")
+    cfg.load_from = str(tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match=r"foreign.pth holds Python objects that weights-only loading refuses "
+                                              r"\(.*Unsupported global: GLOBAL io.open.*\).*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+        build_runner(cfg).test()
+    assert not (tmp_path / "payload-ran").exists()
 
 
 def weight_files():
@@ -308,7 +334,10 @@ def test_one_weight_file_initialises_classifier_and_mm_backbones(weights, family
     image = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = classifier.forward_intermediates(image, intermediates_only=True)
-    for cfg in (detection_config(path, family=family), segmentation_config(path, family=family)):
+    configs = [segmentation_config(path, family=family)]
+    if family not in SEGMENTATION_ONLY:
+        configs.insert(0, detection_config(path, family=family))
+    for cfg in configs:
         cfg.model.backbone.arch = arch
         init_default_scope(cfg.default_scope)  # build in mmdet's / mmseg's registry, as their Runner does
         backbone = MODELS.build(cfg.model.backbone)

@@ -9,7 +9,9 @@
 Needs the OpenMMLab stack: python tools/install_openmmlab.py (docs/openmmlab.md).
 """
 import argparse
+import sys
 
+from vision2d.checkpoint import CheckpointError
 from vision2d.mm.runner import add_runner_arguments, build_runner, load_config
 
 
@@ -35,4 +37,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CheckpointError as error:  # e.g. a checkpoint that weights-only loading refuses
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

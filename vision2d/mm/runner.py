@@ -1,11 +1,18 @@
 """Command-line handling shared by tools/mm_train.py and tools/mm_test.py, as mmdet's and mmseg's own tools do it."""
 import argparse
+import functools
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
+import torch
 from mmengine.config import Config, DictAction
+from mmengine.logging import HistoryBuffer
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+from ..checkpoint import CheckpointError, is_weights_only_refusal, untrusted_pickle_message
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +41,47 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """mmengine's Runner, or the config's own ``runner_type``, able to load the checkpoints it writes.
+    """mmengine's Runner, or the config's own ``runner_type``, loading checkpoints weights-only.
 
-    mmengine 0.10 reads its checkpoints (which pickle numpy and mmengine objects) with ``torch.load``'s default, and
-    that default is ``weights_only=True`` since torch 2.6; TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD restores full unpickling
-    for the calls that leave ``weights_only`` unset (timm and vision2d set it explicitly). Load trusted files only.
+    The Runner loads checkpoints (``load_from``, resuming) through its ``load_checkpoint``, whose ``torch.load``
+    leaves ``weights_only`` at torch's default (True since torch 2.6). Around that method only, the types mmengine's
+    own checkpoints hold are allowed (:func:`mmengine_checkpoint_globals`); any other pickled object is refused with
+    a CheckpointError saying how to proceed if the file is trusted.
     """
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner.load_checkpoint = _loading_weights_only(runner.load_checkpoint)
+    return runner
+
+
+def mmengine_checkpoint_globals() -> list:
+    """The non-tensor globals of a checkpoint written by mmengine's Runner: numpy arrays and scalars of numeric
+    dtypes (message hub statistics), mmengine's HistoryBuffer, and the lookup of a HistoryBuffer's statistics methods by name, which
+    pickle records as ``getattr`` and which is allowed for exactly those methods."""
+    array_reconstruct = np.zeros(0).__reduce__()[0]
+    scalar_reconstruct = np.float64(0).__reduce__()[0]
+    numeric_dtypes = {type(np.dtype(code)) for code in "?bhilqBHILQefd"}  # classes of numpy's bool/int/float dtypes
+    return [np.ndarray, np.dtype, *numeric_dtypes, array_reconstruct, scalar_reconstruct, HistoryBuffer,
+            (_history_buffer_method, "builtins.getattr")]
+
+
+def _history_buffer_method(owner, name: str):
+    """``getattr(owner, name)`` for HistoryBuffer's registered statistics methods only."""
+    if owner is not HistoryBuffer or name not in {"min", "max", "current", "mean", *HistoryBuffer._statistics_methods}:
+        raise pickle.UnpicklingError(f"Unsupported global: getattr({owner!r}, {name!r}) is not a HistoryBuffer "
+                                     f"statistics method; only add_safe_globals types are loaded")
+    return getattr(owner, name)
+
+
+def _loading_weights_only(load_checkpoint):
+    @functools.wraps(load_checkpoint)
+    def load(filename, *args, **kwargs):
+        try:
+            with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+                return load_checkpoint(filename, *args, **kwargs)
+        except pickle.UnpicklingError as error:
+            if not is_weights_only_refusal(error):
+                raise
+            raise CheckpointError(untrusted_pickle_message(filename, error) + ". For a checkpoint of mmengine's "
+                                  "Runner that you trust, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in the environment of "
+                                  "this one command loads it in full") from error
+    return load
