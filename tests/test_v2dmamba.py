@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 import vision2d  # noqa: F401  (registers the models)
-from vision2d.models import v2dmamba
+from vision2d.models import v2dmamba, vmamba
 from vision2d.models.vmamba import released_checkpoint_globals
 
 FIXTURE = Path(__file__).parent / "data" / "official_v2dmamba_parity.pt"
 REL_TOL = 1e-4
 OFFICIAL_PARAMS = {"v2dmamba_tiny": 30_249_064, "v2dmamba_small": 50_147_752}  # docs/specs/v2dmamba.md
 OFFICIAL_DROP_PATH = {"v2dmamba_tiny": 0.2, "v2dmamba_small": 0.3}
+FIXTURE_MODEL = dict(dims=(8, 16, 32, 64))  # test_v2dmamba with these arguments: the fixture's model
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -42,8 +43,10 @@ def save(obj, path: Path) -> str:
     return str(path)
 
 
-def create(path: str, name: str = "test_v2dmamba", **kwargs):
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs).eval()
+def create(path: str):
+    """The fixture's model through timm's pretrained-file path."""
+    return timm.create_model("test_v2dmamba", pretrained=True, pretrained_cfg_overlay=dict(file=path),
+                             **FIXTURE_MODEL).eval()
 
 
 def assert_matches_fixture(model, fixture):
@@ -63,7 +66,7 @@ def assert_matches_fixture(model, fixture):
 
 
 def test_fixture_model_is_test_v2dmamba(fixture):
-    model = timm.create_model("test_v2dmamba")
+    model = timm.create_model("test_v2dmamba", **FIXTURE_MODEL)
     assert sum(p.numel() for p in model.parameters()) == fixture["test_param_count"]
     assert fixture["official_config"]["use_v2d"] and fixture["official_config"]["forward_type"] == "v05_noz"
 
@@ -102,13 +105,15 @@ def test_parameter_counts_and_drop_path_equal_official(name):
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(OFFICIAL_DROP_PATH[name])
 
 
-def training_checkpoint(official: dict) -> dict:
+def training_checkpoint(official: dict, use_v2d: bool = True) -> dict:
     """The official main.py's save: live and EMA weights (the live ones zeroed here, so a wrong pick shows),
-    optimizer, scheduler, scaler and epoch; the pickled yacs config is covered by test_vmamba."""
+    optimizer, scheduler, scaler, epoch and the training config (a yacs CfgNode there, which loads as nested
+    mappings: test_vmamba covers the unpickling; VMamba's own configs have no USE_V2D)."""
+    vssm = {"EMBED_DIM": 8, "USE_V2D": True} if use_v2d else {"EMBED_DIM": 8}
     return {"model": {k: torch.zeros_like(v) for k, v in official.items()}, "model_ema": dict(official),
             "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999)}]},
             "lr_scheduler": {"t_initial": 300}, "max_accuracy": 0.0, "scaler": {"scale": 65536.0}, "epoch": 299,
-            "max_accuracy_ema": 0.0}
+            "config": {"MODEL": {"TYPE": "vssm", "VSSM": vssm}}, "max_accuracy_ema": 0.0}
 
 
 def test_training_checkpoint_loads_its_ema_weights(fixture, official, tmp_path):
@@ -117,8 +122,19 @@ def test_training_checkpoint_loads_its_ema_weights(fixture, official, tmp_path):
         torch.load(path, weights_only=True)  # weights-only loadable
     assert_matches_fixture(create(path), dict(fixture, cases=fixture["cases"][1:]))
     live = v2dmamba.checkpoint_filter_fn({"model": training_checkpoint(official)["model"]},
-                                         timm.create_model("test_v2dmamba"))
+                                         timm.create_model("test_v2dmamba", **FIXTURE_MODEL))
     assert not any(v.any() for k, v in live.items() if k.startswith("stages.0.blocks.0.mixer"))
+
+
+def test_training_config_tells_2dvmamba_from_vmamba(official):
+    """Weights alone fit VMamba as well (same keys and shapes); the saved training config decides."""
+    with pytest.raises(ValueError, match=r"is a VMamba \(no MODEL.VSSM.USE_V2D\) one.*create a vmamba_\* model"):
+        v2dmamba.checkpoint_filter_fn(training_checkpoint(official, use_v2d=False),
+                                      timm.create_model("test_v2dmamba", **FIXTURE_MODEL))
+    vmamba_model = timm.create_model("test_vmamba", dims=(8, 16, 32, 64), ssm_ratio=1.0)
+    with pytest.raises(ValueError, match=r"is a 2DVMamba \(MODEL.VSSM.USE_V2D set\) one.*create a v2dmamba_\* model"):
+        vmamba.checkpoint_filter_fn(training_checkpoint(official), vmamba_model)
+    vmamba.checkpoint_filter_fn(training_checkpoint(official, use_v2d=False), vmamba_model)
 
 
 def test_checkpoint_of_another_size_is_rejected_with_key_report():
@@ -146,21 +162,24 @@ def test_bad_arguments():
         timm.create_model("test_v2dmamba")(torch.randn(1, 1, 32, 32))
 
 
-def test_mm_backbone_from_a_training_checkpoint(fixture, official, tmp_path):
+def test_mm_backbone_from_a_training_checkpoint(tmp_path):
     """V2DMambaBackbone (the official MM_VSSM: every returned stage through a LayerNorm, which a classifier checkpoint
-    starts at weight 1, bias 0) loads an official training checkpoint through init_cfg."""
+    starts at weight 1, bias 0) loads the EMA weights of an official training checkpoint through init_cfg."""
     pytest.importorskip("mmseg", reason="mmseg is not installed: run python tools/install_openmmlab.py")
     from mmengine.registry import MODELS
 
     import vision2d.mm  # noqa: F401  (registers V2DMambaBackbone)
 
-    path = save(training_checkpoint(official), tmp_path / "ckpt_epoch_299.pth")
+    torch.manual_seed(0)
+    classifier = timm.create_model("test_v2dmamba").eval()
+    path = save(training_checkpoint(classifier.state_dict()), tmp_path / "ckpt_epoch_299.pth")
     backbone = MODELS.build(dict(type="V2DMambaBackbone", arch="test",
                                  init_cfg=dict(type="Pretrained", checkpoint=path)))
     backbone.init_weights()
-    case = fixture["cases"][1]
+    x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
-        features = backbone.eval()(case["input"].float())
-    for i, (ours, theirs) in enumerate(zip(features, case["stages"])):
-        expected = F.layer_norm(theirs.permute(0, 2, 3, 1), theirs.shape[1:2], eps=1e-5).permute(0, 3, 1, 2)
+        features = backbone.eval()(x)
+        stages = classifier.forward_intermediates(x, intermediates_only=True)
+    for i, (ours, stage) in enumerate(zip(features, stages)):
+        expected = F.layer_norm(stage.permute(0, 2, 3, 1), stage.shape[1:2], eps=1e-5).permute(0, 3, 1, 2)
         assert rel_err(ours, expected) < REL_TOL, f"feature {i}"

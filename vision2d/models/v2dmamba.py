@@ -31,9 +31,9 @@ def checkpoint_filter_fn(state_dict: Dict, model: V2DMamba) -> Dict:
     """Convert an official 2DVMamba checkpoint (or one of ours) to this model's keys.
 
     The official training script saves {"model", "model_ema" (EMA on by default), "optimizer", "lr_scheduler",
-    "scaler", "config" (a pickled yacs CfgNode, read as plain data), ...} with the official VSSM keys, the layout of
-    VMamba's files, so `vmamba.checkpoint_filter_fn` converts it: it takes `model_ema` when present (timm's rule;
-    the official evaluation reports both), else `model`. To load the live weights, as the official segmentation
+    "scaler", "config" (a pickled yacs CfgNode, read as plain data; its MODEL.VSSM.USE_V2D must be set), ...} with
+    the official VSSM keys, the layout of VMamba's files, so `vmamba.checkpoint_filter_fn` converts it: it takes
+    `model_ema` when present (timm's rule; the official evaluation reports both), else `model`. To load the live weights, as the official segmentation
     backbone does, pass {"model": checkpoint["model"]}. Raises ValueError naming the keys that do not fit.
     """
     return vmamba.checkpoint_filter_fn(state_dict, model)
@@ -75,7 +75,7 @@ def v2dmamba_small(pretrained: bool = False, **kwargs) -> V2DMamba:
 
 @register_model
 def test_v2dmamba(pretrained: bool = False, **kwargs) -> V2DMamba:
-    """A tiny 2DVMamba for tests (the parity fixture's official model): dims 8-64, depths (1, 1, 2, 1); 0.16M params
-    with a 1000-class head."""
-    args = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), ssm_ratio=1.0)
+    """A tiny 2DVMamba for tests: every stage kind, ssm_ratio 1 as the tiny model; 0.28M params with a 1000-class
+    head. The parity fixture's official model is test_v2dmamba(dims=(8, 16, 32, 64))."""
+    args = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 64), ssm_ratio=1.0)
     return _create_v2dmamba("test_v2dmamba", pretrained, **dict(args, **kwargs))

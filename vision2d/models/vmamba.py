@@ -384,6 +384,25 @@ class PickledConfig:
         return OrderedDict()
 
 
+def _check_training_config_scan(checkpoint: Dict, model: nn.Module):
+    """Raise ValueError when the training config saved beside the weights (official files: a yacs CfgNode read as a
+    mapping) was for the other scan: 2DMamba's fork of VMamba sets MODEL.VSSM.USE_V2D (2DVMamba), VMamba's files lack
+    it. The weights alone cannot tell the two apart (same keys and shapes); without a readable config nothing is
+    checked."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        return
+    model_config = config.get("MODEL")
+    vssm = model_config.get("VSSM") if isinstance(model_config, dict) else None
+    uses_2d_scan = bool(vssm.get("USE_V2D", False)) if isinstance(vssm, dict) else False
+    model_scan = next((m.scan for m in model.modules() if isinstance(m, SS2D)), "cross")
+    if uses_2d_scan != (model_scan == "2pass"):
+        trained = "2DVMamba (MODEL.VSSM.USE_V2D set)" if uses_2d_scan else "VMamba (no MODEL.VSSM.USE_V2D)"
+        wanted = "a v2dmamba_* model" if uses_2d_scan else "a vmamba_* model"
+        raise ValueError(f"checkpoint's training config is a {trained} one, but this {type(model).__name__} scans with "
+                         f"{model_scan!r}: create {wanted}")
+
+
 def _unwrap_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     for key in _CHECKPOINT_WRAPPERS:
         if isinstance(checkpoint.get(key), dict):
@@ -417,12 +436,14 @@ def checkpoint_filter_fn(state_dict: Dict, model: VMamba) -> Dict[str, torch.Ten
     Accepted: the official classifier (raw, or under `model_ema` / `state_dict_ema` / `state_dict` / `model`, keys
     with or without `module.` / `_orig_mod.`), the official detection / segmentation checkpoints (the `backbone.*`
     part of their `state_dict`; neck and heads are dropped), and ours. A classifier checkpoint loaded into a model with
-    `feature_norms` gets those norms at their init (weight 1, bias 0), as the official mm backbone starts them.
+    `feature_norms` gets those norms at their init (weight 1, bias 0), as the official mm backbone starts them. A
+    training config saved beside the weights must be for this model's scan (VMamba, or 2DVMamba for `ssm_scan="2pass"`).
 
     Raises ValueError listing the missing, unexpected and mis-shaped keys when the checkpoint does not fit `model`
     (another variant, the v0/v1 architecture, a truncated file). A classifier of another size is kept for timm to drop
     when `num_classes` differs from the pretrained cfg.
     """
+    _check_training_config_scan(state_dict, model)
     state_dict = _unwrap_state_dict(state_dict)
     tensors = {_strip_prefixes(k): v for k, v in state_dict.items()
                if isinstance(v, torch.Tensor) and not _NOT_BACKBONE.match(k)}
