@@ -31,7 +31,7 @@ import torch
 
 from . import scan2d_triton
 from .scan2d_ref import state_dtype
-from .selective_scan_ref import check_orders
+from .selective_scan_ref import ORDER_ERROR, check_orders, identity_orders
 
 triton = scan2d_triton.triton
 TILE = 2048  # max elements of a [BLOCK_L, BLOCK_E, BLOCK_N] tile
@@ -58,6 +58,7 @@ if triton is not None:
         t = t0 + rows
         inside = t < L
         p = tl.load(order_ptr + k * L + t, mask=inside, other=0)
+        p = tl.minimum(tl.maximum(p, 0), L - 1)  # in bounds even for an invalid order (reported asynchronously)
         position = batch * L + p
         mask_e = inside[:, None] & (channels < E)[None, :]
         mask_n = inside[:, None] & (states < N)[None, :]
@@ -227,9 +228,20 @@ def _launch_options(u, L, E, N):
                 num_warps=scan2d_triton._num_warps(block_l * block_e * block_n))
 
 
+def _check_orders(order):
+    """ValueError unless the rows of `order` are permutations; on CUDA a device-side assertion instead, which does
+    not wait for the GPU (the error surfaces at a later synchronisation; the kernels clamp positions meanwhile)."""
+    if order.is_cuda:
+        K, L = order.shape
+        in_order = order.sort(dim=1).values == identity_orders(K, L, order.device)
+        torch._assert_async(in_order.all(), ORDER_ERROR)
+    else:
+        check_orders(order)
+
+
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
     """y in u's dtype, (batch, L, E) if `merge` else (batch, L, K, E)."""
-    check_orders(order)  # the kernels gather and scatter at these positions
+    _check_orders(order)
     (batch, L, E), (K, _, N) = u.shape, A.shape
     y = u.new_zeros((batch, L, E) if merge else (batch, L, K, E), dtype=state_dtype(u.dtype))
     if y.numel() > 0 and K > 0:
