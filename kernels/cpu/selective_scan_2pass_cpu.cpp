@@ -33,6 +33,9 @@ namespace {
 
 constexpr int64_t kDirections = 4;
 constexpr int64_t kPairDirections = 2;  // the directions swept together: {0, 1} from the top-left, {2, 3} reversed
+// pixels ahead whose lines are prefetched: a channel block reads one line of each pixel, a stride the hardware
+// prefetchers follow too slowly
+constexpr int64_t kPrefetchDistance = 8;
 
 template <typename Real>
 struct ScanArgs {
@@ -89,66 +92,99 @@ struct ChannelBlock {
   }
 };
 
-// What a row's sweep records for the adjoint, per pixel j and direction d of the pair: step size dt, dt u and
-// d dt / d delta (2 W vectors each), gates a and the carries Y after the pixel (2 W N vectors each)
+// A row's step sizes and gates, per pixel j and direction d of the pair: dt, dt u and d dt / d delta (2 W vectors
+// each), gates a (2 W N); and, for the adjoint, the carries Y after each pixel (2 W N)
 template <typename Real>
 struct RowRecord {
   Vec<Real>*dt, *dtu, *slope, *gate, *carry;
+
+  static int64_t vectors(int64_t W, int64_t N) { return kPairDirections * W * (3 + 2 * N); }
+  RowRecord() = default;
+  RowRecord(Vec<Real>* base, int64_t W, int64_t N) {
+    dt = base;
+    dtu = dt + kPairDirections * W;
+    slope = dtu + kPairDirections * W;
+    gate = slope + kPairDirections * W;
+    carry = gate + kPairDirections * W * N;
+  }
 };
 
-// Sweeps row i (raster steps i W .. i W + W - 1) of both directions of `pair`: updates the state rows X (2 W N
-// vectors, direction-major), adds the outputs into y when given (merged, or per direction with its skip term) and
-// fills `record` when given
+// Step sizes and gates of row i (raster steps i W .. i W + W - 1) of both directions of `pair` into r (slopes only
+// when `with_slope`): independent per pixel, so computed ahead of the recurrence, whose chain they would lengthen
 template <typename Real>
-void sweep_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t pair, int64_t i, Vec<Real>* X,
-               Vec<Real>* Y, Real* y, const RowRecord<Real>* record) {
+void row_gates(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t pair, int64_t i,
+               const RowRecord<Real>& r, bool with_slope) {
+  const int64_t N = a.state, W = a.width;
+  for (int64_t j = 0; j < W; ++j) {
+    const int64_t p = a.position(pair, i * W + j);
+    if (i * W + j + kPrefetchDistance < a.length()) {  // this pixel's lines in row_scan; the next pixels' here
+      const int64_t ahead = a.position(pair, i * W + j + kPrefetchDistance);
+      __builtin_prefetch(a.u + blk.sequence_offset(a, ahead));
+      for (int64_t d = 0; d < kPairDirections; ++d) {
+        __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, 2 * pair + d));
+      }
+      __builtin_prefetch(a.B + blk.state_offset(a, ahead, 2 * pair));
+      __builtin_prefetch(a.C + blk.state_offset(a, ahead, 2 * pair));
+    }
+    const Vec<Real> u = load(a.u + blk.sequence_offset(a, p), blk.count);
+    for (int64_t d = 0; d < kPairDirections; ++d) {
+      const int64_t k = 2 * pair + d, rj = d * W + j;
+      Vec<Real> dt = load(a.delta + blk.direction_offset(a, p, k), blk.count) + blk.bias[k];
+      if (with_slope) r.slope[rj] = splat<Real>(1);
+      if (a.delta_softplus) dt = softplus<Real>(dt, with_slope ? r.slope + rj : nullptr);
+      r.dt[rj] = dt;
+      r.dtu[rj] = dt * u;
+      const Vec<Real>* A2 = blk.A2 + k * N;
+      for (int64_t n = 0; n < N; ++n) r.gate[rj * N + n] = vexp2(dt * A2[n]);
+    }
+  }
+}
+
+// The recurrence over row i of both directions of `pair`, from the gates in r: updates the state rows X (2 W N
+// vectors, direction-major), adds the outputs into y when given (merged, or per direction with its skip term) and
+// records the carries after every pixel when `keep_carries`
+template <typename Real>
+void row_scan(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t pair, int64_t i,
+              const RowRecord<Real>& r, Vec<Real>* X, Vec<Real>* Y, Real* y, bool keep_carries) {
   const int64_t N = a.state, W = a.width;
   std::fill(Y, Y + kPairDirections * N, Vec<Real>{});
   for (int64_t j = 0; j < W; ++j) {
     const int64_t p = a.position(pair, i * W + j);
-    const Vec<Real> u = load(a.u + blk.sequence_offset(a, p), blk.count);
     Vec<Real> merged{};
     for (int64_t d = 0; d < kPairDirections; ++d) {
-      const int64_t k = 2 * pair + d;
-      Vec<Real> slope = splat<Real>(1);
-      Vec<Real> dt = load(a.delta + blk.direction_offset(a, p, k), blk.count) + blk.bias[k];
-      if (a.delta_softplus) dt = softplus<Real>(dt, &slope);
-      const Vec<Real> dtu = dt * u;
+      const int64_t k = 2 * pair + d, rj = d * W + j;
+      const Vec<Real> dtu = r.dtu[rj];
+      const Vec<Real>* gate = r.gate + rj * N;
       const Real* b = a.B + blk.state_offset(a, p, k);
       const Real* c = a.C + blk.state_offset(a, p, k);
-      const Vec<Real>* A2 = blk.A2 + k * N;
-      Vec<Real>* x = X + (d * W + j) * N;
+      Vec<Real>* x = X + rj * N;
       Vec<Real>* carry = Y + d * N;
       Vec<Real> acc{};
       for (int64_t n = 0; n < N; ++n) {
-        const Vec<Real> gate = vexp2(dt * A2[n]);
         if (k % 2 == 0) {  // rows then columns
-          carry[n] = gate * carry[n] + dtu * b[n];
-          x[n] = gate * x[n] + carry[n];
+          carry[n] = gate[n] * carry[n] + dtu * b[n];
+          x[n] = gate[n] * x[n] + carry[n];
           acc += c[n] * x[n];
         } else {  // columns then rows
-          x[n] = gate * x[n] + dtu * b[n];
-          carry[n] = gate * carry[n] + x[n];
+          x[n] = gate[n] * x[n] + dtu * b[n];
+          carry[n] = gate[n] * carry[n] + x[n];
           acc += c[n] * carry[n];
         }
-        if (record) record->gate[(d * W + j) * N + n] = gate;
       }
-      if (record) {
-        record->dt[d * W + j] = dt;
-        record->dtu[d * W + j] = dtu;
-        record->slope[d * W + j] = slope;
-        std::copy(carry, carry + N, record->carry + (d * W + j) * N);
-      }
+      if (keep_carries) std::copy(carry, carry + N, r.carry + rj * N);
       if (!y) continue;
       if (a.merge) {
         merged += acc;
       } else {
+        const Vec<Real> u = load(a.u + blk.sequence_offset(a, p), blk.count);
         store(y + blk.direction_offset(a, p, k), acc + blk.D[k] * u, blk.count);
       }
     }
-    if (y && a.merge) {
+    if (y && a.merge) {  // the first sweep writes the skip term sum_k D_k u, the second adds to it
       Real* yp = y + blk.sequence_offset(a, p);
-      store(yp, load(yp, blk.count) + merged, blk.count);
+      const Vec<Real> before = pair == 0 ? blk.D_sum * load(a.u + blk.sequence_offset(a, p), blk.count)
+                                         : load(yp, blk.count);
+      store(yp, before + merged, blk.count);
     }
   }
 }
@@ -157,7 +193,8 @@ template <typename Real>
 int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
   const int64_t N = a.state, W = a.width, tasks = a.batch * a.blocks();
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
-  const int64_t per_thread = kDirections * (N + 2) + kPairDirections * (W + 1) * N;  // block, state row, carries
+  // block, state rows, carries, row record
+  const int64_t per_thread = kDirections * (N + 2) + kPairDirections * (W + 1) * N + RowRecord<Real>::vectors(W, N);
   std::vector<Vec<Real>> scratch;
   try {
     scratch.resize(per_thread * threads);
@@ -170,19 +207,16 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
     Vec<Real>* block_buffer = scratch.data() + omp_get_thread_num() * per_thread;
     Vec<Real>* X = block_buffer + kDirections * (N + 2);
     Vec<Real>* Y = X + kPairDirections * W * N;
-    const RowRecord<Real>* no_record = nullptr;
+    const RowRecord<Real> record(Y + kPairDirections * N, W, N);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const ChannelBlock<Real> blk(a, task / a.blocks(), task % a.blocks(), block_buffer);
-      if (a.merge) {  // y starts as the skip term, sum_k D_k u
-        for (int64_t p = 0; p < a.length(); ++p) {
-          const int64_t offset = blk.sequence_offset(a, p);
-          store(y + offset, blk.D_sum * load(a.u + offset, blk.count), blk.count);
-        }
-      }
       for (int64_t pair = 0; pair < 2; ++pair) {
         std::fill(X, X + kPairDirections * W * N, Vec<Real>{});
-        for (int64_t i = 0; i < a.height; ++i) sweep_row(a, blk, pair, i, X, Y, y, no_record);
+        for (int64_t i = 0; i < a.height; ++i) {
+          row_gates(a, blk, pair, i, record, false);
+          row_scan(a, blk, pair, i, record, X, Y, y, false);
+        }
       }
     }
   }
@@ -197,7 +231,7 @@ struct Grads {
 // A thread's backward scratch: 4 (N + 2) vectors of block parameters; 4 N of dA sums, 4 of dD and 4 of delta_bias
 // sums; the adjoint rows P (2 W N) and carries Q (2 N); checkpointed state rows (segments - 1) 2 W N; the segment's
 // state rows (segment + 1) 2 W N (the first is the row before it); a state row and carries for the recomputed row
-// (2 W N + 2 N); its record (6 W + 4 W N); N lane-sum rows
+// (2 W N + 2 N); its record; N lane-sum rows
 template <typename Real>
 struct BackwardScratch {
   Vec<Real>*block, *dA, *dD, *dbias, *P, *Q, *checkpoints, *rows, *X, *Y, *lane_rows;
@@ -206,7 +240,7 @@ struct BackwardScratch {
   static int64_t vectors(int64_t W, int64_t N, int64_t segment, int64_t segments) {
     const int64_t row = kPairDirections * W * N;
     return 2 * kDirections * (N + 2) + row + 2 * N + (segments - 1) * row + (segment + 1) * row + row + 2 * N +
-           6 * W + 4 * W * N + N;
+           RowRecord<Real>::vectors(W, N) + N;
   }
   BackwardScratch(Vec<Real>* base, int64_t W, int64_t N, int64_t segment, int64_t segments) {
     const int64_t row = kPairDirections * W * N;
@@ -220,12 +254,8 @@ struct BackwardScratch {
     rows = checkpoints + (segments - 1) * row;
     X = rows + (segment + 1) * row;
     Y = X + row;
-    record.dt = Y + 2 * N;
-    record.dtu = record.dt + 2 * W;
-    record.slope = record.dtu + 2 * W;
-    record.gate = record.slope + 2 * W;
-    record.carry = record.gate + 2 * W * N;
-    lane_rows = record.carry + 2 * W * N;
+    record = RowRecord<Real>(Y + 2 * N, W, N);
+    lane_rows = record.dt + RowRecord<Real>::vectors(W, N);
   }
 };
 
@@ -241,6 +271,16 @@ void adjoint_row(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t
   std::fill(s.Q, s.Q + kPairDirections * N, Vec<Real>{});
   for (int64_t j = W - 1; j >= 0; --j) {
     const int64_t p = a.position(pair, i * W + j);
+    if (i * W + j >= kPrefetchDistance) {  // the gradients' lines of the pixels ahead (in reverse raster order)
+      const int64_t ahead = a.position(pair, i * W + j - kPrefetchDistance);
+      const int64_t ahead_sequence = blk.sequence_offset(a, ahead);
+      __builtin_prefetch(g.du + ahead_sequence, 1);
+      for (int64_t d = 0; d < kPairDirections; ++d) {
+        const int64_t ahead_direction = blk.direction_offset(a, ahead, 2 * pair + d);
+        __builtin_prefetch(dy + (a.merge ? ahead_sequence : ahead_direction));
+        __builtin_prefetch(g.ddelta + ahead_direction, 1);
+      }
+    }
     const int64_t sequence_offset = blk.sequence_offset(a, p);
     const Vec<Real> u = load(a.u + sequence_offset, blk.count);
     Vec<Real> du{};
@@ -299,7 +339,6 @@ void backward_block(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, cons
                     int64_t segments, BackwardScratch<Real>& s, const Grads<Real>& g, Real* dB, Real* dC) {
   const int64_t N = a.state, H = a.height, W = a.width, E = a.channels, b = blk.batch_index, K = kDirections;
   const int64_t row = kPairDirections * W * N;
-  const RowRecord<Real>* no_record = nullptr;
   Real* no_output = nullptr;
   std::fill(s.dA, s.dA + K * N + 2 * K, Vec<Real>{});  // dA, dD, dbias
   for (int64_t p = 0; p < a.length(); ++p) {  // du starts as the skip term's gradient, sum_k D_k dy_k
@@ -319,7 +358,8 @@ void backward_block(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, cons
       std::fill(s.X, s.X + row, Vec<Real>{});
       for (int64_t i = 0; i + 1 < segments; ++i) {
         for (int64_t r = i * segment; r < (i + 1) * segment; ++r) {
-          sweep_row(a, blk, pair, r, s.X, s.Y, no_output, no_record);
+          row_gates(a, blk, pair, r, s.record, false);
+          row_scan(a, blk, pair, r, s.record, s.X, s.Y, no_output, false);
         }
         std::copy(s.X, s.X + row, s.checkpoints + i * row);
       }
@@ -334,12 +374,14 @@ void backward_block(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, cons
       for (int64_t r = r0; r < r1; ++r) {  // rows[r - r0 + 1]: the state rows after row r
         Vec<Real>* after = s.rows + (r - r0 + 1) * row;
         std::copy(after - row, after, after);
-        sweep_row(a, blk, pair, r, after, s.Y, no_output, no_record);
+        row_gates(a, blk, pair, r, s.record, false);
+        row_scan(a, blk, pair, r, s.record, after, s.Y, no_output, false);
       }
       for (int64_t r = r1 - 1; r >= r0; --r) {  // each row swept once more, recording its carries, then its adjoint
         const Vec<Real>* before = s.rows + (r - r0) * row;
         std::copy(before, before + row, s.X);
-        sweep_row(a, blk, pair, r, s.X, s.Y, no_output, &s.record);
+        row_gates(a, blk, pair, r, s.record, true);
+        row_scan(a, blk, pair, r, s.record, s.X, s.Y, no_output, true);
         adjoint_row(a, blk, pair, r, dy, before, before + row, s, g, dB, dC);
       }
     }
