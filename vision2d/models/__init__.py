@@ -1,6 +1,7 @@
 """Model families; importing registers each family's models with timm."""
 from .mamba2d import Mamba2D
+from .spatial_mamba import SpatialMamba
 from .v2dmamba import V2DMamba
 from .vmamba import VMamba
 
-__all__ = ["Mamba2D", "V2DMamba", "VMamba"]
+__all__ = ["Mamba2D", "SpatialMamba", "V2DMamba", "VMamba"]

@@ -7,7 +7,7 @@ Backends (`backends.OpBackends`; modules with `forward(x, weight) -> out` and `b
 C++/OpenMP, skips the taps that are zero in every channel), "triton" (`state_fusion_triton`). No padded copy of the
 input is made.
 """
-from typing import Optional, Sequence
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,7 @@ def _backward(ctx, dout):
 _state_fusion_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def state_fusion(x: Tensor, weight: Tensor, backend: Optional[str] = None) -> Tensor:
     """out[b, i, j, c] = sum_{a, d} weight[c, a, d] x[b, clamp(i + a - k // 2), clamp(j + d - k // 2), c].
 
@@ -79,7 +80,8 @@ def state_fusion(x: Tensor, weight: Tensor, backend: Optional[str] = None) -> Te
     return _state_fusion_op(x.contiguous(), weight.contiguous(), backend)
 
 
-def merge_dilated_kernels(kernels: Sequence[Tensor], dilations: Sequence[int]) -> Tensor:
+@torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
+def merge_dilated_kernels(kernels: List[Tensor], dilations: List[int]) -> Tensor:
     """One (C, k, k) kernel equal to the sum of depthwise 3x3 kernels ((C, 1, 3, 3) or (C, 3, 3)) at the given
     dilations, k = 2 max(dilations) + 1: kernel i's tap (a, d) lands at (m + (a - 1) dil_i, m + (d - 1) dil_i), m = k // 2
     (the centre taps add up). Differentiable in the kernels; built from them on every call."""

@@ -89,6 +89,7 @@ def _check_inputs(u, delta, A, B, delta_bias):
                             f"inputs must share one dtype")
 
 
+@torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def state_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor] = None,
                delta_softplus: bool = False, backend: Optional[str] = None) -> Tensor:
     """Every hidden state of the selective scan over channels-last sequences; see `state_scan_ref` for the math.
