@@ -186,7 +186,8 @@ def read_data_config(metadata: dict[str, str], path: str | os.PathLike) -> dict:
             values = config[field]
             if not (isinstance(values, list) and len(values) == channels and all(is_number(v) for v in values)
                     and all(v > lowest for v in values)):
-                fail(field, f"{channels} finite numbers (one per input channel)" + (", each > 0" if lowest == 0 else ""))
+                positive = ", each > 0" if lowest == 0 else ""
+                fail(field, f"{channels} finite numbers (one per input channel){positive}")
     if "crop_pct" in config and not (is_number(config["crop_pct"]) and 0 < config["crop_pct"] <= 1):
         fail("crop_pct", "a number in (0, 1]")
     return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
@@ -241,7 +242,7 @@ def is_weights_only_refusal(error: Exception) -> bool:
 
 
 def untrusted_pickle_message(path: str | os.PathLike, error: Exception) -> str:
-    """What to say when ``torch.load(weights_only=True)`` refuses ``path``: which object, and how to go on if trusted."""
+    """The error for a file ``torch.load(weights_only=True)`` refuses: which object, and how to go on if trusted."""
     refused = next((line.strip() for line in str(error).splitlines()
                     if "Unsupported global" in line or "Can only build" in line), "")
     return (f"{path} holds Python objects that weights-only loading refuses ({refused or 'see torch.load'}); "

@@ -55,8 +55,8 @@ def build_runner(cfg: Config) -> Runner:
 
 def mmengine_checkpoint_globals() -> list:
     """The non-tensor globals of a checkpoint written by mmengine's Runner: numpy arrays and scalars of numeric
-    dtypes (message hub statistics), mmengine's HistoryBuffer, and the lookup of a HistoryBuffer's statistics methods by name, which
-    pickle records as ``getattr`` and which is allowed for exactly those methods."""
+    dtypes (message hub statistics), mmengine's HistoryBuffer, and the lookup of a HistoryBuffer's statistics
+    methods by name, which pickle records as ``getattr`` and which is allowed for exactly those methods."""
     array_reconstruct = np.zeros(0).__reduce__()[0]
     scalar_reconstruct = np.float64(0).__reduce__()[0]
     numeric_dtypes = {type(np.dtype(code)) for code in "?bhilqBHILQefd"}  # classes of numpy's bool/int/float dtypes
