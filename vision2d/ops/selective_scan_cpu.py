@@ -76,7 +76,7 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge)
     (batch, L, E), (K, _, N) = u.shape, A.shape
     order = _checked_order(order)
     threads = torch.get_num_threads()
-    blocks = -(-E // (VECTOR_BYTES // torch.finfo(sd).bits * 8))
+    blocks = -(-E // (VECTOR_BYTES * 8 // torch.finfo(sd).bits))  # channel blocks of one vector each
     # channel blocks are split into groups so that every thread has tasks; each group sums its own dB / dC slice
     groups = max(1, min(blocks, -(-2 * threads // max(batch, 1))))
     run = u.numel() > 0
