@@ -26,16 +26,23 @@ from vision2d.mm.runner import build_runner, mmengine_checkpoint_globals  # noqa
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("mm*/*.py"))
 BACKBONES = {"mamba2d": "Mamba2DBackbone", "vmamba": "VMambaBackbone",  # family of vision2d.mm.FAMILIES -> mm type
-             "v2dmamba": "V2DMambaBackbone"}
+             "v2dmamba": "V2DMambaBackbone", "spatial_mamba": "SpatialMambaBackbone"}
 SEGMENTATION_ONLY = {"v2dmamba"}  # families whose authors publish no detection config
 TEST_ARCH, TEST_MODEL = "test", "test_mamba2d"
 TEST_CHANNELS = [16, 32, 64, 64]  # every family's test model's feature_info; test_backbone_matches_timm_feature_info
+FAMILY_TEST_CHANNELS = {"spatial_mamba": [8, 16, 32, 64]}  # widths that must double (the official fixture's model)
 NO_DECAY = {  # each family's mm recipe: backbone parameters without weight decay
     "mamba2d": lambda name, parameter: parameter.ndim == 1 or name.endswith(("A_t_log", "A_l_log")),
     # Swin's rule (names with 'norm') on the official names, where the stem / downsample norms are numbered
     "vmamba": lambda name, parameter: "norm" in name and not any(k in name for k in ("stem.norm", "downsample.norm")),
 }
 NO_DECAY["v2dmamba"] = NO_DECAY["vmamba"]  # VMamba's config is the base of 2DVMamba's
+# Swin's rule on the official names, where the blocks' LayerNorms are ln_1 / ln_2
+NO_DECAY["spatial_mamba"] = lambda name, parameter: "norm" in name and not any(k in name for k in ("norm1", "norm2"))
+
+
+def channels_of(family):
+    return FAMILY_TEST_CHANNELS.get(family, TEST_CHANNELS)
 
 
 def det_config_path(family):
@@ -95,7 +102,7 @@ def detection_config(checkpoint, data_root=None, work_dir=None, family="mamba2d"
     cfg.merge_from_dict({
         "model.backbone.arch": TEST_ARCH,
         "model.backbone.init_cfg.checkpoint": str(checkpoint),
-        "model.neck.in_channels": TEST_CHANNELS,
+        "model.neck.in_channels": channels_of(family),
         "model.roi_head.bbox_head.num_classes": len(CLASSES),
         "model.roi_head.mask_head.num_classes": len(CLASSES),
         "model.test_cfg.rcnn.score_thr": 0.0,  # an untrained head scores below mmdet's 0.05: keep its detections
@@ -139,9 +146,9 @@ def segmentation_config(checkpoint, data_root=None, work_dir=None, family="mamba
         "model.backbone.arch": TEST_ARCH,
         "model.backbone.init_cfg.checkpoint": str(checkpoint),
         "model.data_preprocessor.size": (64, 64),
-        "model.decode_head.in_channels": TEST_CHANNELS,
+        "model.decode_head.in_channels": channels_of(family),
         "model.decode_head.num_classes": num_classes,
-        "model.auxiliary_head.in_channels": TEST_CHANNELS[2],
+        "model.auxiliary_head.in_channels": channels_of(family)[2],
         "model.auxiliary_head.num_classes": num_classes,
     })
     if data_root is not None:
@@ -224,7 +231,7 @@ def test_configs_match_backbone_feature_info():
 @pytest.mark.parametrize("family", sorted(BACKBONES))
 def test_backbone_matches_timm_feature_info(family):
     info = timm_feature_info(FAMILIES[family].models[TEST_ARCH])
-    assert [stage["num_chs"] for stage in info] == TEST_CHANNELS
+    assert [stage["num_chs"] for stage in info] == channels_of(family)
     backbone = MODELS.build(dict(type=BACKBONES[family], arch=TEST_ARCH, out_indices=(1, 3)))
     features = backbone(torch.randn(2, 3, 64, 96))
     assert isinstance(features, tuple) and len(features) == 2

@@ -263,3 +263,33 @@ def test_bad_input_and_config_errors():
         spatial_mamba.SpatialMamba(depths=(1, 1), dims=(8, 24))
     with pytest.raises(ValueError, match="d_state=1"):
         spatial_mamba.SpatialMamba(depths=(1,), dims=(8,), d_state=4)
+
+
+def test_converter_takes_model_from_a_released_file(fixture, official_sd, tmp_path, monkeypatch, capsys):
+    """tools/convert_checkpoint.py finds the model of a released file (model + zeroed model_ema + yacs config) and
+    writes the `model` weights: the converted file reproduces the official logits."""
+    from test_vmamba import _convert_checkpoint_tool
+    path = save(released_layout(official_sd, monkeypatch), tmp_path / "spatialmamba_tiny.pth")
+    monkeypatch.delitem(sys.modules, "yacs.config")
+    monkeypatch.delitem(sys.modules, "yacs")
+    out = tmp_path / "test_spatial_mamba.safetensors"
+    assert _convert_checkpoint_tool().main([path, str(out)]) == 0, capsys.readouterr().err
+    assert "test_spatial_mamba, 1000 classes" in capsys.readouterr().out
+    case = fixture["cases"][1]
+    with torch.no_grad():
+        assert rel_err(create(str(out))(case["input"].float()), case["logits"]) < REL_TOL
+
+
+@pytest.mark.parametrize("variant, drop_path", [("tiny", 0.2), ("small", 0.3), ("base", 0.5)])
+def test_train_configs_hold_the_official_recipe(variant, drop_path, tmp_path):
+    from vision2d.train.config import parse_args
+    args = parse_args(["--config", str(Path(__file__).parents[1] / f"configs/train/spatial_mamba_{variant}.yaml"),
+                       "--data-dir", str(tmp_path)])
+    assert args.model == f"spatial_mamba_{variant}" and (args.drop_path, args.drop_rate) == (drop_path, 0.0)
+    assert (args.opt, args.lr_base, args.lr_base_size, args.batch_size * args.grad_accum_steps) == \
+           ("adamw", 5e-4, 512, 1024)
+    assert (args.weight_decay, args.clip_grad, args.epochs, args.warmup_epochs, args.sched) == \
+           (0.05, 5.0, 300, 20, "cosine")
+    assert (args.warmup_lr, args.min_lr, args.model_ema, args.model_ema_decay) == (1e-6, 1e-5, True, 0.9999)
+    assert (args.aa, args.mixup, args.cutmix, args.smoothing, args.reprob) == ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1,
+                                                                               0.25)

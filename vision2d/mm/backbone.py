@@ -14,7 +14,7 @@ from timm.models._features import FeatureGetterNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import check_weights_model, read_weights_metadata
-from ..models import mamba2d, v2dmamba, vmamba
+from ..models import mamba2d, spatial_mamba, v2dmamba, vmamba
 from ..unpickle import load_tensors
 
 
@@ -36,6 +36,10 @@ FAMILIES = {
     "v2dmamba": BackboneFamily(  # the official 2DVMamba MM_VSSM: outnorm{i} on every returned stage, as VMamba's
         models={"tiny": "v2dmamba_tiny", "small": "v2dmamba_small", "test": "test_v2dmamba"},
         checkpoint_filter_fn=v2dmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
+    "spatial_mamba": BackboneFamily(  # feature_norms: the official Backbone_SpatialMamba's outnorm{i}
+        models={"tiny": "spatial_mamba_tiny", "small": "spatial_mamba_small", "base": "spatial_mamba_base",
+                "test": "test_spatial_mamba"},
+        checkpoint_filter_fn=spatial_mamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
 }
 
 
@@ -165,6 +169,15 @@ class VMambaBackbone(TimmFeatureBackbone):
     LayerNorm on every returned stage. An ImageNet classifier checkpoint starts those norms at weight 1, bias 0 (as
     the official backbone does); an official Mask R-CNN / UperNet checkpoint loads them with the rest."""
     family = "vmamba"
+
+
+@MODELS.register_module()
+class SpatialMambaBackbone(TimmFeatureBackbone):
+    """Spatial-Mamba (arch 'tiny', 'small', 'base'; 'test' for tests) for mmdet and mmseg: the official
+    Backbone_SpatialMamba, with a LayerNorm on every returned stage (weight 1, bias 0 from a classifier checkpoint;
+    loaded from an official Mask R-CNN / UperNet checkpoint). From a released classification file holding `model` and
+    `model_ema`, `model` is loaded, as the official backbone does."""
+    family = "spatial_mamba"
 
 
 @MODELS.register_module()
