@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, register_model, register_notrace_function, register_notrace_module
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
@@ -33,6 +33,7 @@ NUM_DIRECTIONS = 4  # VMamba's cross scan
 SCANS = ("cross", "2pass")
 
 
+@register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size
 class SS2D(nn.Module):
     """The 2D selective-scan mixer (official SS2D, forward type v05_noz); (B, H, W, C) in and out.
 
@@ -162,6 +163,20 @@ class Stem(nn.Module):
         return self.norm2(x.permute(0, 2, 3, 1))
 
 
+@register_notrace_function  # torch.fx keeps it as one node: it branches on the input's shape
+def check_input(x: torch.Tensor, in_chans: int):
+    """Raise a clear error for input that is not a floating (B, in_chans, H, W) batch with H, W >= 1."""
+    if x.dim() != 4:
+        raise ValueError(f"VMamba expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"VMamba was built for {in_chans} input channels, got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)}, expected (B, {in_chans}, H, W))")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"VMamba needs H and W >= 1 pixel, got {tuple(x.shape[2:])}")
+    if not x.is_floating_point():
+        raise TypeError(f"VMamba expects a floating-point image batch, got dtype {x.dtype}")
+
+
 class VMamba(nn.Module):
     """VMamba v2 classifier. Any input of at least 1x1 pixels works (odd and non-square sizes included).
 
@@ -255,18 +270,6 @@ class VMamba(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes)
 
-    def check_input(self, x: torch.Tensor):
-        """Raise a clear error for input that is not a floating (B, in_chans, H, W) batch with H, W >= 1."""
-        if x.dim() != 4:
-            raise ValueError(f"VMamba expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"VMamba was built for {self.in_chans} input channels, got {x.shape[1]} "
-                             f"(input shape {tuple(x.shape)}, expected (B, {self.in_chans}, H, W))")
-        if min(x.shape[2:]) < 1:
-            raise ValueError(f"VMamba needs H and W >= 1 pixel, got {tuple(x.shape[2:])}")
-        if not x.is_floating_point():
-            raise TypeError(f"VMamba expects a floating-point image batch, got dtype {x.dtype}")
-
     def _feature_map(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Stage `index`'s output (B, H, W, C) as the NCHW feature map, through its feature norm if any."""
         if self.feature_norms is not None:
@@ -290,7 +293,7 @@ class VMamba(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"VMamba intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        self.check_input(x)
+        check_input(x, self.in_chans)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
@@ -324,7 +327,7 @@ class VMamba(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normed last stage map (B, num_features, ~H/32, ~W/32)."""
-        self.check_input(x)
+        check_input(x, self.in_chans)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)
