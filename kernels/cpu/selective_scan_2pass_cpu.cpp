@@ -11,7 +11,8 @@
 // row of states X[j] (the column pass's running values, one per column) and a carry Y along the current row:
 //   rows then columns (k even):   Y = a Y + b,  X[j] = a X[j] + Y,  h = X[j]
 //   columns then rows (k odd):    X[j] = a X[j] + b,  Y = a Y + X[j],  h = Y
-// A vector holds kLanes consecutive channels, so y, du and ddelta need no horizontal sums. Forward tasks are (batch
+// A row first gets its step sizes and gates (independent per pixel, so they pipeline), then runs the recurrence. A
+// vector holds kLanes consecutive channels, so y, du and ddelta need no horizontal sums. Forward tasks are (batch
 // item, channel block). The adjoint is the same two-pass scan swept from the opposite corner with the next pixel's
 // gates: with P[j] = a lam_X of the row below and Q = a lam_Y of the pixel to the right,
 //   k even: lam_X = C dy + P[j],  lam_Y = lam_X + Q,  d b = lam_Y       k odd: lam_Y = C dy + Q,  lam_X = lam_Y + P[j],
