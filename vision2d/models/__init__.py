@@ -1,8 +1,9 @@
 """Model families; importing registers each family's models with timm."""
 from .grootv import GrootV
+from .localmamba import LocalMamba
 from .mamba2d import Mamba2D
 from .spatial_mamba import SpatialMamba
 from .v2dmamba import V2DMamba
 from .vmamba import VMamba
 
-__all__ = ["GrootV", "Mamba2D", "SpatialMamba", "V2DMamba", "VMamba"]
+__all__ = ["GrootV", "LocalMamba", "Mamba2D", "SpatialMamba", "V2DMamba", "VMamba"]

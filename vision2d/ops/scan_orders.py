@@ -53,3 +53,44 @@ def scan_moves(orders: Tensor, H: int, W: int) -> Tensor:
         raise ValueError(f"scan_moves: step {t + 1} of order {k} jumps from pixel {orders[k, t].item()} to "
                          f"{orders[k, t + 1].item()}, which is not a neighbour on the {H}x{W} map")
     return moves
+
+
+def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
+    """LocalMamba's scan directions over an H x W map, (K, H * W + P): one row per name of `directions`, each "h"
+    (row-major), "v" (column-major) or "w<k>" (k x k windows), optionally suffixed "_flip" (the whole sequence
+    reversed).
+
+    A window scan zero-pads the map at the bottom and right to multiples of k, visits the windows row-major and each
+    window's pixels row-major; its padded pixels are real scan steps. They are storage positions H * W .. H * W + P - 1
+    (P: the most padding any direction needs), which the caller fills with zeros; every direction visits the padding
+    it does not scan after its own sequence, where it cannot change a real output.
+    """
+    if H < 0 or W < 0:
+        raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
+    grid = torch.arange(H * W, device=device).view(H, W)
+    sequences = []
+    for name in directions:
+        base, flip = (name[:-len("_flip")], True) if name.endswith("_flip") else (name, False)
+        if base == "h":
+            sequence = grid.reshape(-1)
+        elif base == "v":
+            sequence = grid.t().reshape(-1)
+        elif base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
+            k = int(base[1:])
+            rows, columns = -(-H // k), -(-W // k)
+            padded = torch.full((rows * k, columns * k), -1, dtype=torch.int64, device=device)
+            padded[:H, :W] = grid
+            sequence = padded.view(rows, k, columns, k).permute(0, 2, 1, 3).reshape(-1)
+        else:
+            raise ValueError(f"local_scan_orders: unknown direction {name!r}; expected h, v or w<k> (k >= 1), "
+                             f"each optionally with '_flip'")
+        sequences.append(sequence.flip(0) if flip else sequence)
+    length = max((len(s) for s in sequences), default=H * W)
+    orders = []
+    for sequence in sequences:
+        padding = sequence < 0
+        sequence = sequence.clone()
+        sequence[padding] = torch.arange(H * W, H * W + int(padding.sum()), device=device)
+        tail = torch.arange(H * W + int(padding.sum()), length, device=device)
+        orders.append(torch.cat([sequence, tail]))
+    return torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
