@@ -44,9 +44,10 @@ def _check_against_reference(shape, dtype=torch.float32, merge=True, order=None,
 
 
 @pytest.mark.parametrize("num_threads", [1, 2, 3, 5])
-@pytest.mark.parametrize("shape", [(1, 30, 4, 40, 1), (3, 12, 2, 20, 4), (2, 9, 4, 70, 16)])
+@pytest.mark.parametrize("shape", [(1, 30, 4, 40, 1), (3, 12, 2, 20, 4), (2, 9, 4, 70, 16), (1, 13, 4, 150, 2)])
 def test_channel_blocks_and_groups_across_threads(threads, num_threads, shape):
-    # E = 40, 20, 70 leave a partial block; batch 1 and 3 split an item's blocks into groups with their own dB / dC
+    # E = 40, 20, 70, 150 leave a partial block, and tiles of up to 4 blocks a partial tile in the forward; batch 1
+    # and 3 split an item's blocks into groups with their own dB / dC in the backward
     threads(num_threads)
     _check_against_reference(shape, merge=num_threads % 2 == 1)
 

@@ -7,9 +7,10 @@
 // (batch, L, K, E). Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
 // A vector holds kLanes consecutive channels (channels-last: contiguous at every position), so y, du and ddelta need
-// no horizontal sums. The forward runs tasks (batch item, channel block); a task scans all K directions step by step
-// (K independent recurrences in flight), keeps K x N state vectors and adds the directions' outputs into its own
-// block of y, so merging needs no synchronisation. The backward runs tasks (batch item, group of channel blocks):
+// no horizontal sums. The forward runs tasks (batch item, tile of up to kMaxWidth channel blocks); a task scans all K
+// directions step by step (K x width independent recurrences in flight, one position lookup per direction and step
+// for the whole tile), keeps K x N x width state vectors and adds the directions' outputs into its own channels of
+// y, so merging needs no synchronisation. The backward runs tasks (batch item, group of channel blocks):
 // it recomputes a block's states (all of them when they fit state_budget_bytes, else segments of >= sqrt(L) steps
 // restarted from checkpointed states) and runs the adjoint sweep from the last step. dB and dC sum over channels:
 // each group adds into its own slice, dA, dD and delta_bias are written per batch item; the caller sums the slices,
@@ -29,6 +30,7 @@ constexpr int64_t kChunk = 16;  // forward steps whose step sizes are computed t
 // steps ahead whose lines are prefetched: scan orders other than the storage order (columns of an image) jump by
 // whole rows, which the hardware prefetchers do not follow
 constexpr int64_t kPrefetchDistance = 8;
+constexpr int64_t kMaxWidth = 4;  // channel blocks a forward task scans together
 
 template <typename Real>
 struct ScanArgs {
@@ -48,39 +50,53 @@ struct ScanArgs {
   int64_t state_offset(int64_t b, int64_t p, int64_t k) const { return ((b * length + p) * directions + k) * state; }
 };
 
-// One channel block of one batch item: A log2(e) as K x N vectors (gates are powers of 2), D and delta_bias per
-// direction, and the sum of D over directions (the skip term of the merged output)
+// A tile of `width` consecutive channel blocks of one batch item (the forward runs several at once for more
+// independent work per step; the backward one): A log2(e) (gates are powers of 2), D and delta_bias per direction,
+// and the sum of D over directions (the skip term of the merged output). Every block is full but the last, which has
+// `count` channels. Per-block vectors are stored block-minor: A2[(k N + n) width + j], D[k width + j].
 template <typename Real>
 struct ChannelBlock {
   int64_t batch_index, first;
-  int count;
-  const Vec<Real>*A2, *D, *bias;
-  Vec<Real> D_sum{};
+  int width, count;
+  const Vec<Real>*A2, *D, *bias, *D_sum;
 
-  // buffer: K (N + 2) vectors
-  ChannelBlock(const ScanArgs<Real>& a, int64_t b, int64_t block, Vec<Real>* buffer)
-      : batch_index(b), first(block * kLanes<Real>) {
+  static int64_t vectors(int64_t K, int64_t N, int width) { return (K * (N + 2) + 1) * width; }
+  // buffer: vectors(K, N, width)
+  ChannelBlock(const ScanArgs<Real>& a, int64_t b, int64_t block, int blocks, Vec<Real>* buffer)
+      : batch_index(b), first(block * kLanes<Real>), width(blocks) {
     const int64_t K = a.directions, N = a.state, E = a.channels;
-    count = int(std::min<int64_t>(kLanes<Real>, E - first));
+    count = int(std::min<int64_t>(kLanes<Real>, E - first - (width - 1) * kLanes<Real>));
     Vec<Real>* a2 = buffer;
-    Vec<Real>* d = buffer + K * N;
-    Vec<Real>* bias_k = d + K;
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t n = 0; n < N; ++n) {
-        a2[k * N + n] = Vec<Real>{};
-        for (int l = 0; l < count; ++l) a2[k * N + n][l] = a.A[(k * E + first + l) * N + n] * Real(kLog2e);
+    Vec<Real>* d = a2 + K * N * width;
+    Vec<Real>* bias_k = d + K * width;
+    Vec<Real>* d_sum = bias_k + K * width;
+    for (int j = 0; j < width; ++j) {
+      const int64_t first_j = first + j * kLanes<Real>;
+      const int count_j = channels(j);
+      d_sum[j] = Vec<Real>{};
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t n = 0; n < N; ++n) {
+          Vec<Real>& v = a2[(k * N + n) * width + j];
+          v = Vec<Real>{};
+          for (int l = 0; l < count_j; ++l) v[l] = a.A[(k * E + first_j + l) * N + n] * Real(kLog2e);
+        }
+        d[k * width + j] = a.D ? load(a.D + k * E + first_j, count_j) : Vec<Real>{};
+        bias_k[k * width + j] = a.delta_bias ? load(a.delta_bias + k * E + first_j, count_j) : Vec<Real>{};
+        d_sum[j] += d[k * width + j];
       }
-      d[k] = a.D ? load(a.D + k * E + first, count) : Vec<Real>{};
-      bias_k[k] = a.delta_bias ? load(a.delta_bias + k * E + first, count) : Vec<Real>{};
-      D_sum += d[k];
     }
     A2 = a2;
     D = d;
     bias = bias_k;
+    D_sum = d_sum;
   }
-  int64_t sequence_offset(const ScanArgs<Real>& a, int64_t p) const { return a.sequence_offset(batch_index, p, first); }
-  int64_t direction_offset(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
-    return a.direction_offset(batch_index, p, k, first);
+  int channels(int j) const { return j + 1 < width ? kLanes<Real> : count; }  // of block j
+  // offsets of block j's first channel
+  int64_t sequence_offset(const ScanArgs<Real>& a, int64_t p, int j = 0) const {
+    return a.sequence_offset(batch_index, p, first + j * kLanes<Real>);
+  }
+  int64_t direction_offset(const ScanArgs<Real>& a, int64_t p, int64_t k, int j = 0) const {
+    return a.direction_offset(batch_index, p, k, first + j * kLanes<Real>);
   }
   const Real* B(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
     return a.B + a.state_offset(batch_index, p, k);
@@ -90,70 +106,93 @@ struct ChannelBlock {
   }
 };
 
-// Step sizes of steps [t0, t1) of every direction, entry (t - t0) K + k: dt = softplus(delta + bias) (or without
-// softplus), dt u and, when `slope` is given, d dt / d delta. Computed ahead of the recurrence, so that the
-// independent softplus evaluations pipeline instead of lengthening its dependency chain.
+// Step sizes of steps [t0, t1) of every direction and block, entry ((t - t0) K + k) width + j: dt = softplus(delta +
+// bias) (or without softplus), dt u and, when `slope` is given, d dt / d delta. Computed ahead of the recurrence, so
+// that the independent softplus evaluations pipeline instead of lengthening its dependency chain.
 template <typename Real>
 void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, Vec<Real>* dt,
                 Vec<Real>* dtu, Vec<Real>* slope) {
   const int64_t K = a.directions;
   for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t k = 0; k < K; ++k, ++dt, ++dtu) {
+    for (int64_t k = 0; k < K; ++k) {
       if (t + kPrefetchDistance < a.length) {
         const int64_t ahead = a.position(k, t + kPrefetchDistance);
-        __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, k));
-        __builtin_prefetch(a.u + blk.sequence_offset(a, ahead));
+        for (int j = 0; j < blk.width; ++j) {
+          __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, k, j));
+          __builtin_prefetch(a.u + blk.sequence_offset(a, ahead, j));
+        }
       }
       const int64_t p = a.position(k, t);
-      *dt = load(a.delta + blk.direction_offset(a, p, k), blk.count) + blk.bias[k];
-      if (slope) *slope = splat<Real>(1);
-      if (a.delta_softplus) *dt = softplus<Real>(*dt, slope);
-      *dtu = *dt * load(a.u + blk.sequence_offset(a, p), blk.count);
-      if (slope) ++slope;
+      for (int j = 0; j < blk.width; ++j, ++dt, ++dtu) {
+        const int count = blk.channels(j);
+        *dt = load(a.delta + blk.direction_offset(a, p, k, j), count) + blk.bias[k * blk.width + j];
+        if (slope) *slope = splat<Real>(1);
+        if (a.delta_softplus) *dt = softplus<Real>(*dt, slope);
+        *dtu = *dt * load(a.u + blk.sequence_offset(a, p, j), count);
+        if (slope) ++slope;
+      }
     }
   }
 }
 
-// Advances the K x N states h over steps [t0, t1) whose step sizes are in dt / dtu (from `step_sizes`); stores each
-// step's states into `states` (K N vectors per step) when given, and the output into y when given
+// Advances the states h (K N width vectors) over steps [t0, t1) whose step sizes are in dt / dtu (from
+// `step_sizes`); stores each step's states into `states` (K N width vectors per step) when given, and the output into
+// y when given
 template <typename Real>
 void advance(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Vec<Real>* dt,
              const Vec<Real>* dtu, Vec<Real>* h, Vec<Real>* states, Real* y) {
   const int64_t K = a.directions, N = a.state;
+  const int width = blk.width;
   for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t k = 0; k < K; ++k, ++dt, ++dtu) {
+    for (int64_t k = 0; k < K; ++k, dt += width, dtu += width) {
       const int64_t p = a.position(k, t);
       if (y && t + kPrefetchDistance < a.length) {
         const int64_t ahead = a.position(k, t + kPrefetchDistance);
-        __builtin_prefetch(y + (a.merge ? blk.sequence_offset(a, ahead) : blk.direction_offset(a, ahead, k)), 1);
+        for (int j = 0; j < width; ++j) {
+          __builtin_prefetch(y + (a.merge ? blk.sequence_offset(a, ahead, j) : blk.direction_offset(a, ahead, k, j)),
+                             1);
+        }
       }
       const Real* b = blk.B(a, p, k);
       const Real* c = blk.C(a, p, k);
-      const Vec<Real>* A2 = blk.A2 + k * N;
-      Vec<Real>* hk = h + k * N;
-      Vec<Real> acc{};
-      for (int64_t n = 0; n < N; ++n) {
-        hk[n] = vexp2(*dt * A2[n]) * hk[n] + *dtu * b[n];
-        acc += c[n] * hk[n];
+      const Vec<Real>* A2 = blk.A2 + k * N * width;
+      Vec<Real>* hk = h + k * N * width;
+      for (int j = 0; j < width; ++j) {
+        Vec<Real> acc{};
+        for (int64_t n = 0; n < N; ++n) {
+          Vec<Real>& hn = hk[n * width + j];
+          hn = vexp2(dt[j] * A2[n * width + j]) * hn + dtu[j] * b[n];
+          acc += c[n] * hn;
+        }
+        if (!y) continue;
+        const int count = blk.channels(j);
+        if (a.merge) {
+          Real* yp = y + blk.sequence_offset(a, p, j);
+          store(yp, load(yp, count) + acc, count);
+        } else {
+          const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
+          store(y + blk.direction_offset(a, p, k, j), acc + blk.D[k * width + j] * u, count);
+        }
       }
-      if (states) states = std::copy(hk, hk + N, states);
-      if (!y) continue;
-      if (a.merge) {
-        Real* yp = y + blk.sequence_offset(a, p);
-        store(yp, load(yp, blk.count) + acc, blk.count);
-      } else {
-        const Vec<Real> u = load(a.u + blk.sequence_offset(a, p), blk.count);
-        store(y + blk.direction_offset(a, p, k), acc + blk.D[k] * u, blk.count);
-      }
+      if (states) states = std::copy(hk, hk + N * width, states);
     }
   }
 }
 
 template <typename Real>
 int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
-  const int64_t K = a.directions, N = a.state, L = a.length, tasks = a.batch * a.blocks();
+  const int64_t K = a.directions, N = a.state, L = a.length, blocks = a.blocks();
+  // tiles of up to kMaxWidth blocks per batch item, as many as keep every thread busy (a multiple of the threads an
+  // item needs)
+  const int64_t per_item = std::max<int64_t>(1, (num_threads + a.batch - 1) / std::max<int64_t>(1, a.batch));
+  int64_t tiles = std::max(per_item, (blocks + kMaxWidth - 1) / kMaxWidth);
+  tiles = std::min(blocks, (tiles + per_item - 1) / per_item * per_item);
+  const int width = int(std::max<int64_t>(1, (blocks + tiles - 1) / std::max<int64_t>(1, tiles)));
+  tiles = (blocks + width - 1) / width;
+  const int64_t tasks = a.batch * tiles;
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
-  const int64_t per_thread = K * (N + 2) + K * N + 2 * kChunk * K;  // block, states, step sizes
+  const int64_t tile_vectors = ChannelBlock<Real>::vectors(K, N, width);
+  const int64_t per_thread = tile_vectors + (K * N + 2 * kChunk * K) * width;  // tile, states, step sizes
   std::vector<Vec<Real>> scratch;
   try {
     scratch.resize(per_thread * threads);
@@ -163,20 +202,24 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
 #pragma omp parallel num_threads(threads)
   {
     const FlushDenormals flush;
-    Vec<Real>* block_buffer = scratch.data() + omp_get_thread_num() * per_thread;
-    Vec<Real>* h = block_buffer + K * (N + 2);
-    Vec<Real>* dt = h + K * N;
-    Vec<Real>* dtu = dt + kChunk * K;
+    Vec<Real>* tile_buffer = scratch.data() + omp_get_thread_num() * per_thread;
+    Vec<Real>* h = tile_buffer + tile_vectors;
+    Vec<Real>* dt = h + K * N * width;
+    Vec<Real>* dtu = dt + kChunk * K * width;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      const ChannelBlock<Real> blk(a, task / a.blocks(), task % a.blocks(), block_buffer);
+      const int64_t first_block = (task % tiles) * width;
+      const ChannelBlock<Real> blk(a, task / tiles, first_block, int(std::min<int64_t>(width, blocks - first_block)),
+                                   tile_buffer);
       if (a.merge) {  // y starts as the skip term, sum_k D_k u
         for (int64_t p = 0; p < L; ++p) {
-          const int64_t offset = blk.sequence_offset(a, p);
-          store(y + offset, blk.D_sum * load(a.u + offset, blk.count), blk.count);
+          for (int j = 0; j < blk.width; ++j) {
+            const int64_t offset = blk.sequence_offset(a, p, j);
+            store(y + offset, blk.D_sum[j] * load(a.u + offset, blk.channels(j)), blk.channels(j));
+          }
         }
       }
-      std::fill(h, h + K * N, Vec<Real>{});
+      std::fill(h, h + K * N * blk.width, Vec<Real>{});
       for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
         const int64_t t1 = std::min(L, t0 + kChunk);
         step_sizes(a, blk, t0, t1, dt, dtu, static_cast<Vec<Real>*>(nullptr));
@@ -227,23 +270,22 @@ struct LaneSums {
   }
 };
 
-// A thread's backward scratch for one block: K (N + 2) vectors of block parameters, K N of adjoint carried to the
-// previous step, K N of dA sums, K of dD and delta_bias sums; K N of running states; checkpointed states
-// (segments - 1) K N; the segment's
-// states (segment + 1) K N (the first row holds the states before it), its step sizes, dt u and slopes, 3 segment K;
-// and 2 kLanes K N rows of lane sums
+// A thread's backward scratch for one block (a tile of width 1): its parameters, K N vectors of adjoint carried to
+// the previous step, K N of dA sums, K of dD and delta_bias sums; K N of running states; checkpointed states
+// (segments - 1) K N; the segment's states (segment + 1) K N (the first row holds the states before it), its step
+// sizes, dt u and slopes, 3 segment K; and 2 kLanes K N rows of lane sums
 template <typename Real>
 struct BackwardScratch {
   Vec<Real>*block, *carry, *dA, *dD, *dbias, *h, *checkpoints, *states, *dt, *dtu, *slope;
   LaneSums<Real> sums;
 
   static int64_t vectors(int64_t K, int64_t N, int64_t segment, int64_t segments) {
-    return K * (N + 2) + 3 * K * N + 2 * K + (segments - 1) * K * N + (segment + 1) * K * N + 3 * segment * K +
-           2 * kLanes<Real> * K * N;
+    return ChannelBlock<Real>::vectors(K, N, 1) + 3 * K * N + 2 * K + (segments - 1) * K * N + (segment + 1) * K * N +
+           3 * segment * K + 2 * kLanes<Real> * K * N;
   }
   BackwardScratch(Vec<Real>* base, Real** destinations, int64_t K, int64_t N, int64_t segment, int64_t segments) {
     block = base;
-    carry = block + K * (N + 2);
+    carry = block + ChannelBlock<Real>::vectors(K, N, 1);
     dA = carry + K * N;
     dD = dA + K * N;
     dbias = dD + K;
@@ -399,7 +441,7 @@ int backward(const ScanArgs<Real>& a, const Real* dy, const Grads<Real>& g, int6
       Real* dB = g.dB + (group * a.batch + b) * L * K * N;
       Real* dC = g.dC + (group * a.batch + b) * L * K * N;
       for (int64_t block = blocks * group / groups; block < blocks * (group + 1) / groups; ++block) {
-        const ChannelBlock<Real> blk(a, b, block, s.block);
+        const ChannelBlock<Real> blk(a, b, block, 1, s.block);
         backward_block(a, blk, dy, segment, segments, s, g, dB, dC);
       }
     }
