@@ -14,7 +14,7 @@ from timm.models._features import FeatureGetterNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import check_weights_model, read_weights_metadata
-from ..models import mamba2d, spatial_mamba, v2dmamba, vmamba
+from ..models import grootv, mamba2d, spatial_mamba, v2dmamba, vmamba
 from ..unpickle import load_tensors
 
 
@@ -40,6 +40,9 @@ FAMILIES = {
         models={"tiny": "spatial_mamba_tiny", "small": "spatial_mamba_small", "base": "spatial_mamba_base",
                 "test": "test_spatial_mamba"},
         checkpoint_filter_fn=spatial_mamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
+    "grootv": BackboneFamily(  # the official stage outputs after each level's norm, no extra norms
+        models={"tiny": "grootv_tiny", "small": "grootv_small", "base": "grootv_base", "test": "test_grootv"},
+        checkpoint_filter_fn=grootv.checkpoint_filter_fn),
 }
 
 
@@ -187,3 +190,12 @@ class V2DMambaBackbone(TimmFeatureBackbone):
     official weights exist; an official training checkpoint loads its EMA weights (see
     `vision2d.models.v2dmamba.checkpoint_filter_fn`)."""
     family = "v2dmamba"
+
+
+@MODELS.register_module()
+class GrootVBackbone(TimmFeatureBackbone):
+    """GrootV (arch 'tiny', 'small', 'base'; 'test' for tests) for mmdet and mmseg: the stage outputs after each
+    stage's LayerNorm (the official `forward_features_seq_out`), strides 4 to 32. The repository publishes no
+    detection or segmentation code or weights; a released classification file loads its `model_ema` weights (see
+    `vision2d.models.grootv.checkpoint_filter_fn`)."""
+    family = "grootv"
