@@ -34,9 +34,11 @@ def require_backend(backends, name: str, device="cpu"):
         pytest.skip(f"{backends.op_name} backend {name} unavailable on {device}: {reason}")
 
 
-def _leaves(args, to: Callable):
-    return [to(a).detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-            for a in args]
+def _leaves(args, device, dtype=None):
+    """args on `device`: floating-point tensors as fresh leaves that require grad (in `dtype` if given), other
+    tensors (index maps) moved as they are."""
+    return [(a.to(device, dtype or a.dtype).detach().requires_grad_() if a.is_floating_point() else a.to(device))
+            if isinstance(a, torch.Tensor) else a for a in args]
 
 
 def assert_matches_reference(op: Callable, reference: Callable, args: Sequence, names: Sequence[str],
@@ -44,8 +46,8 @@ def assert_matches_reference(op: Callable, reference: Callable, args: Sequence, 
     """`op(*args, backend=backend, **kwargs)` on `device` against `reference(*args_in_float64_on_cpu, **kwargs)`:
     the output and the gradient of every floating-point tensor argument (named by `names`, in order), for one fixed
     upstream gradient rounded to `dtype` the same way for both."""
-    leaves = _leaves(args, lambda a: a.to(device))
-    ref_leaves = _leaves(args, lambda a: a.cpu().double())
+    leaves = _leaves(args, device)
+    ref_leaves = _leaves(args, "cpu", torch.float64)
     y = op(*leaves, backend=backend, **kwargs)
     assert y.dtype == dtype and y.device.type == torch.device(device).type, (y.dtype, y.device)
     y_ref = reference(*ref_leaves, **kwargs)
