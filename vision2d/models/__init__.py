@@ -2,8 +2,9 @@
 from .grootv import GrootV
 from .localmamba import LocalMamba
 from .mamba2d import Mamba2D
+from .msvmamba import MSVMamba
 from .spatial_mamba import SpatialMamba
 from .v2dmamba import V2DMamba
 from .vmamba import VMamba
 
-__all__ = ["GrootV", "LocalMamba", "Mamba2D", "SpatialMamba", "V2DMamba", "VMamba"]
+__all__ = ["GrootV", "LocalMamba", "Mamba2D", "MSVMamba", "SpatialMamba", "V2DMamba", "VMamba"]

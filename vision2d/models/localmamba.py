@@ -13,7 +13,7 @@ were square, which puts their outputs at the wrong pixels when H != W. This mode
 the official code on square maps and the official code with that un-permute corrected on the others.
 """
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -159,22 +159,19 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[2] < self.conv.stride[0] or x.shape[3] < self.conv.stride[1]:
-            raise ValueError(f"LocalMamba needs H and W >= {self.conv.stride[0]} pixels (one patch), got "
+            raise ValueError(f"the model needs H and W >= {self.conv.stride[0]} pixels (one patch), got "
                              f"{tuple(x.shape[2:])}")
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
-class LocalMambaStage(nn.Module):
-    """Optional patch merging, then the blocks (directions[j] for block j); (B, H, W, C) channels-last in and out."""
+class MergingStage(nn.Module):
+    """Optional patch merging, then the given blocks; (B, H, W, C) channels-last in and out."""
 
-    def __init__(self, in_chs: int, out_chs: int, directions: Sequence[Sequence[str]], downsample: bool,
-                 drop_path_rates: List[float], device=None, dtype=None, **mixer_kwargs):
+    def __init__(self, in_chs: int, out_chs: int, blocks: Sequence[nn.Module], downsample: bool, device=None,
+                 dtype=None):
         super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.downsample = PatchMerging(in_chs, out_chs, **dd) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            LocalVSSBlock(out_chs, block_directions, drop_path=rate, **mixer_kwargs, **dd)
-            for block_directions, rate in zip(directions, drop_path_rates)])
+        self.downsample = PatchMerging(in_chs, out_chs, device=device, dtype=dtype) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,9 +181,47 @@ class LocalMambaStage(nn.Module):
         return self.blocks(x)
 
 
-class LocalMamba(VMamba):
-    """LocalVMamba classifier: VMamba's model interface (features, intermediates, pruning, grad checkpointing) on
-    LocalMamba's patch embedding, patch merging and blocks. Any input of at least 4x4 pixels works.
+class MergingVMamba(VMamba):
+    """VMamba's model interface (features, intermediates, pruning, grad checkpointing, head) on the official v1
+    skeleton that LocalMamba and MSVMamba share: 4x4 patch embedding, patch merging between stages, the family's
+    blocks. Subclasses build their blocks and call `_build`."""
+
+    def _build(self, in_chans: int, num_classes: int, dims: Sequence[int], depths: Sequence[int],
+               blocks: Sequence[nn.Module], drop_rate: float, global_pool: str, feature_norms: bool, device=None,
+               dtype=None):
+        """Stem, stages (depths[i] of `blocks` each, in order), feature norms, final norm and head."""
+        dd = dict(device=device, dtype=dtype)
+        if global_pool != "avg":
+            raise ValueError(f"{type(self).__name__} supports only global_pool='avg', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
+        self.stem = PatchEmbed(in_chans, dims[0], **dd)
+        stages, self.feature_info, start = [], [], 0
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            stages.append(MergingStage(dims[max(i - 1, 0)], dim, blocks[start:start + depth], downsample=i > 0, **dd))
+            start += depth
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.feature_norms = nn.ModuleList([nn.LayerNorm(d, **dd) for d in dims]) if feature_norms else None
+        self.norm = nn.LayerNorm(dims[-1], **dd)
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type="avg", drop_rate=drop_rate, **dd)
+        self.apply(self._init_weights)
+
+
+def block_dims_and_rates(depths: Sequence[int], dims: Sequence[int], drop_path_rate: float) -> List[Tuple[int, float]]:
+    """(channels, drop path rate) of every block over all stages; rates rise linearly from 0 to drop_path_rate."""
+    if len(depths) != len(dims):
+        raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must have the same length")
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+    return list(zip([dim for depth, dim in zip(depths, dims) for _ in range(depth)], rates))
+
+
+class LocalMamba(MergingVMamba):
+    """LocalVMamba classifier. Any input of at least 4x4 pixels works.
 
     directions: one list of 4 scan directions (DIRECTION_CHOICES) per block, over all stages in order.
     feature_norms=True adds the official detection backbone's `outnorm{i}` LayerNorm on every returned stage output.
@@ -211,35 +246,14 @@ class LocalMamba(VMamba):
     ):
         nn.Module.__init__(self)  # VMamba's methods, not its layers
         dd = dict(device=device, dtype=dtype)
-        if len(depths) != len(dims):
-            raise ValueError(f"depths {depths} and dims {dims} must have the same length")
         if len(directions) != sum(depths):
             raise ValueError(f"LocalMamba needs one direction list per block: {sum(depths)} for depths {depths}, got "
                              f"{len(directions)}")
-        if global_pool != "avg":
-            raise ValueError(f"LocalMamba supports only global_pool='avg', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
-
-        self.stem = PatchEmbed(in_chans, dims[0], **dd)
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        stages, self.feature_info, start = [], [], 0
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            stages.append(LocalMambaStage(
-                dims[max(i - 1, 0)], dim, directions[start:start + depth], downsample=i > 0,
-                drop_path_rates=rates[start:start + depth], d_state=d_state, ssm_ratio=ssm_ratio,
-                conv_bias=ssm_conv_bias, **dd))
-            start += depth
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.feature_norms = nn.ModuleList([nn.LayerNorm(d, **dd) for d in dims]) if feature_norms else None
-        self.norm = nn.LayerNorm(dims[-1], **dd)
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type="avg", drop_rate=drop_rate, **dd)
-        self.apply(self._init_weights)
+        blocks = [LocalVSSBlock(dim, block_directions, drop_path=rate, d_state=d_state, ssm_ratio=ssm_ratio,
+                                conv_bias=ssm_conv_bias, **dd)
+                  for (dim, rate), block_directions in zip(block_dims_and_rates(depths, dims, drop_path_rate),
+                                                           directions)]
+        self._build(in_chans, num_classes, dims, depths, blocks, drop_rate, global_pool, feature_norms, **dd)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -266,13 +280,41 @@ _OFFICIAL_KEY = re.compile(r"^(patch_embed\.|layers\.\d+\.|classifier\.|outnorm\
 _CHECKPOINT_WRAPPERS = ("state_dict", "model")
 
 
-def _rename_official_key(key: str) -> str:
+def _rename_official_key(key: str, value: torch.Tensor) -> Tuple[str, torch.Tensor]:
     match = _OFFICIAL_DOWNSAMPLE.match(key)
     if match:
-        return f"stages.{int(match[1]) + 1}.downsample.{match[2]}"
+        return f"stages.{int(match[1]) + 1}.downsample.{match[2]}", value
     for pattern, repl in _OFFICIAL_RENAMES:
         key = re.sub(pattern, repl, key)
-    return key
+    return key, value
+
+
+def convert_state_dict(checkpoint: Dict, model: MergingVMamba, wrappers: Sequence[str],
+                       rename_official: Callable[[str, torch.Tensor], Tuple[str, torch.Tensor]]
+                       ) -> Dict[str, torch.Tensor]:
+    """The checkpoint filter of the v1-skeleton families: the first of `wrappers` holding a dict (else the checkpoint
+    itself), its tensors only, `module.` / `_orig_mod.` / `backbone.` prefixes stripped and a detector's or segmentor's
+    neck and heads dropped, official keys (recognised by their `patch_embed.` / `layers.` / `classifier.` / `outnorm`
+    names) through `rename_official`. A model with `feature_norms` loading a classifier checkpoint gets them at init
+    (weight 1, bias 0); a backbone-only official checkpoint may lack the classifier. Raises ValueError naming every
+    missing, unexpected or mis-shaped key when the result does not fit `model`."""
+    for key in wrappers:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    tensors = {_strip_prefixes(k): v for k, v in checkpoint.items()
+               if isinstance(v, torch.Tensor) and not _NOT_BACKBONE.match(k)}
+    official = any(_OFFICIAL_KEY.match(k) for k in tensors)
+    out = dict(rename_official(k, v) if official else (k, v) for k, v in tensors.items())
+    out = {k: v.contiguous() for k, v in out.items()}
+    expected = model.state_dict()
+    if model.feature_norms is not None and not any(k.startswith("feature_norms.") for k in out):
+        for key, value in expected.items():
+            if key.startswith("feature_norms."):
+                out[key] = torch.ones(value.shape) if key.endswith(".weight") else torch.zeros(value.shape)
+    backbone_only = official and not any(k.startswith(("norm.", "head.")) for k in out)
+    _check_fits(out, model, optional=("norm.", "head.") if backbone_only else ())
+    return out
 
 
 def checkpoint_filter_fn(state_dict: Dict, model: LocalMamba) -> Dict[str, torch.Tensor]:
@@ -286,22 +328,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: LocalMamba) -> Dict[str, torch
     Raises ValueError listing the missing, unexpected and mis-shaped keys when the checkpoint does not fit `model`
     (another variant or direction list, the search supernet, a truncated file).
     """
-    for key in _CHECKPOINT_WRAPPERS:
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    tensors = {_strip_prefixes(k): v for k, v in state_dict.items()
-               if isinstance(v, torch.Tensor) and not _NOT_BACKBONE.match(k)}
-    official = any(_OFFICIAL_KEY.match(k) for k in tensors)
-    out = {(_rename_official_key(k) if official else k): v.contiguous() for k, v in tensors.items()}
-    expected = model.state_dict()
-    if model.feature_norms is not None and not any(k.startswith("feature_norms.") for k in out):
-        for key, value in expected.items():
-            if key.startswith("feature_norms."):
-                out[key] = torch.ones(value.shape) if key.endswith(".weight") else torch.zeros(value.shape)
-    backbone_only = official and not any(k.startswith(("norm.", "head.")) for k in out)
-    _check_fits(out, model, optional=("norm.", "head.") if backbone_only else ())
-    return out
+    return convert_state_dict(state_dict, model, _CHECKPOINT_WRAPPERS, _rename_official_key)
 
 
 def _create_localmamba(variant: str, pretrained: bool = False, **kwargs) -> LocalMamba:
@@ -319,7 +346,8 @@ def _cfg(url: str = "", **kwargs) -> Dict:
         "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
         "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": "stem.conv", "classifier": "head.fc", "license": "apache-2.0",
-        "paper_ids": "arXiv:2403.09338", "paper_name": "LocalMamba: Visual State Space Model with Windowed Selective Scan",
+        "paper_ids": "arXiv:2403.09338",
+        "paper_name": "LocalMamba: Visual State Space Model with Windowed Selective Scan",
         "origin_url": "https://github.com/hunto/LocalMamba", **kwargs,
     }
 
@@ -351,5 +379,6 @@ def localmamba_small(pretrained: bool = False, **kwargs) -> LocalMamba:
 def test_localmamba(pretrained: bool = False, **kwargs) -> LocalMamba:
     """A tiny LocalMamba for tests (the official parity fixture's model): every direction choice, windows that pad;
     0.19M params with a 1000-class head."""
-    args = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), directions=tuple(TINY_DIRECTIONS[i] for i in (0, 1, 3, 12, 9)))
+    args = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
+                directions=tuple(TINY_DIRECTIONS[i] for i in (0, 1, 3, 12, 9)))
     return _create_localmamba("test_localmamba", pretrained, **dict(args, **kwargs))

@@ -40,11 +40,12 @@ class SS2D(nn.Module):
     in_proj (no bias) -> depthwise 3x3 conv -> SiLU -> four-direction selective scan (per-direction x_proj, dt_proj,
     A, D; the directions summed) -> LayerNorm -> out_proj (no bias). Parameters keep the official names and shapes:
     x_proj_weight (K, R + 2N, E), dt_projs_weight (K, E, R), dt_projs_bias (K, E), A_logs (K * E, N), Ds (K * E),
-    with K = 4 directions, E = ssm_ratio * dim channels, R = ceil(dim / 16), N = d_state. `scan` is one of SCANS.
+    with K = 4 directions, E = ssm_ratio * dim channels, R = ceil(dim / 16), N = d_state. `scan` is one of SCANS;
+    `num_directions` sets K for subclasses that scan otherwise (this forward scans the four cross-scan directions).
     """
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, conv_bias: bool = False,
-                 scan: str = "cross", device=None, dtype=None):
+                 scan: str = "cross", num_directions: int = NUM_DIRECTIONS, device=None, dtype=None):
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"SS2D: unknown scan {scan!r}; expected one of {SCANS}")
@@ -52,7 +53,7 @@ class SS2D(nn.Module):
         self.scan = scan
         inner = int(ssm_ratio * dim)
         self.d_inner, self.d_state, self.dt_rank = inner, d_state, math.ceil(dim / 16)
-        K, R, N = NUM_DIRECTIONS, self.dt_rank, d_state
+        K, R, N = num_directions, self.dt_rank, d_state
         self.in_proj = nn.Linear(dim, inner, bias=False, **dd)
         self.conv = nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=conv_bias, **dd)
         self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, inner, **dd))
@@ -71,8 +72,8 @@ class SS2D(nn.Module):
         inner, R, N = self.d_inner, self.dt_rank, self.d_state
         nn.init.uniform_(self.x_proj_weight, -inner ** -0.5, inner ** -0.5)
         nn.init.uniform_(self.dt_projs_weight, -R ** -0.5, R ** -0.5)
-        device = self.Ds.device
-        dt = torch.exp(torch.rand(NUM_DIRECTIONS, inner, device=device) * (math.log(dt_max) - math.log(dt_min))
+        device, K = self.Ds.device, self.dt_projs_bias.shape[0]
+        dt = torch.exp(torch.rand(K, inner, device=device) * (math.log(dt_max) - math.log(dt_min))
                        + math.log(dt_min)).clamp(min=dt_init_floor)
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.A_logs.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32, device=device)).expand_as(self.A_logs))

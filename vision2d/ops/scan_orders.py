@@ -94,3 +94,15 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
         tail = torch.arange(H * W + int(padding.sum()), length, device=device)
         orders.append(torch.cat([sequence, tail]))
     return torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
+
+
+def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
+    """MSVMamba's scan of its downsampled map as ONE sequence, (1, 3 * H * W): reversed row-major, then column-major,
+    then reversed column-major, the state carried across the three segments. Storage holds three copies of the H x W
+    map (copy c at positions c * H * W + p, p row-major); segment c visits copy c, so every storage position is one
+    pixel of one segment."""
+    if H < 0 or W < 0:
+        raise ValueError(f"multiscale_scan_order: H and W must be >= 0, got H={H}, W={W}")
+    row_major = torch.arange(H * W, device=device)
+    column_major = row_major.view(H, W).t().reshape(-1)
+    return torch.cat([row_major.flip(0), column_major + H * W, column_major.flip(0) + 2 * H * W]).unsqueeze(0)

@@ -1,0 +1,249 @@
+"""MSVMamba (v1): VMamba's v1 skeleton (4x4 patch embedding, patch merging) whose SS2D mixer scans the map once at full
+resolution (row-major) and, as one sequence, three times over a stride-2 copy (reversed row-major, column-major,
+reversed column-major, the state carried from segment to segment), upsamples that back bilinearly and gates the sum
+with squeeze-excitation; each block adds a convolutional FFN. Exact to the official classifiers (github
+YuHengsss/MSVMamba, main branch, `classification/models/vmamba.py` with the `ms_vssm` configs: sscore_type
+``multiscale_4scan_12``, every stage multi-scale, ConvFFN and SE).
+
+Tensors inside stages are channels-last (B, H, W, C); returned features are NCHW. Both scans run on `selective_scan`
+with index-map orders (`multiscale_scan_order` reads three stored copies of the small map, a quarter of the full one).
+"""
+import re
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import DropPath, SEModule
+from timm.models import build_model_with_cfg, register_model, register_notrace_module
+from timm.models._registry import generate_default_cfgs
+
+from ..ops import selective_scan
+from ..ops.scan_orders import multiscale_scan_order
+from .localmamba import MergingVMamba, block_dims_and_rates, convert_state_dict
+from .localmamba import _rename_official_key as _rename_v1_skeleton_key
+from .vmamba import SS2D, released_checkpoint_globals
+
+__all__ = ["MSVMamba", "checkpoint_filter_fn"]
+
+LOW, FULL = 0, 1  # index of each branch's scan parameters (official order: the downsampled branch first)
+
+
+@register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size
+class MultiScaleSS2D(SS2D):
+    """MSVMamba's SS2D; (B, H, W, C) in and out.
+
+    in_proj (no bias) to x and a gate z; full branch: depthwise 3x3 conv -> SiLU -> row-major scan; low branch:
+    depthwise 7x7 stride-2 conv of the same x -> SiLU -> the three-segment scan. Each scan output goes through the
+    shared LayerNorm per token; the low branch's three segments are summed per pixel and upsampled (bilinear,
+    align_corners=False) onto the full map; the sum -> squeeze-excitation -> times SiLU(z) -> out_proj (no bias).
+    Scan parameters as VMamba's SS2D with K = 2 (LOW, FULL).
+    """
+
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, conv_bias: bool = True,
+                 se_reduction: int = 8, device=None, dtype=None):
+        super().__init__(dim, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, num_directions=2,
+                         device=device, dtype=dtype)
+        dd = dict(device=device, dtype=dtype)
+        E = self.d_inner
+        self.in_proj = nn.Linear(dim, 2 * E, bias=False, **dd)  # x and the gate z
+        self.conv_low = nn.Conv2d(E, E, 7, stride=2, padding=3, groups=E, bias=conv_bias, **dd)
+        self.se = SEModule(E, rd_channels=E // se_reduction, bias=False, **dd)
+
+    def _scan(self, u: torch.Tensor, index: int, order: torch.Tensor = None) -> torch.Tensor:
+        """Scan (batch, L, E) along `order` (1, L) (None: storage order) with the parameters of branch `index`;
+        the shared LayerNorm applied per token. Returns (batch, L, E) by storage position."""
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
+        dts, Bs, Cs = F.linear(u, self.x_proj_weight[index]).split([R, N, N], dim=-1)
+        delta = F.linear(dts, self.dt_projs_weight[index].to(dts.dtype))
+        branch = slice(index * E, (index + 1) * E)
+        A = -torch.exp(self.A_logs[branch].float()).unsqueeze(0)
+        y = selective_scan(u, delta.unsqueeze(2), A, Bs.unsqueeze(2), Cs.unsqueeze(2), self.Ds[branch].float()[None],
+                           self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order, merge=True)
+        return self.out_norm(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, H, W, _ = x.shape
+        E = self.d_inner
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = x.permute(0, 3, 1, 2)
+        full = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
+        low = F.silu(self.conv_low(x))
+        h, w = low.shape[2:]
+        low = low.permute(0, 2, 3, 1).reshape(batch, 1, h * w, E).expand(-1, 3, -1, -1).reshape(batch, 3 * h * w, E)
+        y_low = self._scan(low, LOW, multiscale_scan_order(h, w, device=x.device)).view(batch, 3, h, w, E).sum(1)
+        y_low = F.interpolate(y_low.permute(0, 3, 1, 2), size=(H, W), mode="bilinear", align_corners=False)
+        y = self._scan(full, FULL).view(batch, H, W, E) + y_low.permute(0, 2, 3, 1)
+        y = self.se(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.out_proj(y * F.silu(z))
+
+
+class ConvFFN(nn.Module):
+    """fc1 (1x1) -> t + depthwise 3x3 conv(t) -> GELU -> fc2 (1x1), dropout after each fc; (B, H, W, C) in and out."""
+
+    def __init__(self, dim: int, expansion: int = 2, drop: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        hidden = dim * expansion
+        self.fc1 = nn.Linear(dim, hidden, **dd)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, **dd)
+        self.fc2 = nn.Linear(hidden, dim, **dd)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.fc1(x))
+        x = x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.drop(self.fc2(F.gelu(x)))
+
+
+class MSVSSBlock(nn.Module):
+    """x = x + DropPath(MultiScaleSS2D(LN(x))); x = x + DropPath(ConvFFN(LN(x))); (B, H, W, C)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, ffn_drop: float = 0.0, device=None, dtype=None,
+                 **mixer_kwargs):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.mixer = MultiScaleSS2D(dim, **mixer_kwargs, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.ffn = ConvFFN(dim, drop=ffn_drop, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+class MSVMamba(MergingVMamba):
+    """MSVMamba classifier. Any input of at least 4x4 pixels works.
+
+    feature_norms=True adds the official detection / segmentation backbone's `outnorm{i}` LayerNorm on every returned
+    stage output.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            depths: Tuple[int, ...] = (1, 2, 9, 2),
+            dims: Tuple[int, ...] = (96, 192, 384, 768),
+            d_state: int = 1,
+            ssm_ratio: float = 2.0,
+            ssm_conv_bias: bool = True,
+            ffn_drop: float = 0.0,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            global_pool: str = "avg",
+            feature_norms: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        nn.Module.__init__(self)  # VMamba's methods, not its layers
+        dd = dict(device=device, dtype=dtype)
+        blocks = [MSVSSBlock(dim, drop_path=rate, ffn_drop=ffn_drop, d_state=d_state, ssm_ratio=ssm_ratio,
+                             conv_bias=ssm_conv_bias, **dd)
+                  for dim, rate in block_dims_and_rates(depths, dims, drop_path_rate)]
+        self._build(in_chans, num_classes, dims, depths, blocks, drop_rate, global_pool, feature_norms, **dd)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Official checkpoints -> ours. Official keys (VSSM): the v1 skeleton's (see localmamba) plus, per block,
+# norm2.*, op.conv2d_b1.*, op.se.fc.{0,2}.weight (Linear), convFFN.{linear1,dwc,linear2}.* (1x1 convs for the linears).
+
+_BLOCK_RENAMES = {"op.conv2d_b1": "mixer.conv_low", "op.se.fc.0": "mixer.se.fc1", "op.se.fc.2": "mixer.se.fc2",
+                  "norm2": "norm2", "convFFN.linear1": "ffn.fc1", "convFFN.dwc": "ffn.dwconv",
+                  "convFFN.linear2": "ffn.fc2"}
+_OFFICIAL_BLOCK_PART = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.(" + "|".join(map(re.escape, _BLOCK_RENAMES))
+                                  + r")\.(weight|bias)$")
+# the official evaluation (VMamba's main.py) validates both `model` and `model_ema`; as VMamba's files and timm's
+# file loader, the EMA weights win when a file has both (the official mm backbone loads `model`: convert such a file
+# with the live weights alone, e.g. {"model": checkpoint["model"]}, to get those)
+_CHECKPOINT_WRAPPERS = ("model_ema", "state_dict", "model")
+
+
+def _rename_official_key(key: str, value: torch.Tensor) -> Tuple[str, torch.Tensor]:
+    match = _OFFICIAL_BLOCK_PART.match(key)
+    if not match:
+        return _rename_v1_skeleton_key(key, value)
+    part = _BLOCK_RENAMES[match[3]]
+    if match[4] == "weight" and part in ("mixer.se.fc1", "mixer.se.fc2"):
+        value = value[:, :, None, None]  # Linear -> 1x1 conv (timm's SEModule)
+    elif match[4] == "weight" and part in ("ffn.fc1", "ffn.fc2"):
+        value = value.flatten(1)  # 1x1 conv -> Linear
+    return f"stages.{match[1]}.blocks.{match[2]}.{part}.{match[4]}", value
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: MSVMamba) -> Dict[str, torch.Tensor]:
+    """Convert an official MSVMamba checkpoint or one of ours to this model's keys.
+
+    Accepted: the official training / released classification files (`model_ema`, else `model`; their training config
+    is a pickled yacs CfgNode, read as plain data: see `vmamba.released_checkpoint_globals`), raw state dicts (keys with
+    or without `module.` / `_orig_mod.`), the official Mask R-CNN / UperNet checkpoints (the `backbone.*` part of their
+    `state_dict`, with `outnorm{i}`; neck and heads dropped), and ours. A classifier checkpoint loaded into a model with
+    `feature_norms` gets those norms at init (weight 1, bias 0).
+
+    Raises ValueError listing the missing, unexpected and mis-shaped keys when the checkpoint does not fit `model`.
+    """
+    return convert_state_dict(state_dict, model, _CHECKPOINT_WRAPPERS, _rename_official_key)
+
+
+def _create_msvmamba(variant: str, pretrained: bool = False, **kwargs) -> MSVMamba:
+    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (1, 2, 9, 2))))))
+    with torch.serialization.safe_globals(released_checkpoint_globals()):  # the official files' pickled yacs config
+        return build_model_with_cfg(
+            MSVMamba, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **kwargs,
+        )
+
+
+def _cfg(url: str = "", **kwargs) -> Dict:
+    return {
+        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
+        "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv", "classifier": "head.fc", "license": "unknown",
+        "paper_ids": "arXiv:2405.14174", "paper_name": "Multi-Scale VMamba: Hierarchy in Hierarchy Visual State Space "
+                                                      "Model",
+        "origin_url": "https://github.com/YuHengsss/MSVMamba", **kwargs,
+    }
+
+
+# No hosted weights: download the official release (Google Drive, linked from the official README) and pass it, or
+# its conversion by tools/convert_checkpoint.py, with pretrained_cfg_overlay=dict(file=...).
+default_cfgs = generate_default_cfgs({
+    "msvmamba_nano.in1k": _cfg(),
+    "msvmamba_micro.in1k": _cfg(),
+    "msvmamba_tiny.in1k": _cfg(),
+    "test_msvmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
+})
+
+
+@register_model
+def msvmamba_nano(pretrained: bool = False, **kwargs) -> MSVMamba:
+    """MSVMamba-N (official vssm_nano_224_ms): 6.9M params, 0.9 GFLOPs, ImageNet-1k top-1 77.3."""
+    args = dict(depths=(1, 2, 5, 2), dims=(48, 96, 192, 384), drop_path_rate=0.2)
+    return _create_msvmamba("msvmamba_nano", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def msvmamba_micro(pretrained: bool = False, **kwargs) -> MSVMamba:
+    """MSVMamba-M (official vssm_micro_224_ms): 11.9M params, 1.5 GFLOPs, ImageNet-1k top-1 79.8."""
+    args = dict(depths=(1, 2, 5, 2), dims=(64, 128, 256, 512), drop_path_rate=0.2)
+    return _create_msvmamba("msvmamba_micro", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def msvmamba_tiny(pretrained: bool = False, **kwargs) -> MSVMamba:
+    """MSVMamba-T (official vssm_tiny_224_ms): 33.0M params, 4.6 GFLOPs, ImageNet-1k top-1 82.8."""
+    args = dict(depths=(1, 2, 9, 2), dims=(96, 192, 384, 768), drop_path_rate=0.2)
+    return _create_msvmamba("msvmamba_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def test_msvmamba(pretrained: bool = False, **kwargs) -> MSVMamba:
+    """A tiny MSVMamba for tests (the official parity fixture's model): odd low-resolution maps at every stage for
+    non-square inputs; 0.18M params with a 1000-class head."""
+    args = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64))
+    return _create_msvmamba("test_msvmamba", pretrained, **dict(args, **kwargs))
