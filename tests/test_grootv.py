@@ -166,8 +166,12 @@ def test_bad_input_errors():
         model(torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="built for 3 input channels"):
         model(torch.zeros(1, 4, 32, 32))
-    with pytest.raises(ValueError, match="global_pool='avg'"):
+    with pytest.raises(ValueError, match="global_pool 'avg' or ''"):
         model.reset_classifier(10, global_pool="max")
+    model.reset_classifier(0, "")
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, model.head_hidden_size, 2, 2)
+    model.reset_classifier(10)  # no pooling: the classifier at every pixel
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10, 2, 2)
 
 
 def test_convert_checkpoint_infers_grootv_from_a_released_file(fixture, tmp_path, monkeypatch, capsys):

@@ -184,12 +184,14 @@ class Stem(nn.Module):
 
 class ConvHead(nn.Module):
     """1x1 conv (no bias) to `hidden_size` -> BN -> GELU -> global average pool -> Dropout -> Linear (`fc`);
-    (B, C, H, W) in, (B, num_classes) out."""
+    (B, C, H, W) in, (B, num_classes) out. Without pooling (global_pool '') it returns the (B, hidden_size, H, W) map,
+    or the classifier applied at every pixel, (B, num_classes, H, W)."""
 
-    def __init__(self, in_chs: int, num_classes: int, hidden_size: int, drop_rate: float = 0.0, device=None,
-                 dtype=None):
+    def __init__(self, in_chs: int, num_classes: int, hidden_size: int, drop_rate: float = 0.0, pool: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        self.pool = pool
         self.conv = nn.Conv2d(in_chs, hidden_size, 1, bias=False, **dd)
         self.norm = nn.BatchNorm2d(hidden_size, **dd)
         self.act = nn.GELU()
@@ -199,10 +201,20 @@ class ConvHead(nn.Module):
     def reset(self, num_classes: int):
         w = self.conv.weight
         self.fc = nn.Linear(w.shape[0], num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.act(self.norm(self.conv(x))).mean((2, 3)))
+        x = self.act(self.norm(self.conv(x)))
+        if not self.pool:
+            return x if pre_logits else self.fc(self.drop(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.drop(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
+
+
+def _check_pooling(global_pool: str):
+    """'avg' (the official head), or '' (no pooling: the head returns maps)."""
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"GrootV supports global_pool 'avg' or '' (no pooling), got {global_pool!r}")
 
 
 class GrootV(nn.Module):
@@ -224,8 +236,7 @@ class GrootV(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if global_pool != "avg":
-            raise ValueError(f"GrootV supports only global_pool='avg', got {global_pool!r}")
+        _check_pooling(global_pool)
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -243,7 +254,7 @@ class GrootV(nn.Module):
             start += depth
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head = ConvHead(dims[-1], num_classes, self.head_hidden_size, drop_rate, **dd)
+        self.head = ConvHead(dims[-1], num_classes, self.head_hidden_size, drop_rate, pool=global_pool == "avg", **dd)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -279,11 +290,13 @@ class GrootV(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"GrootV supports only global_pool='avg', got {global_pool!r}")
+        global_pool = self.global_pool if global_pool is None else global_pool
+        _check_pooling(global_pool)
         if isinstance(self.head, nn.Identity):
             raise RuntimeError("the head was pruned by prune_intermediate_layers(prune_head=True); rebuild the model")
         self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.head.pool = global_pool == "avg"
         self.head.reset(num_classes)
 
     def forward_intermediates(
