@@ -159,3 +159,53 @@ def test_meta_device_and_compile():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(*args), f(*args))
+
+
+@pytest.mark.parametrize("H, W", [(0, 5), (4, 0), (0, 0)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reference_scans_an_empty_image(H, W, reverse):
+    leaves = [a.requires_grad_() for a in make_scan_inputs(2, H, W, 3, 4)]
+    y = selective_scan_2d(*leaves, reverse=reverse, backend="reference")
+    assert y.shape == (2, H, W, 3)
+    grads = torch.autograd.grad(y.sum(), leaves)
+    for name, grad, leaf in zip(GRAD_NAMES, grads, leaves):
+        assert grad.shape == leaf.shape and not grad.any(), name
+
+
+def _unread_masks(H, W, reverse):
+    """(unread by the top step, unread by the left step), each (H, W, 1): row 0 for T, column 0 below it for L
+    (the last row and column, scanning in reverse)."""
+    row = torch.zeros(H, W, 1, dtype=torch.bool)
+    row[-1 if reverse else 0] = True
+    column = torch.zeros(H, W, 1, dtype=torch.bool)
+    if reverse:
+        column[:-1, -1] = True
+    else:
+        column[1:, 0] = True
+    return row, column
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("delta_softplus", [True, False])
+def test_reference_ignores_inputs_the_recurrence_never_reads(reverse, delta_softplus):
+    """NaN in delta_t/B_t on the first row, in delta_l/B_l in the first column, and closed gates (A = -inf) give the
+    naive loop's finite outputs, finite gradients, and zero gradients for the unread entries."""
+    clean = list(make_scan_inputs(2, 4, 5, 3, 4, dtype=torch.float64))
+    if not delta_softplus:
+        clean[1], clean[2] = (torch.nn.functional.softplus(a) for a in clean[1:3])
+    clean[3][0, 1] = clean[4][2, 0] = -float("inf")
+    unread_t, unread_l = _unread_masks(4, 5, reverse)
+    poisoned = list(clean)
+    for index, unread in ((1, unread_t), (5, unread_t), (2, unread_l), (6, unread_l)):
+        poisoned[index] = clean[index].masked_fill(unread, float("nan"))
+    leaves = [a.clone().requires_grad_() for a in poisoned]
+    y = selective_scan_2d(*leaves, delta_softplus=delta_softplus, reverse=reverse, backend="reference")
+    torch.testing.assert_close(y, selective_scan_2d_naive(*clean, delta_softplus=delta_softplus, reverse=reverse))
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    clean_grads = selective_scan_2d_ref_backward(dy, *clean, delta_softplus=delta_softplus, reverse=reverse)
+    for name, grad, clean_grad in zip(GRAD_NAMES, grads, clean_grads):
+        assert torch.isfinite(grad).all(), f"grad of {name} is not finite"
+        torch.testing.assert_close(grad, clean_grad, msg=lambda m: f"grad of {name}: {m}")
+    for index, unread in ((1, unread_t), (5, unread_t), (2, unread_l), (6, unread_l)):
+        assert not grads[index].masked_select(unread).any(), f"unread entries of {GRAD_NAMES[index]} get gradient"

@@ -9,6 +9,8 @@ For every pixel p = (i, j) and channel e, with gates and inputs of the pixel bei
     y(i, j) = sum_n C * h + D * u
 `reverse=True` scans from the bottom-right corner: the same as flipping every per-pixel input
 along H and W, scanning, and flipping y back. The state is float32 (float64 for float64 inputs).
+Inputs the recurrence never reads (delta_l, B_l in column 0 below row 0; delta_t, B_t on row 0) may hold anything,
+NaN included, and a gate exp(delta * A) of A = -inf is 0 with zero gradients; H = 0 or W = 0 gives an empty y.
 """
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ def _skew(x: torch.Tensor) -> torch.Tensor:
     valid = (j >= 0) & (j < W)
     idx = j.clamp(0, W - 1).view(1, H, -1, *([1] * (x.dim() - 3))).expand(B, H, H + W - 1, *x.shape[3:])
     mask = valid.view(1, H, -1, *([1] * (x.dim() - 3)))
-    return torch.gather(x, 2, idx) * mask
+    return torch.where(mask, torch.gather(x, 2, idx), 0)  # where, not a product: 0 * NaN would be NaN
 
 
 def _unskew(xs: torch.Tensor, W: int) -> torch.Tensor:
@@ -49,17 +51,22 @@ def _unskew(xs: torch.Tensor, W: int) -> torch.Tensor:
 
 
 def _prepare(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, delta_softplus):
-    """Cast to the state dtype, apply softplus and skew every per-pixel input (column d = anti-diagonal d)."""
+    """Cast to the state dtype, apply softplus, zero the inputs the recurrence never reads (their gates too) and skew
+    every per-pixel input (column d = anti-diagonal d)."""
     sd = state_dtype(u.dtype)
     u, delta_t, delta_l, B_t, B_l, C, A_t, A_l = (t.to(sd) for t in (u, delta_t, delta_l, B_t, B_l, C, A_t, A_l))
     if delta_softplus:
         delta_t, delta_l = F.softplus(delta_t), F.softplus(delta_l)
     Bsz, H, W, _ = u.shape
     w_l, w_t = direction_weights(H, W, device=u.device, dtype=sd)
+    used_t, used_l = (w_t != 0)[..., None], (w_l != 0)[..., None]  # (H, W, 1)
+    delta_t, B_t = torch.where(used_t, delta_t, 0), torch.where(used_t, B_t, 0)
+    delta_l, B_l = torch.where(used_l, delta_l, 0), torch.where(used_l, B_l, 0)
     s = dict(u=_skew(u), dt=_skew(delta_t), dl=_skew(delta_l), bt=_skew(B_t), bl=_skew(B_l),  # (B, H, L, E|N)
-             wl=_skew(w_l.expand(Bsz, H, W))[..., None, None], wt=_skew(w_t.expand(Bsz, H, W))[..., None, None])
-    s["a_t"] = torch.exp(s["dt"][..., None] * A_t)  # (B, H, L, E, N)
-    s["a_l"] = torch.exp(s["dl"][..., None] * A_l)
+             wl=_skew(w_l.expand(Bsz, H, W))[..., None, None], wt=_skew(w_t.expand(Bsz, H, W))[..., None, None],
+             used_t=used_t, used_l=used_l)
+    s["a_t"] = torch.where(s["wt"] != 0, torch.exp(s["dt"][..., None] * A_t), 0)  # (B, H, L, E, N)
+    s["a_l"] = torch.where(s["wl"] != 0, torch.exp(s["dl"][..., None] * A_l), 0)
     s["x_t"] = s["dt"][..., None] * s["bt"][..., None, :] * s["u"][..., None]
     s["x_l"] = s["dl"][..., None] * s["bl"][..., None, :] * s["u"][..., None]
     return s
@@ -92,6 +99,8 @@ def selective_scan_2d_ref(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D=None, de
         flip = lambda t: t.flip(1, 2)  # noqa: E731
         y = selective_scan_2d_ref(*map(flip, (u, delta_t, delta_l)), A_t, A_l, *map(flip, (B_t, B_l, C)), D, delta_softplus)
         return y.flip(1, 2)
+    if u.shape[1] == 0 or u.shape[2] == 0:  # no pixels: an empty y (still connected to u for autograd)
+        return u * 0
     s = _prepare(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, delta_softplus)
     hs = _unskew(_skewed_states(s), u.shape[2])  # (B, H, W, E, N)
     y = torch.einsum("bhwen,bhwn->bhwe", hs, C.to(hs.dtype))
@@ -114,6 +123,9 @@ def selective_scan_2d_ref_backward(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, 
                                            *map(flip, (B_t, B_l, C)), D, delta_softplus)
         return (*map(flip, g[:3]), g[3], g[4], *map(flip, g[5:8]), g[8])
     W = u.shape[2]
+    if u.shape[1] == 0 or W == 0:  # no pixels, nothing depends on the inputs
+        return (*(torch.zeros_like(t) for t in (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)),
+                None if D is None else torch.zeros_like(D))
     s = _prepare(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, delta_softplus)
     hs = _skewed_states(s)
     sd = hs.dtype
@@ -134,8 +146,9 @@ def selective_scan_2d_ref_backward(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, 
     h_up = _shift_rows_down(h_left)  # (i-1, d-1)
     dx_l, dx_t = s["wl"] * lam, s["wt"] * lam
     da_l, da_t = dx_l * h_left * s["a_l"], dx_t * h_up * s["a_t"]  # gradient w.r.t. the exponent dl * A_l
-    ddl = (da_l * A_l.to(sd)).sum(-1) + (dx_l * s["bl"][..., None, :]).sum(-1) * s["u"]
-    ddt = (da_t * A_t.to(sd)).sum(-1) + (dx_t * s["bt"][..., None, :]).sum(-1) * s["u"]
+    # a closed gate (a = 0, e.g. A = -inf) passes no gradient to delta: 0 * A, not NaN
+    ddl = torch.where(s["a_l"] == 0, 0, da_l * A_l.to(sd)).sum(-1) + (dx_l * s["bl"][..., None, :]).sum(-1) * s["u"]
+    ddt = torch.where(s["a_t"] == 0, 0, da_t * A_t.to(sd)).sum(-1) + (dx_t * s["bt"][..., None, :]).sum(-1) * s["u"]
     dA_l = torch.einsum("bhlen,bhle->en", da_l, s["dl"])
     dA_t = torch.einsum("bhlen,bhle->en", da_t, s["dt"])
     dB_l = torch.einsum("bhlen,bhle->bhln", dx_l, s["dl"] * s["u"])
@@ -151,6 +164,8 @@ def selective_scan_2d_ref_backward(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, 
     if delta_softplus:
         ddt = ddt * torch.sigmoid(delta_t.to(sd))
         ddl = ddl * torch.sigmoid(delta_l.to(sd))
+    ddt, dB_t = torch.where(s["used_t"], ddt, 0), torch.where(s["used_t"], dB_t, 0)  # unread inputs: zero gradient
+    ddl, dB_l = torch.where(s["used_l"], ddl, 0), torch.where(s["used_l"], dB_l, 0)
     return (du.to(u.dtype), ddt.to(delta_t.dtype), ddl.to(delta_l.dtype), dA_t.to(A_t.dtype), dA_l.to(A_l.dtype),
             dB_t.to(B_t.dtype), dB_l.to(B_l.dtype), dC.to(C.dtype), dD)
 
