@@ -204,3 +204,14 @@ def test_bad_input_and_arguments_errors():
         timm.create_model("test_localmamba", directions=localmamba.TINY_DIRECTIONS[:4])
     with pytest.raises(ValueError, match="4 directions out of"):
         timm.create_model("test_localmamba", directions=[("h", "v", "w3", "h_flip")] * 5)
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_train_configs_hold_the_official_recipe(size, tmp_path):
+    from vision2d.train.config import parse_args
+
+    config = Path(__file__).parents[1] / "configs" / "train" / f"localmamba_{size}.yaml"
+    args = parse_args(["--config", str(config), "--data-dir", str(tmp_path)])
+    assert (args.model, args.drop_path, args.lr_base, args.lr_base_size, args.weight_decay, args.clip_grad,
+            args.model_ema, args.mixup, args.epochs, args.warmup_epochs) == \
+        (f"localmamba_{size}", 0.1, 1e-3, 1024, 0.04, None, False, 0.2, 300, 20)

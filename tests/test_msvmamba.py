@@ -194,3 +194,14 @@ def test_bad_input_errors():
         model(torch.randn(1, 3, 32, 2))
     with pytest.raises(ValueError, match="depths .* and dims .* must have the same length"):
         timm.create_model("test_msvmamba", dims=(8, 16))
+
+
+@pytest.mark.parametrize("size", ["nano", "micro", "tiny"])
+def test_train_configs_hold_the_official_recipe(size, tmp_path):
+    from vision2d.train.config import parse_args
+
+    config = Path(__file__).parents[1] / "configs" / "train" / f"msvmamba_{size}.yaml"
+    args = parse_args(["--config", str(config), "--data-dir", str(tmp_path)])
+    assert (args.model, args.drop_path, args.lr_base, args.lr_base_size, args.weight_decay, args.clip_grad,
+            args.model_ema, args.model_ema_decay, args.epochs, args.warmup_epochs) == \
+        (f"msvmamba_{size}", 0.2, 5e-4, 512, 0.05, 5.0, True, 0.9999, 300, 20)
