@@ -1,36 +1,29 @@
-"""GrootV's tree scan: the tree build and both propagation passes, every backend against the reference, the
-reference against the official op (fixture) and a brute-force path-product oracle.
-
-The Triton kernels run on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 set before
-`vision2d.ops.tree_scan_triton` is imported): `test_triton_under_interpreter` re-runs the `triton` tests of this file
-in a subprocess with the variable set.
+"""GrootV's tree scan: the tree build and both propagation passes, the `cpu` backend against the float64 reference
+(tests/op_harness.py), the reference against the official op (fixture) and a brute-force path-product oracle. The
+Triton kernels are tested in test_tree_scan_triton.py.
 """
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from op_harness import assert_matches_reference, require_backend
 from vision2d.ops import tree_scan_ref
 from vision2d.ops.tree_scan import TREE_SCAN, build_tree, tree_scan, tree_scan_2d
 
 FIXTURE = Path(__file__).parent / "data" / "official_grootv_parity.pt"
-CPU = torch.device("cpu")
-TRITON_REASON = TREE_SCAN.unavailable_reason("triton", CPU)
-TRITON_IMPORTABLE = TRITON_REASON is None or "not importable" not in TRITON_REASON
-FAST_BACKENDS = [pytest.param("cpu", id="cpu"),
-                 pytest.param("triton", id="triton", marks=pytest.mark.skipif(
-                     TRITON_REASON is not None, reason=f"runs in test_triton_under_interpreter ({TRITON_REASON})"))]
 SHAPES = [(1, 1, 1, 1), (2, 3, 1, 9), (1, 2, 8, 1), (2, 5, 4, 6), (1, 3, 7, 7)]  # (B, D, H, W)
-TOLERANCES = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2}
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}
+
+
+def load_official_cases():
+    return torch.load(FIXTURE, weights_only=True)["op_cases"]
 
 
 @pytest.fixture(scope="module")
 def official():
-    return torch.load(FIXTURE, weights_only=True)["op_cases"]
+    return load_official_cases()
 
 
 def _guide(kind: str, batch: int, height: int, width: int, generator) -> torch.Tensor:
@@ -96,12 +89,16 @@ def test_reference_tree_and_output_match_the_official_op(official):
         torch.testing.assert_close(y.view_as(expected).float(), expected, rtol=1e-5, atol=1e-6, msg=case["name"])
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_backend_matches_the_official_op(official, backend):
+def assert_backend_matches_the_official_op(case, backend):
+    feature, decay, guide, expected = (_channels_last(case[k]) for k in ("feature", "decay", "guide", "output"))
+    y = tree_scan_2d(feature, decay, guide, backend=backend)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6, msg=case["name"])
+
+
+def test_cpu_backend_matches_the_official_op(official):
+    require_backend(TREE_SCAN, "cpu")
     for case in official:
-        feature, decay, guide, expected = (_channels_last(case[k]) for k in ("feature", "decay", "guide", "output"))
-        y = tree_scan_2d(feature, decay, guide, backend=backend)
-        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6, msg=case["name"])
+        assert_backend_matches_the_official_op(case, "cpu")
 
 
 @pytest.mark.parametrize("kind", ["random", "constant", "zero", "checkerboard"])
@@ -161,27 +158,19 @@ def test_reference_matches_the_path_product_oracle():
                                    _path_product_oracle(x, decay, parent), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend,dtype,shape", [
-    pytest.param(backend.values[0], dtype, shape, marks=backend.marks,
-                 id=f"{backend.id}-{str(dtype)[6:]}-{'x'.join(map(str, shape))}")
-    for backend in FAST_BACKENDS for dtype in (torch.float32, torch.float64, torch.bfloat16)
-    for shape in (SHAPES if backend.id == "cpu" else SHAPES[1:4])  # the interpreter is slow
-    if backend.id == "cpu" or dtype != torch.bfloat16])  # Triton computes bf16 in fp32 (the cast is tested on cpu)
-def test_backend_matches_reference_forward_and_backward(backend, dtype, shape):
+def assert_backend_matches_reference(backend, dtype, shape):
+    """Output and both gradients against the float64 reference, on a tree of a random guide."""
     x, decay, guide = _inputs(shape, dtype)
-    order, parent = build_tree(guide, backend=backend)
-    x.requires_grad_(True)
-    decay.requires_grad_(True)
-    y = tree_scan(x, decay, order, parent, backend=backend)
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
-    dx, ddecay = torch.autograd.grad(y, (x, decay), dy)
-    x64, decay64 = x.detach().double().requires_grad_(True), decay.detach().double().requires_grad_(True)
-    y64 = tree_scan_ref.tree_scan_ref(x64, decay64, order, parent)
-    dx64, ddecay64 = torch.autograd.grad(y64, (x64, decay64), dy.double(), materialize_grads=True)
-    tol = TOLERANCES[dtype]
-    assert y.dtype == dx.dtype == ddecay.dtype == dtype
-    for got, want in ((y, y64), (dx, dx64), (ddecay, ddecay64)):
-        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * (1 + want.abs().max().item()))
+    order, parent = build_tree(guide, backend="cpu")
+    assert_matches_reference(tree_scan, tree_scan_ref.tree_scan_ref, (x, decay, order, parent),
+                             ("x", "decay", "order", "parent"), dtype, backend)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_backend_matches_reference_forward_and_backward(dtype, shape):
+    require_backend(TREE_SCAN, "cpu")
+    assert_backend_matches_reference("cpu", dtype, shape)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -250,32 +239,3 @@ def test_bad_inputs_raise_clear_errors():
         tree_scan_2d(x.view(1, 3, 4, 2), decay.view(1, 3, 4, 2), _channels_last(guide)[:, :2])
     with pytest.raises(ValueError, match="unknown .*backend"):
         tree_scan(x, decay, order, parent, backend="cuda")
-
-
-@pytest.mark.skipif(not TRITON_IMPORTABLE, reason=f"triton unavailable: {TRITON_REASON}")
-@pytest.mark.skipif(TRITON_REASON is None, reason="the Triton kernels already run in this process")
-def test_triton_under_interpreter():
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(__file__), "-q", "-x", "-rs", "-p", "no:cacheprovider",
-           "-k", "triton and not under_interpreter and not sm90"]
-    result = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, TRITON_INTERPRET="1"))
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-3000:]
-
-
-@pytest.mark.skipif(not TRITON_IMPORTABLE or TRITON_REASON is None, reason="needs triton, not its interpreter")
-@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
-def test_triton_kernels_compile_for_sm90(dtype):
-    """Both kernels lower to a cubin for an H100 (no GPU needed): the interpreter alone accepts invalid Triton."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from vision2d.ops import tree_scan_triton
-
-    for kernel in (tree_scan_triton._tree_scan_fwd_kernel, tree_scan_triton._tree_scan_bwd_kernel):
-        constexprs = dict(BLOCK_D=tree_scan_triton.MAX_BLOCK_D)
-        signature = {name: "constexpr" if name in constexprs else "i32" if not name.endswith("_ptr") else
-                     "*i64" if name in ("order_ptr", "parent_ptr") else f"*{dtype}" for name in kernel.arg_names}
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                                  options=dict(num_warps=1, num_stages=1))
-        assert compiled.asm["cubin"], kernel.__name__

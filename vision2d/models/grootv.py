@@ -200,7 +200,8 @@ class ConvHead(nn.Module):
 
     def reset(self, num_classes: int):
         w = self.conv.weight
-        self.fc = nn.Linear(w.shape[0], num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(w.shape[0], num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 \
+            else nn.Identity()
         self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

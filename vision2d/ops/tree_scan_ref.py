@@ -175,7 +175,8 @@ def tree_scan_ref(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Te
     return torch.stack(outs) if outs else x.clone()
 
 
-def tree_scan_ref_backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tuple[Tensor, Tensor]:
+def tree_scan_ref_backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor,
+                           parent: Tensor) -> Tuple[Tensor, Tensor]:
     """(dx, ddecay) of `tree_scan_ref`, written out.
 
     The filter is symmetric, so dx is the same two passes applied to dy. For a non-root vertex c with parent p, the
