@@ -235,6 +235,14 @@ def test_bad_inputs_raise_clear_errors():
         tree_scan(x, decay.double(), order, parent)
     with pytest.raises(ValueError, match=r"order must be \(B, L\)"):
         tree_scan(x, decay, order[:, :5], parent)
+    with pytest.raises(ValueError, match="permutation of 0..L-1 starting at the root"):
+        tree_scan(x, decay, order.flip(1), parent)
+    with pytest.raises(ValueError, match="parent must hold vertices"):
+        tree_scan(x, decay, order, parent + 100)
+    swapped = order.clone()
+    swapped[:, [1, -1]] = swapped[:, [-1, 1]]  # a leaf before the root's first child
+    with pytest.raises(ValueError, match="comes before its parent"):
+        tree_scan(x, decay, swapped, parent)
     with pytest.raises(ValueError, match="must share B, H, W"):
         tree_scan_2d(x.view(1, 3, 4, 2), decay.view(1, 3, 4, 2), _channels_last(guide)[:, :2])
     with pytest.raises(ValueError, match="unknown .*backend"):

@@ -4,7 +4,7 @@ both on channels-last (B, H, W, D) maps. See `tree_scan_ref` for the math and th
 
 Backends (modules with `unavailable_reason(device)`, `build_tree(guide)`, `forward(x, decay, order, parent)` and
 `backward(dy, x, decay, order, parent, y)`), chosen by `backends.OpBackends`:
-    "reference"  pure PyTorch and Python (`tree_scan_ref`), any device; backward by autograd through a recompute
+    "reference"  pure PyTorch and Python (`tree_scan_ref`), any device; backward written out
     "cpu"        compiled C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp` (CPU tensors)
     "triton"     Triton propagation kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); its trees are
                  built by the compiled CPU kernel on the host, as the official code builds them
@@ -105,6 +105,23 @@ def _check_scan_inputs(x, decay, order, parent):
             raise TypeError(f"tree_scan: {name} must be int64 (from build_tree), got {t.dtype}")
         if tuple(t.shape) != (x.shape[0], x.shape[1]):
             raise ValueError(f"tree_scan: {name} must be (B, L) = {(x.shape[0], x.shape[1])}, got {tuple(t.shape)}")
+    if order.device.type == "cpu" and order.numel() > 0 and not torch.compiler.is_compiling():
+        _check_tree(order, parent)
+
+
+def _check_tree(order: Tensor, parent: Tensor):
+    """The kernels index with order and parent: each row of order must be a permutation of 0..L-1 starting at the
+    root, whose parent is itself, and every other vertex's parent must come before it in order."""
+    count = order.shape[1]
+    if not torch.equal(order.sort(dim=1).values, torch.arange(count).expand_as(order)) or (order[:, 0] != 0).any():
+        raise ValueError("tree_scan: every row of order must be a permutation of 0..L-1 starting at the root 0 "
+                         "(use build_tree)")
+    if parent.min() < 0 or parent.max() >= count or (parent[:, 0] != 0).any():
+        raise ValueError("tree_scan: parent must hold vertices 0..L-1, the root 0 its own parent (use build_tree)")
+    position = torch.empty_like(order).scatter_(1, order, torch.arange(count).expand_as(order))
+    if (position.gather(1, parent)[:, 1:] >= position[:, 1:]).any():
+        raise ValueError("tree_scan: a vertex comes before its parent in order: order must be breadth-first (or any "
+                         "parents-first order) of the tree parent describes (use build_tree)")
 
 
 def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: Optional[str] = None) -> Tensor:
