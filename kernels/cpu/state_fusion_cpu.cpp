@@ -163,20 +163,22 @@ int fusion_forward(const FusionShape& s, const Real* x, const Real* weight, Real
 #pragma omp parallel for num_threads(threads_for(num_threads, tasks)) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t b = task / s.height, i = task % s.height;
-    std::vector<const Real*> rows(T);  // the clamped input row of each tap
-    std::vector<int64_t> cols(T);      // tap column offsets (d - pad)
+    // each tap's source pixel for every column of the row (clamped once), then channel block by channel block with
+    // the block's tap weights held in a small array
+    std::vector<const Real*> sources(s.width * T);
+    std::vector<Vec<Real>> w(T);
     for (int64_t t = 0; t < T; ++t) {
-      rows[t] = x + s.offset(b, s.row(i, taps[t] / s.kernel), 0);
-      cols[t] = taps[t] % s.kernel;
+      const Real* row = x + s.offset(b, s.row(i, taps[t] / s.kernel), 0);
+      for (int64_t j = 0; j < s.width; ++j) sources[j * T + t] = row + s.col(j, taps[t] % s.kernel) * C;
     }
-    for (int64_t j = 0; j < s.width; ++j) {
-      Real* o = out + s.offset(b, i, j);
-      for (int64_t first = 0; first < C; first += kLanes<Real>) {
-        const int count = int(std::min<int64_t>(kLanes<Real>, C - first));
+    for (int64_t first = 0; first < C; first += kLanes<Real>) {
+      const int count = int(std::min<int64_t>(kLanes<Real>, C - first));
+      for (int64_t t = 0; t < T; ++t) w[t] = load(weight + taps[t] * C + first, count);
+      for (int64_t j = 0; j < s.width; ++j) {
+        const Real* const* source = sources.data() + j * T;
         Vec<Real> acc{};
-        for (int64_t t = 0; t < T; ++t)
-          acc += load(weight + taps[t] * C + first, count) * load(rows[t] + s.col(j, cols[t]) * C + first, count);
-        store(o + first, acc, count);
+        for (int64_t t = 0; t < T; ++t) acc += w[t] * load(source[t] + first, count);
+        store(out + s.offset(b, i, j) + first, acc, count);
       }
     }
   }
