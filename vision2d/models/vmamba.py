@@ -126,7 +126,10 @@ class Downsample(nn.Module):
         self.norm = nn.LayerNorm(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        x = x.permute(0, 3, 1, 2)  # channels-last memory: the conv reorders its weight to match on every call ...
+        if not torch.compiler.is_compiling() and x.numel() < self.conv.weight.numel():
+            x = x.contiguous()  # ... unless copying the (smaller) activation is cheaper (the deeper stages at batch 1)
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
 class VMambaStage(nn.Module):
@@ -160,6 +163,7 @@ class Stem(nn.Module):
         self.norm2 = nn.LayerNorm(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # the convs then keep channels-last: no copies to NHWC
         x = self.conv2(F.gelu(self.norm1(self.conv1(x))))
         return self.norm2(x.permute(0, 2, 3, 1))
 
