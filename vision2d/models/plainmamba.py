@@ -52,11 +52,13 @@ def check_input(x: torch.Tensor, in_chans: int):
 def zigzag_scan_indices(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scan indices of an H x W map, each (4, H * W) int64: `orders` (step t of direction k visits pixel
     orders[k, t]), `steps` (the step at which direction k visits pixel p: the inverse permutation) and `moves` (the
-    move code of that step, indexing `direction_Bs`)."""
-    orders = zigzag_scan_orders(H, W)
-    steps = orders.argsort(dim=1)
-    moves = scan_moves(orders, H, W).gather(1, steps)
-    return orders.to(device), steps.to(device), moves.to(device)
+    move code of that step, indexing `direction_Bs`). Cached: made outside inference mode, so that they serve
+    autograd too."""
+    with torch.inference_mode(False):
+        orders = zigzag_scan_orders(H, W)
+        steps = orders.argsort(dim=1)
+        moves = scan_moves(orders, H, W).gather(1, steps)
+        return orders.to(device), steps.to(device), moves.to(device)
 
 
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps it whole: it reads the map's shape
@@ -110,7 +112,7 @@ class PlainMamba2D(nn.Module):
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, L, E)
         orders, steps, moves = zigzag_scan_indices(H, W, u.device)
         # per direction k at pixel p: (dt, B, C) computed at pixel steps[k, p] of the row-major sequence
-        x_dbl = self.x_proj(u)[:, steps.reshape(-1)].view(batch, K, L, R + 2 * N).transpose(1, 2)
+        x_dbl = self.x_proj(u)[:, steps.t().reshape(-1)].view(batch, L, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
         Bs = Bs + self.direction_Bs.to(Bs.dtype)[moves].transpose(0, 1)
         A = -torch.exp(self.A_log.float())
@@ -188,9 +190,10 @@ class PlainMamba(nn.Module):
     """PlainMamba classifier. Any input of at least 1x1 pixels works (odd and non-square sizes included; the position
     embedding is resized bicubically from its 14x14 grid).
 
-    feature_norm_indices: blocks whose feature map (forward_intermediates / features_only) passes through its own
-    LayerNorm (eps 1e-6), as the official segmentation backbone's `norm_layer{i}`; the last block's map always passes
-    through the final norm instead, so it cannot be listed. The classifier has none.
+    feature_norms=True gives every block but the last a LayerNorm (eps 1e-6) on the feature map it returns
+    (forward_intermediates / features_only), the official segmentation backbone's `norm_layer{i}` (the last block's map
+    passes through the final norm); `prune_intermediate_layers` keeps those of the wanted blocks only. The classifier
+    has none.
     """
 
     def __init__(
@@ -208,7 +211,7 @@ class PlainMamba(nn.Module):
             pos_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             global_pool: str = "avg",
-            feature_norm_indices: Sequence[int] = (),
+            feature_norms: bool = False,
             device=None,
             dtype=None,
     ):
@@ -216,9 +219,6 @@ class PlainMamba(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if any(not 0 <= i < depth for i in dwconv_blocks):
             raise ValueError(f"dwconv_blocks {tuple(dwconv_blocks)} must be block indices in 0..{depth - 1}")
-        if any(not 0 <= i < depth - 1 for i in feature_norm_indices):
-            raise ValueError(f"feature_norm_indices {tuple(feature_norm_indices)} must be block indices in "
-                             f"0..{depth - 2} (the last block's map goes through the final norm)")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -237,7 +237,7 @@ class PlainMamba(nn.Module):
             for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=PATCH_SIZE, module=f"blocks.{i}") for i in range(depth)]
         self.feature_norms = nn.ModuleDict({str(i): nn.LayerNorm(embed_dim, eps=1e-6, **dd)
-                                            for i in sorted(feature_norm_indices)})
+                                            for i in range(depth - 1 if feature_norms else 0)})
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6, **dd)
         self.head = ClassifierHead(embed_dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.init_weights()
@@ -245,14 +245,16 @@ class PlainMamba(nn.Module):
     @torch.no_grad()
     def init_weights(self):
         """Official training init: every Linear trunc_normal(std 0.02) with zero bias (the mmcls config re-initialises
-        all of them, x_proj and dt_proj included), LayerNorms 1 / 0, pos_embed trunc_normal(std 0.02); convs keep
-        PyTorch's init, the SSM parameters their own."""
+        all of them, x_proj and dt_proj included), then the classifier N(0, 0.01) (mmcls' LinearClsHead); LayerNorms
+        1 / 0, pos_embed trunc_normal(std 0.02); convs keep PyTorch's init, the SSM parameters their own."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if isinstance(self.head.fc, nn.Linear):
+            nn.init.normal_(self.head.fc.weight, std=0.01)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -330,12 +332,12 @@ class PlainMamba(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        """Drop the blocks (and feature norms) after the last wanted intermediate and the head; the final norm too if
-        `prune_norm` and the last block is gone (while it stays, the final norm is part of its feature map). Returns
-        the kept indices."""
+        """Drop the blocks after the last wanted intermediate, the feature norms of unwanted blocks, the head, and the
+        final norm if `prune_norm` and the last block is gone (while it stays, the final norm is part of its feature
+        map). Returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[:max_index + 1]
-        for key in [k for k in self.feature_norms if int(k) > max_index]:
+        for key in [k for k in self.feature_norms if int(k) not in take_indices]:
             del self.feature_norms[key]
         if prune_norm and max_index < self.num_layers - 1:
             self.norm = nn.Identity()
@@ -440,14 +442,10 @@ def checkpoint_filter_fn(state_dict: Dict, model: PlainMamba) -> Dict[str, torch
 
 
 def _create_plainmamba(variant: str, pretrained: bool = False, **kwargs) -> PlainMamba:
-    """`out_indices`: the features_only blocks (default: four evenly spaced, the official segmentation choice);
-    `feature_norms=True` gives those blocks, except the last, the official segmentation backbone's norm_layer{i}."""
+    """`out_indices`: the features_only blocks (default: four evenly spaced, the official segmentation choice)."""
     depth = kwargs.get("depth", 24)
     out_indices = kwargs.pop("out_indices", tuple(range(depth // 4 - 1, depth, depth // 4)) if depth >= 4
                              else tuple(range(depth)))
-    if kwargs.pop("feature_norms", False):
-        take_indices, _ = feature_take_indices(depth, out_indices)
-        kwargs["feature_norm_indices"] = tuple(i for i in take_indices if i != depth - 1)
     return build_model_with_cfg(
         PlainMamba, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
