@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("mm*/*.py"))
 BACKBONES = {"mamba2d": "Mamba2DBackbone", "vmamba": "VMambaBackbone",  # family of vision2d.mm.FAMILIES -> mm type
              "v2dmamba": "V2DMambaBackbone", "spatial_mamba": "SpatialMambaBackbone",
-             "grootv": "GrootVBackbone"}
+             "grootv": "GrootVBackbone", "localmamba": "LocalMambaBackbone", "msvmamba": "MSVMambaBackbone"}
 SEGMENTATION_ONLY = {"v2dmamba"}  # families whose authors publish no detection config
 TEST_ARCH, TEST_MODEL = "test", "test_mamba2d"
 TEST_CHANNELS = [16, 32, 64, 64]  # every family's test model's feature_info; test_backbone_matches_timm_feature_info
 FAMILY_TEST_CHANNELS = {"spatial_mamba": [8, 16, 32, 64],  # widths that must double (the official fixture's model)
-                        "grootv": [8, 16, 32, 64]}
+                        "grootv": [8, 16, 32, 64], "localmamba": [8, 16, 32, 64], "msvmamba": [8, 16, 32, 64]}
 NO_DECAY = {  # each family's mm recipe: backbone parameters without weight decay
     "mamba2d": lambda name, parameter: parameter.ndim == 1 or name.endswith(("A_t_log", "A_l_log")),
     # Swin's rule (names with 'norm') on the official names, where the stem / downsample norms are numbered
@@ -42,6 +42,8 @@ NO_DECAY["v2dmamba"] = NO_DECAY["vmamba"]  # VMamba's config is the base of 2DVM
 # Swin's rule on the official names, where the blocks' LayerNorms are ln_1 / ln_2
 NO_DECAY["spatial_mamba"] = lambda name, parameter: "norm" in name and not any(k in name for k in ("norm1", "norm2"))
 NO_DECAY["grootv"] = lambda name, parameter: parameter.ndim == 1  # the classifier recipe's rule
+# Swin's rule on the official names, where the stem's LayerNorm is numbered (patch_embed.2)
+NO_DECAY["localmamba"] = NO_DECAY["msvmamba"] = lambda name, parameter: "norm" in name and "stem.norm" not in name
 
 
 def channels_of(family):

@@ -14,7 +14,7 @@ from timm.models._features import FeatureGetterNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import check_weights_model, read_weights_metadata
-from ..models import grootv, mamba2d, spatial_mamba, v2dmamba, vmamba
+from ..models import grootv, localmamba, mamba2d, msvmamba, spatial_mamba, v2dmamba, vmamba
 from ..unpickle import load_tensors
 
 
@@ -43,6 +43,12 @@ FAMILIES = {
     "grootv": BackboneFamily(  # the official stage outputs after each level's norm, no extra norms
         models={"tiny": "grootv_tiny", "small": "grootv_small", "base": "grootv_base", "test": "test_grootv"},
         checkpoint_filter_fn=grootv.checkpoint_filter_fn),
+    "localmamba": BackboneFamily(  # feature_norms: the official Backbone_LocalVSSM's outnorm{i}
+        models={"tiny": "localmamba_tiny", "small": "localmamba_small", "test": "test_localmamba"},
+        checkpoint_filter_fn=localmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
+    "msvmamba": BackboneFamily(  # feature_norms: the official MM_VSSM's outnorm{i}
+        models={"nano": "msvmamba_nano", "micro": "msvmamba_micro", "tiny": "msvmamba_tiny", "test": "test_msvmamba"},
+        checkpoint_filter_fn=msvmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
 }
 
 
@@ -199,3 +205,21 @@ class GrootVBackbone(TimmFeatureBackbone):
     detection or segmentation code or weights; a released classification file loads its `model_ema` weights (see
     `vision2d.models.grootv.checkpoint_filter_fn`)."""
     family = "grootv"
+
+
+@MODELS.register_module()
+class LocalMambaBackbone(TimmFeatureBackbone):
+    """LocalVMamba (arch 'tiny', 'small'; 'test' for tests) for mmdet and mmseg: the official Backbone_LocalVSSM, with
+    a LayerNorm on every returned stage (weight 1, bias 0 from a classifier checkpoint; loaded from an official Mask
+    R-CNN checkpoint). Non-square inputs use the true inverse of the vertical scans, unlike the official code (see
+    docs/models.md)."""
+    family = "localmamba"
+
+
+@MODELS.register_module()
+class MSVMambaBackbone(TimmFeatureBackbone):
+    """MSVMamba (arch 'nano', 'micro', 'tiny'; 'test' for tests) for mmdet and mmseg: the official MM_VSSM of MSVMamba,
+    with a LayerNorm on every returned stage (weight 1, bias 0 from a classifier checkpoint; loaded from an official
+    Mask R-CNN / UperNet checkpoint). A classification file holding both `model` and `model_ema` gives `model_ema`
+    (see `vision2d.models.msvmamba.checkpoint_filter_fn`)."""
+    family = "msvmamba"
