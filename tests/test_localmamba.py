@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import vision2d  # noqa: F401  (registers the models)
+from test_vmamba import _convert_checkpoint_tool
 from vision2d.models import localmamba
 from vision2d.ops.scan_orders import local_scan_orders
 
@@ -215,3 +216,15 @@ def test_train_configs_hold_the_official_recipe(size, tmp_path):
     assert (args.model, args.drop_path, args.lr_base, args.lr_base_size, args.weight_decay, args.clip_grad,
             args.model_ema, args.mixup, args.epochs, args.warmup_epochs) == \
         (f"localmamba_{size}", 0.1, 1e-3, 1024, 0.04, None, False, 0.2, 300, 20)
+
+
+def test_convert_checkpoint_infers_localmamba_from_the_released_layout(fixture, tmp_path, capsys):
+    tool = _convert_checkpoint_tool()
+    path = save({"state_dict": official_state_dict(fixture)}, tmp_path / "local_vssm_test.ckpt")
+    out = tmp_path / "test_localmamba.safetensors"
+    assert tool.main([path, str(out)]) == 0, capsys.readouterr().err
+    assert "test_localmamba, 1000 classes" in capsys.readouterr().out
+    converted = timm.create_model("test_localmamba", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    case = fixture["cases"][0]
+    logits, _ = run(converted.eval(), case["input"].float())
+    assert rel_err(logits, case["logits"]) < REL_TOL

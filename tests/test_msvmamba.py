@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import vision2d  # noqa: F401  (registers the models)
-from test_vmamba import _fake_yacs_module
+from test_vmamba import _convert_checkpoint_tool, _fake_yacs_module
 from vision2d.models import msvmamba
 from vision2d.ops.scan_orders import multiscale_scan_order
 
@@ -205,3 +205,15 @@ def test_train_configs_hold_the_official_recipe(size, tmp_path):
     assert (args.model, args.drop_path, args.lr_base, args.lr_base_size, args.weight_decay, args.clip_grad,
             args.model_ema, args.model_ema_decay, args.epochs, args.warmup_epochs) == \
         (f"msvmamba_{size}", 0.2, 5e-4, 512, 0.05, 5.0, True, 0.9999, 300, 20)
+
+
+def test_convert_checkpoint_infers_msvmamba_from_a_training_file(fixture, tmp_path, capsys):
+    tool = _convert_checkpoint_tool()
+    path = save({"model": official_state_dict(fixture), "epoch": 299}, tmp_path / "vssm_test_ms.pth")
+    out = tmp_path / "test_msvmamba.safetensors"
+    assert tool.main([path, str(out)]) == 0, capsys.readouterr().err
+    assert "test_msvmamba, 1000 classes" in capsys.readouterr().out
+    converted = timm.create_model("test_msvmamba", pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    case = fixture["cases"][1]
+    logits, _ = run(converted.eval(), case["input"].float())
+    assert rel_err(logits, case["logits"]) < REL_TOL
