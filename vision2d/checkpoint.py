@@ -137,6 +137,53 @@ def create_model_from_weights(path: str | os.PathLike, model_name: str | None = 
     return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
 
 
+def check_state_dict_fits(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, hint: str = "") -> None:
+    """Raise ValueError naming every missing, unexpected or mis-shaped key of ``state_dict`` (in the model's keys)
+    for ``model``, a timm model; each family's ``checkpoint_filter_fn`` ends with it. Two parts may differ, as in
+    timm's pretrained loader, which adapts them after the filter:
+
+    * the first conv (pretrained cfg ``first_conv``) may hold the pretrained cfg's ``input_size[0]`` input channels
+      where the model has another ``in_chans``: timm's ``adapt_input_conv`` converts it;
+    * the classifier (pretrained cfg ``classifier``) may have any size or be absent. The file's class count
+      (0 when absent) becomes the pretrained cfg's ``num_classes``, so timm keeps the file's classifier when the model
+      has as many classes and replaces it with a new one otherwise; an absent classifier is filled with the model's
+      own (new) one so that strict loading still holds.
+
+    ``hint`` is appended to the error (e.g. how an older checkpoint layout differs).
+    """
+    expected = model.state_dict()
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifiers = _as_tuple(cfg.get("classifier"))
+    is_classifier = lambda key: any(key.startswith(name + ".") for name in classifiers)  # noqa: E731
+    first_conv_weights = {name + ".weight" for name in _as_tuple(cfg.get("first_conv"))}
+    pretrained_in_chans = (cfg.get("input_size") or (3,))[0]
+
+    def fits(key: str, value: torch.Tensor) -> bool:
+        shape, model_shape = tuple(value.shape), tuple(expected[key].shape)
+        if key in first_conv_weights and len(shape) == len(model_shape) > 1:
+            return shape[1] == pretrained_in_chans and shape[:1] + shape[2:] == model_shape[:1] + model_shape[2:]
+        return shape == model_shape
+
+    missing = sorted(k for k in expected if k not in state_dict and not is_classifier(k))
+    unexpected = sorted(k for k in state_dict if k not in expected and not is_classifier(k))
+    misshaped = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                       for k, v in state_dict.items() if k in expected and not is_classifier(k) and not fits(k, v))
+    if missing or unexpected or misshaped:
+        parts = [f"{title} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
+                 for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                 if keys]
+        raise ValueError(f"checkpoint does not match this {type(model).__name__}: " + "; ".join(parts) + hint)
+    if classifiers and "num_classes" in cfg:
+        file_classifier = state_dict.get(classifiers[0] + ".weight")
+        cfg["num_classes"] = 0 if file_classifier is None else file_classifier.shape[0]
+        if file_classifier is None:
+            state_dict.update({k: v for k, v in expected.items() if is_classifier(k)})
+
+
+def _as_tuple(names) -> tuple:
+    return (names,) if isinstance(names, str) else tuple(names or ())
+
+
 MAX_NUM_CLASSES = 100_000
 MAX_IMAGE_SIDE = 8192
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -210,11 +257,14 @@ def _metadata_num_classes(metadata: dict[str, str], path: str | os.PathLike) -> 
 
 
 def check_model_name(model_name: str) -> None:
-    """Raise ValueError naming close matches if timm has no model called ``model_name``."""
+    """Raise ValueError naming close matches and vision2d's models if timm has no model called ``model_name``."""
     if not timm.is_model(model_name):
+        from . import list_models  # vision2d's own models (the package has finished importing by now)
+
         close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown model {model_name!r} (not registered with timm; did you `import vision2d`?){hint}")
+        raise ValueError(f"unknown model {model_name!r} (not registered with timm; did you `import vision2d`?){hint}; "
+                         f"vision2d's models: {', '.join(list_models())}")
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> dict:

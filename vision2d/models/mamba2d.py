@@ -15,10 +15,11 @@ from torch import nn
 
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from timm.models._features import feature_take_indices
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, register_model, register_notrace_function
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from ..checkpoint import check_state_dict_fits
 from ..layers import StarReLU, apply_rope_2d, rope_2d_angles
 from ..ops import selective_scan_2d
 
@@ -26,6 +27,22 @@ __all__ = ["Mamba2D", "checkpoint_filter_fn"]
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-5)
 MIN_INPUT_SIZE = 3  # the 7x7 / stride 4 / padding 2 stem needs at least 3 pixels per side
+
+# torch.fx (timm's feature extraction) keeps these as single graph nodes: they check or branch on input shapes
+register_notrace_function(selective_scan_2d)
+register_notrace_function(rope_2d_angles)
+
+
+@register_notrace_function
+def check_input(x: torch.Tensor, in_chans: int):
+    """Raise a clear error for input that is not (B, in_chans, H, W) with H, W >= MIN_INPUT_SIZE."""
+    if x.dim() != 4:
+        raise ValueError(f"Mamba2D expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"Mamba2D was built for {in_chans} input channels, got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)}, expected (B, {in_chans}, H, W))")
+    if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:  # one guard per size: compile knows both bounds
+        raise ValueError(f"Mamba2D needs H and W >= {MIN_INPUT_SIZE} pixels, got {tuple(x.shape[2:])}")
 
 
 class SepConv(nn.Module):
@@ -189,14 +206,25 @@ class Mamba2DStage(nn.Module):
         return self.norm(x).permute(0, 3, 1, 2)
 
 
+POOL_TYPES = ("avg", "")  # mean over the map, or none (the head then runs at every position)
+
+
+def check_pool_type(global_pool: str):
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"Mamba2D supports global_pool 'avg' or '' (no pooling), got {global_pool!r}")
+
+
 class MlpClassifierHead(nn.Module):
     """Mean-pool -> LN(C) -> Linear(C, hidden) -> GELU -> LN(hidden) -> Dropout -> Linear(hidden, classes).
-    `fc` is the classifier; (B, C, H, W) in, (B, num_classes) out."""
+    `fc` is the classifier; (B, C, H, W) in, (B, num_classes) out. Without pooling (pool_type '') the same layers
+    run at every position: (B, num_classes, H, W) out."""
 
-    def __init__(self, in_chs: int, num_classes: int, hidden_size: int, drop_rate: float = 0.0, device=None,
-                 dtype=None):
+    def __init__(self, in_chs: int, num_classes: int, hidden_size: int, drop_rate: float = 0.0,
+                 pool_type: str = "avg", device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        check_pool_type(pool_type)
+        self.pool_type = pool_type
         self.norm = LayerNorm(in_chs, **dd)
         self.fc1 = nn.Linear(in_chs, hidden_size, **dd)
         self.act = nn.GELU()
@@ -204,14 +232,19 @@ class MlpClassifierHead(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
-    def reset(self, num_classes: int):
+    def reset(self, num_classes: int, pool_type: Optional[str] = None):
+        if pool_type is not None:
+            check_pool_type(pool_type)
+            self.pool_type = pool_type
         w = self.fc1.weight
         self.fc = nn.Linear(w.shape[0], num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x.mean((2, 3)))
-        x = self.drop(self.hidden_norm(self.act(self.fc1(x))))
-        return x if pre_logits else self.fc(x)
+        x = x.mean((2, 3)) if self.pool_type == "avg" else x.permute(0, 2, 3, 1)
+        x = self.drop(self.hidden_norm(self.act(self.fc1(self.norm(x)))))
+        x = x if pre_logits else self.fc(x)
+        return x if self.pool_type == "avg" else x.permute(0, 3, 1, 2)
 
 
 class Mamba2D(nn.Module):
@@ -240,15 +273,13 @@ class Mamba2D(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if not len(depths) == len(dims) == len(mixers):
             raise ValueError(f"depths {depths}, dims {dims} and mixers {mixers} must have the same length")
-        if global_pool != "avg":
-            raise ValueError(f"Mamba2D supports only global_pool='avg', got {global_pool!r}")
+        check_pool_type(global_pool)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.global_pool = global_pool
         self.num_features = dims[-1]
         self.head_hidden_size = dims[-1] * head_hidden_ratio
-        self.grad_checkpointing = False
 
         self.stem = nn.Sequential()
         self.stem.add_module("conv", nn.Conv2d(in_chans, dims[0], 7, stride=4, padding=2, **dd))
@@ -263,7 +294,7 @@ class Mamba2D(nn.Module):
             start += depth
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head = MlpClassifierHead(dims[-1], num_classes, self.head_hidden_size, drop_rate, **dd)
+        self.head = MlpClassifierHead(dims[-1], num_classes, self.head_hidden_size, drop_rate, global_pool, **dd)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -278,7 +309,7 @@ class Mamba2D(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
+        """Checkpoint every block (as timm's hierarchical models do): each runs once more in the backward."""
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
@@ -287,22 +318,11 @@ class Mamba2D(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"Mamba2D supports only global_pool='avg', got {global_pool!r}")
         if isinstance(self.head, nn.Identity):
             raise RuntimeError("the head was pruned by prune_intermediate_layers(prune_head=True); rebuild the model")
         self.num_classes = num_classes
-        self.head.reset(num_classes)
-
-    def check_input(self, x: torch.Tensor):
-        """Raise a clear error for input that is not (B, in_chans, H, W) with H, W >= MIN_INPUT_SIZE."""
-        if x.dim() != 4:
-            raise ValueError(f"Mamba2D expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"Mamba2D was built for {self.in_chans} input channels, got {x.shape[1]} "
-                             f"(input shape {tuple(x.shape)}, expected (B, {self.in_chans}, H, W))")
-        if min(x.shape[2:]) < MIN_INPUT_SIZE:
-            raise ValueError(f"Mamba2D needs H and W >= {MIN_INPUT_SIZE} pixels, got {tuple(x.shape[2:])}")
+        self.head.reset(num_classes, global_pool)
+        self.global_pool = self.head.pool_type
 
     def forward_intermediates(
             self,
@@ -320,7 +340,7 @@ class Mamba2D(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"Mamba2D intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        self.check_input(x)
+        check_input(x, self.in_chans)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
@@ -343,11 +363,8 @@ class Mamba2D(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> last stage map (B, num_features, ~H/32, ~W/32)."""
-        self.check_input(x)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
+        check_input(x, self.in_chans)
+        return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pooled head; pre_logits=True returns the (B, head_hidden_size) features before the classifier.
@@ -417,8 +434,9 @@ def checkpoint_filter_fn(state_dict: Dict, model: Mamba2D) -> Dict[str, torch.Te
     `model`, keys with or without `backbone.`/`module.`/`_orig_mod.` prefixes) or one of ours to this model's keys.
 
     Raises ValueError listing the missing, unexpected and mis-shaped keys when the checkpoint does not fit `model`
-    (another variant, the v1 architecture, a truncated file). A classifier of another size is kept for timm to drop
-    when `num_classes` differs from the pretrained cfg.
+    (another variant, the v1 architecture, a truncated file). As for every family (`check_state_dict_fits`), timm
+    then adapts a 3-channel stem to another `in_chans` and replaces the classifier when `num_classes` differs from the
+    file's.
     """
     state_dict = _unwrap_state_dict(state_dict)
     depths = [len(stage.blocks) for stage in model.stages]
@@ -428,29 +446,19 @@ def checkpoint_filter_fn(state_dict: Dict, model: Mamba2D) -> Dict[str, torch.Te
     for key, value in tensors.items():
         key = _rename_official_key(key, depths) if official else key
         out[key] = value.contiguous()  # official convs are saved channels_last
-    _check_fits(out, model)
+    check_state_dict_fits(out, model, hint=_fit_hint(out, model))
     return out
 
 
-def _check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module):
-    """Raise ValueError naming every missing, unexpected or mis-shaped key (the classifier may differ in size)."""
-    expected = model.state_dict()
-    classifier = {k for k in expected if k.startswith("head.fc.")}
-    missing = sorted(k for k in expected if k not in state_dict and k not in classifier)
-    unexpected = sorted(k for k in state_dict if k not in expected and not k.startswith("head.fc."))
-    misshaped = sorted(
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items() if k in expected and k not in classifier and v.shape != expected[k].shape)
-    if missing or unexpected or misshaped:
-        parts = [f"{title} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
-                 for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                 if keys]
-        hint = ""
-        if any(k.endswith("x_proj.weight") for k in misshaped):
-            hint = " (x_proj has 2R+2N rows in v1 checkpoints: only the v2 architecture is supported)"
-        raise ValueError(f"checkpoint does not match this {type(model).__name__} "
-                         f"(dims {[s.norm.normalized_shape[0] for s in model.stages]}, depths "
-                         f"{[len(s.blocks) for s in model.stages]}): " + "; ".join(parts) + hint)
+def _fit_hint(state_dict: Dict[str, torch.Tensor], model: Mamba2D) -> str:
+    """What the error of a checkpoint that does not fit `model` adds: the model's shape, and the v1 layout."""
+    hint = (f" (model dims {[s.norm.normalized_shape[0] for s in model.stages]}, depths "
+            f"{[len(s.blocks) for s in model.stages]})")
+    x_proj = "stages.0.blocks.0.token_mixer.x_proj.weight"
+    expected = model.state_dict().get(x_proj)
+    if x_proj in state_dict and expected is not None and state_dict[x_proj].shape[0] != expected.shape[0]:
+        hint += "; x_proj has 2R+2N rows in v1 checkpoints: only the v2 architecture is supported"
+    return hint
 
 
 def _create_mamba2d(variant: str, pretrained: bool = False, **kwargs) -> Mamba2D:
