@@ -23,8 +23,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from ..checkpoint import check_state_dict_fits
 from ..ops.tree_scan import tree_scan_2d
-from .vmamba import _check_fits, released_checkpoint_globals  # shared: the key report, the yacs config globals
+from .vmamba import released_checkpoint_globals  # the yacs config globals of the released files
 
 __all__ = ["GrootV", "checkpoint_filter_fn", "released_checkpoint_globals"]
 
@@ -417,7 +418,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: GrootV) -> Dict[str, torch.Ten
             if ".mixer." in key and name in ("weight", "bias") and key.rsplit(".", 2)[-2] in ("x_proj", "dt_proj"):
                 value = value[0]  # the official (K=1, ...) stacks of one direction
         out[key] = value.contiguous()
-    _check_fits(out, model)
+    check_state_dict_fits(out, model)
     return out
 
 
