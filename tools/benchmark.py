@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import vision2d  # noqa: E402,F401  (registers the models)
+from vision2d.checkpoint import check_model_name  # noqa: E402
 from vision2d.ops import BACKENDS, backend_unavailable_reason, resolve_backend, selective_scan_2d  # noqa: E402
 from vision2d.ops import cross_scan_orders, selective_scan  # noqa: E402
 from vision2d.ops.selective_scan import SELECTIVE_SCAN_BACKENDS  # noqa: E402
@@ -49,15 +50,23 @@ def _time_once(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def progress(message: str):
+    """One line of progress on stderr (the report itself goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _round_robin(tasks: dict, rounds: int, warmup: int, device) -> dict:
     """Median seconds of each task, timing the tasks in turn for `rounds` rounds after `warmup` calls each."""
-    for fn in tasks.values():
+    for name, fn in tasks.items():
+        progress(f"warm-up: {warmup} call(s) of {name}")
         for _ in range(warmup):
             fn()
     times = {name: [] for name in tasks}
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        start = time.perf_counter()
         for name, fn in tasks.items():
             times[name].append(_time_once(fn, device))
+        progress(f"round {round_index + 1}/{rounds} ({time.perf_counter() - start:.1f} s)")
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -121,23 +130,32 @@ def peak_memory_mib(name, args) -> float:
 def bench_models(args) -> str:
     device = torch.device(args.device)
     for name in args.models:
-        if not timm.is_model(name):
-            raise SystemExit(f"unknown model {name!r}: not registered with timm (see timm.list_models())")
+        try:
+            check_model_name(name)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}")
     params, tasks = {}, {}
     for name in args.models:
+        progress(f"building {name}")
         params[name], model_tasks = _make_model_tasks(name, args, device)
         tasks.update({(name, kind): fn for kind, fn in model_tasks.items()})
     medians = _round_robin(tasks, args.rounds, args.warmup, device)
-    memory = {name: peak_memory_mib(name, args) for name in args.models} if not args.no_memory else {}
+    memory = {}
+    if not args.no_memory:
+        for name in args.models:
+            progress(f"peak memory of {name} (a fresh process)")
+            memory[name] = peak_memory_mib(name, args)
     ref = args.models[-1]
-    lines = [f"| model | params (M) | latency b={args.latency_batch} (ms) | ratio | eval img/s b={args.batch_size} | "
-             f"train img/s b={args.batch_size} | peak mem (MiB) |", "|---|---|---|---|---|---|---|"]
+    columns = ["model", "params (M)", f"latency b={args.latency_batch} (ms)", "ratio",
+               f"eval img/s b={args.batch_size}", f"train img/s b={args.batch_size}"]
+    columns += ["peak mem (MiB)"] if memory else []  # only what was measured
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name in args.models:
         lat = medians[(name, "latency")]
-        lines.append(
-            f"| {name} | {params[name]:.1f} | {lat * 1e3:.1f} | {lat / medians[(ref, 'latency')]:.2f}x | "
-            f"{args.batch_size / medians[(name, 'eval')]:.1f} | {args.batch_size / medians[(name, 'train')]:.1f} | "
-            f"{memory.get(name, float('nan')):.0f} |")
+        cells = [name, f"{params[name]:.1f}", f"{lat * 1e3:.1f}", f"{lat / medians[(ref, 'latency')]:.2f}x",
+                 f"{args.batch_size / medians[(name, 'eval')]:.1f}", f"{args.batch_size / medians[(name, 'train')]:.1f}"]
+        cells += [f"{memory[name]:.0f}"] if memory else []
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nScan backend on {device.type}: `{resolve_backend(device)}`; ratio = latency / latency of "
                  f"`{ref}`; medians of {args.rounds} round-robin rounds after {args.warmup} warm-up calls.")
     return "\n".join(lines)
@@ -151,6 +169,7 @@ def bench_op(args) -> str:
     rows = ["| shape B x H x W x E x N | dtype | backend | forward (ms) | fwd+bwd (ms) | fwd speed-up vs reference |",
             "|---|---|---|---|---|---|"]
     for shape_text in args.shapes or OP_SHAPES:
+        progress(f"scan shape {shape_text}, backends {', '.join(backends)}")
         shape = tuple(int(v) for v in shape_text.split("x"))
         args_fp = make_scan_inputs(*shape, dtype=getattr(torch, args.dtype), device=device)
         leaves = [a.detach().requires_grad_() for a in args_fp]
@@ -216,25 +235,39 @@ def describe_machine(device: torch.device, threads: int) -> str:
             f"torch {torch.__version__}, timm {timm.__version__}, vision2d {vision2d.__version__}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", default=["mamba2d_tiny", "convnext_tiny"])
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help, and the module docstring as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("models", nargs="*", default=["mamba2d_tiny", "convnext_tiny"],
+                        help="timm models to compare; the last one is the reference of the latency ratio")
     parser.add_argument("--op", nargs="?", const="selective_scan_2d", default=None,
                         choices=["selective_scan_2d", "selective_scan"],
                         help="benchmark the backends of this scan op instead of models")
     parser.add_argument("--shapes", nargs="+", default=None,
                         help=f"--op shapes, BxHxWxExN (default: {' '.join(OP_SHAPES)} for selective_scan_2d, "
                              f"{' '.join(SELECTIVE_SCAN_SHAPES)} for selective_scan)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--latency-batch", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    parser.add_argument("--write", type=Path, help="append the result (with device, versions, command) here")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="--op input dtype")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device to run on")
+    parser.add_argument("--img-size", type=int, default=224, help="square input size of the model benchmark")
+    parser.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency measurement")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size of the eval and train throughput")
+    parser.add_argument("--rounds", type=int, default=10, help="timed round-robin rounds (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each task before timing")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory processes (the table then has no memory column)")
+    parser.add_argument("--write", type=Path, default=None,
+                        help="append the result (with device, versions, command) to this markdown file")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     benches = {None: bench_models, "selective_scan_2d": bench_op, "selective_scan": bench_selective_scan}

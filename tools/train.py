@@ -24,7 +24,7 @@ import torch.distributed as dist
 from timm.data import resolve_data_config
 
 import vision2d  # noqa: F401  (registers the models with timm)
-from vision2d.checkpoint import CheckpointError, check_model_name
+from vision2d.checkpoint import CheckpointError
 from vision2d.train.checkpointing import (EMA_FILE, MODEL_FILE, MidEpochSchedule, TrainingCheckpoint,
                                           checkpoint_name, load_training_checkpoint, lock_run_folder,
                                           resolve_checkpoint_dir, save_training_checkpoint)
@@ -83,7 +83,6 @@ def train(args, context) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else prepare_digits(Path(args.output), context, log)
     datasets = create_image_folder_datasets(data_dir)
     class_names = list(datasets["train"].reader.class_to_idx)
-    check_model_name(args.model)
     seed_everything(args.seed)  # the same initial weights on every process
     model_kwargs = {key: value for key, value in (("drop_path_rate", args.drop_path), ("drop_rate", args.drop_rate))
                     if value is not None}

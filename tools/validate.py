@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="timm model name; default: the one named in the weight file")
     parser.add_argument("--data-dir", required=True, help="ImageFolder root holding <split>/<class>/<image>")
     parser.add_argument("--split", default="val", help="folder of --data-dir to evaluate")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader processes")
     parser.add_argument("--img-size", type=int, default=None, help="input size; default: from the pretrained cfg")
     parser.add_argument("--crop-pct", type=float, default=None, help="centre crop fraction; default: pretrained cfg")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint import check_model_name
 from .checkpointing import read_checkpoint_config
 
 DEFAULT_MODEL = "test_mamba2d"
@@ -31,7 +32,9 @@ DIGITS_RECIPE = dict(
 def build_parser() -> argparse.ArgumentParser:
     """The parser of tools/train.py; its defaults are the paper's recipe apart from the model and data."""
     parser = argparse.ArgumentParser(
-        description="Train a timm model (ImageNet-style ImageFolder, or scikit-learn digits by default).",
+        description="Train a timm model (ImageNet-style ImageFolder, or scikit-learn digits by default). The defaults "
+                    "are the paper's ImageNet recipe; without --data-dir and --config the run is the embedded digits "
+                    "job, whose own defaults each option names.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None,
                         help="YAML file of flag values (e.g. configs/train/mamba2d_tiny.yaml)")
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autocast dtype (float16 adds a gradient scaler)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and augmentation")
     run.add_argument("--device", default=None, help="cpu or cuda; default: cuda when available")
     run.add_argument("--output", default="output/train", help="folder of runs (and of the digits data set)")
     run.add_argument("--experiment", default=None,
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-steps", type=int, default=0,
                      help="also checkpoint inside an epoch every this many optimizer steps (0: off)")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in the run folder")
+    for action in parser._actions:  # --help shows the defaults of both jobs
+        if action.dest in DIGITS_RECIPE:
+            action.help = (f"{action.help or ''} (default: %(default)s; the digits job, without --data-dir and "
+                           f"--config: {DIGITS_RECIPE[action.dest]})").lstrip()
     return parser
 
 
@@ -150,7 +157,8 @@ def load_yaml_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject values that cannot work, naming the flag."""
+    """Reject values that cannot work, naming the flag (before any data is built)."""
+    check_model_name(args.model)
     for name in ("batch_size", "grad_accum_steps", "epochs", "lr_base_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -13,7 +13,9 @@ from timm.data import auto_augment, create_dataset, create_loader
 from timm.data.readers.img_extensions import get_img_extensions
 
 DIGITS_IMAGE_SIZE = 32
-IMAGE_FOLDER_LAYOUT = "<data-dir>/train/<class>/<image> and <data-dir>/val/<class>/<image>"
+def image_folder_layout(splits: tuple[str, ...]) -> str:
+    """The folders an ImageFolder tree of ``splits`` needs, for error messages."""
+    return " and ".join(f"<data-dir>/{split}/<class>/<image>" for split in splits)
 
 
 def posterize_keeping_zero_bits(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
@@ -67,17 +69,17 @@ def build_digits_image_folder(output_dir: str | os.PathLike) -> Path:
 
 def check_image_folder(data_dir: str | os.PathLike, splits: tuple[str, ...] = ("train", "val")) -> dict[str, Path]:
     """The split folders of an ImageFolder tree; ValueError naming what is missing if it is not one."""
-    data_dir = Path(data_dir)
+    data_dir, layout = Path(data_dir), image_folder_layout(splits)
     if not data_dir.exists():
-        raise ValueError(f"data dir {data_dir} does not exist; expected {IMAGE_FOLDER_LAYOUT}")
+        raise ValueError(f"data dir {data_dir} does not exist; expected {layout}")
     if not data_dir.is_dir():
-        raise ValueError(f"data dir {data_dir} is not a folder; expected {IMAGE_FOLDER_LAYOUT}")
+        raise ValueError(f"data dir {data_dir} is not a folder; expected {layout}")
     extensions = get_img_extensions()
     split_dirs = {}
     for split in splits:
         split_dir = data_dir / split
         if not split_dir.is_dir():
-            raise ValueError(f"data dir {data_dir} has no '{split}' folder; expected {IMAGE_FOLDER_LAYOUT}")
+            raise ValueError(f"data dir {data_dir} has no '{split}' folder; expected {layout}")
         entries = list(split_dir.iterdir())
         if not any(entry.is_dir() for entry in entries):
             raise ValueError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
