@@ -25,10 +25,16 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from ..checkpoint import check_state_dict_fits
 from ..ops import merge_dilated_kernels, state_fusion, state_scan
-from .vmamba import _check_fits, released_checkpoint_globals
+from .vmamba import released_checkpoint_globals
 
 __all__ = ["SpatialMamba", "checkpoint_filter_fn"]
+
+
+def check_pool_type(global_pool: str):
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"SpatialMamba supports global_pool 'avg' or '' (no pooling), got {global_pool!r}")
 
 
 @register_notrace_function  # torch.fx (timm's feature extraction) keeps it as one node: it branches on the shape
@@ -251,8 +257,7 @@ class SpatialMamba(nn.Module):
             raise ValueError(f"depths {depths} and dims {dims} must have the same length")
         if any(b != 2 * a for a, b in zip(dims, dims[1:])):
             raise ValueError(f"Spatial-Mamba's downsampling doubles the width: dims must double, got {dims}")
-        if global_pool != "avg":
-            raise ValueError(f"SpatialMamba supports only global_pool='avg', got {global_pool!r}")
+        check_pool_type(global_pool)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -271,7 +276,7 @@ class SpatialMamba(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.feature_norms = nn.ModuleList([nn.LayerNorm(d, **dd) for d in dims]) if feature_norms else None
         self.norm = nn.LayerNorm(dims[-1], **dd)
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type="avg", drop_rate=drop_rate, **dd)
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -305,12 +310,17 @@ class SpatialMamba(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"SpatialMamba supports only global_pool='avg', got {global_pool!r}")
+        """A new classifier; global_pool '' (timm's convention, with num_classes 0) returns the unpooled map."""
+        if global_pool is not None:
+            check_pool_type(global_pool)
+            self.global_pool = global_pool
         if isinstance(self.head, nn.Identity):
             raise RuntimeError("the head was pruned by prune_intermediate_layers(prune_head=True); rebuild the model")
         self.num_classes = num_classes
-        self.head.reset(num_classes)
+        reference = next(self.parameters())
+        self.head.reset(num_classes, pool_type=global_pool)  # the new layer on the model's device and dtype:
+        self.head.fc.to(device=reference.device, dtype=reference.dtype)
+        self.head.train(self.training)
 
     def _feature_map(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Stage `index`'s output (B, H, W, C) as the NCHW feature map, through its feature norm if any."""
@@ -443,12 +453,14 @@ def checkpoint_filter_fn(state_dict: Dict, model: SpatialMamba) -> Dict[str, tor
     checkpoints), `model` is taken, as the official evaluation and detection / segmentation backbones do. Also the
     official detection / segmentation checkpoints (the `backbone.*` part of their `state_dict`; neck and heads are
     dropped) and ours. A classifier checkpoint loaded into a model with `feature_norms` gets those norms at their init
-    (weight 1, bias 0), as the official backbone starts them. Load released `.pth` files weights-only within
+    (weight 1, bias 0), as the official backbone starts them; a backbone checkpoint gets the final norm at its init and
+    (`check_state_dict_fits`) the model's own classifier. Load released `.pth` files weights-only within
     `torch.serialization.safe_globals(released_checkpoint_globals())` (their pickled yacs config is read as plain
     data); timm's pretrained loader for these models does so.
 
     Raises ValueError listing the missing, unexpected and mis-shaped keys when the checkpoint does not fit `model`
-    (another variant, a truncated file).
+    (another variant, a truncated file). As for every family (`check_state_dict_fits`), timm then adapts a 3-channel
+    stem to another `in_chans` and replaces the classifier when `num_classes` differs from the file's.
     """
     state_dict = _unwrap_state_dict(state_dict)
     tensors = {_strip_prefixes(k): v for k, v in state_dict.items()
@@ -456,12 +468,17 @@ def checkpoint_filter_fn(state_dict: Dict, model: SpatialMamba) -> Dict[str, tor
     official = any(_OFFICIAL_KEY.match(k) for k in tensors)
     out = {(_rename_official_key(k) if official else k): v.contiguous() for k, v in tensors.items()}
     expected = model.state_dict()
+    at_init = []  # LayerNorms the checkpoint does not have, started at weight 1, bias 0
     if model.feature_norms is not None and not any(k.startswith("feature_norms.") for k in out):
-        for key, value in expected.items():
-            if key.startswith("feature_norms."):
-                out[key] = torch.ones(value.shape) if key.endswith(".weight") else torch.zeros(value.shape)
-    backbone_only = official and not any(k.startswith(("norm.", "head.")) for k in out)  # an official mm backbone
-    _check_fits(out, model, optional=("norm.", "head.") if backbone_only else ())
+        at_init.append("feature_norms.")
+    if official and not any(k.startswith(("norm.", "head.")) for k in out):  # an official mm backbone: no classifier
+        at_init.append("norm.")
+    for key, value in expected.items():
+        if key.startswith(tuple(at_init)):
+            out[key] = torch.ones(value.shape) if key.endswith(".weight") else torch.zeros(value.shape)
+    hint = (f" (model dims {[s.blocks[0].norm1.normalized_shape[0] for s in model.stages]}, depths "
+            f"{[len(s.blocks) for s in model.stages]})")
+    check_state_dict_fits(out, model, hint=hint)
     return out
 
 
