@@ -116,7 +116,7 @@ def test_parameter_counts_equal_official(name):
     with torch.device("meta"):
         model = timm.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]
-    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0 for s in model.stages
+    rates = [b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0 for s in model.stages
              for b in s.blocks]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2)
 

@@ -24,9 +24,10 @@ from timm.models import build_model_with_cfg, register_model, register_notrace_m
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from ..checkpoint import check_state_dict_fits
 from ..ops import selective_scan
 from ..ops.scan_orders import local_scan_orders
-from .vmamba import SS2D, VMamba, _check_fits, _NOT_BACKBONE, _strip_prefixes
+from .vmamba import SS2D, VMamba, _NOT_BACKBONE, _strip_prefixes
 
 __all__ = ["LocalMamba", "checkpoint_filter_fn", "TINY_DIRECTIONS", "SMALL_DIRECTIONS"]
 
@@ -296,8 +297,9 @@ def convert_state_dict(checkpoint: Dict, model: MergingVMamba, wrappers: Sequenc
     itself), its tensors only, `module.` / `_orig_mod.` / `backbone.` prefixes stripped and a detector's or segmentor's
     neck and heads dropped, official keys (recognised by their `patch_embed.` / `layers.` / `classifier.` / `outnorm`
     names) through `rename_official`. A model with `feature_norms` loading a classifier checkpoint gets them at init
-    (weight 1, bias 0); a backbone-only official checkpoint may lack the classifier. Raises ValueError naming every
-    missing, unexpected or mis-shaped key when the result does not fit `model`."""
+    (weight 1, bias 0); a backbone-only official checkpoint may lack the classifier (its final norm and head keep the
+    model's). Raises ValueError naming every missing, unexpected or mis-shaped key when the result does not fit
+    `model` (`vision2d.checkpoint.check_state_dict_fits`, which also lets timm adapt the first conv and the head)."""
     for key in wrappers:
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
@@ -312,8 +314,9 @@ def convert_state_dict(checkpoint: Dict, model: MergingVMamba, wrappers: Sequenc
         for key, value in expected.items():
             if key.startswith("feature_norms."):
                 out[key] = torch.ones(value.shape) if key.endswith(".weight") else torch.zeros(value.shape)
-    backbone_only = official and not any(k.startswith(("norm.", "head.")) for k in out)
-    _check_fits(out, model, optional=("norm.", "head.") if backbone_only else ())
+    if official and not any(k.startswith(("norm.", "head.")) for k in out):  # an mm backbone: no classifier norm either
+        out.update({k: v for k, v in expected.items() if k.startswith("norm.")})
+    check_state_dict_fits(out, model)
     return out
 
 

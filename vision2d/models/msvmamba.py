@@ -52,8 +52,8 @@ class MultiScaleSS2D(SS2D):
         self.se = SEModule(E, rd_channels=E // se_reduction, bias=False, **dd)
 
     def _scan(self, u: torch.Tensor, index: int, order: torch.Tensor = None) -> torch.Tensor:
-        """Scan (batch, L, E) along `order` (1, L) (None: storage order) with the parameters of branch `index`;
-        the shared LayerNorm applied per token. Returns (batch, L, E) by storage position."""
+        """Scan (batch, L, E) along `order` (1, L) (None: storage order) with the parameters of branch `index`.
+        Returns (batch, L, E) by storage position."""
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         dts, Bs, Cs = F.linear(u, self.x_proj_weight[index]).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight[index].to(dts.dtype))
@@ -61,7 +61,7 @@ class MultiScaleSS2D(SS2D):
         A = -torch.exp(self.A_logs[branch].float()).unsqueeze(0)
         y = selective_scan(u, delta.unsqueeze(2), A, Bs.unsqueeze(2), Cs.unsqueeze(2), self.Ds[branch].float()[None],
                            self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order, merge=True)
-        return self.out_norm(y)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
@@ -72,9 +72,12 @@ class MultiScaleSS2D(SS2D):
         low = F.silu(self.conv_low(x))
         h, w = low.shape[2:]
         low = low.permute(0, 2, 3, 1).reshape(batch, 1, h * w, E).expand(-1, 3, -1, -1).reshape(batch, 3 * h * w, E)
-        y_low = self._scan(low, LOW, multiscale_scan_order(h, w, device=x.device)).view(batch, 3, h, w, E).sum(1)
+        y_low = self._scan(low, LOW, multiscale_scan_order(h, w, device=x.device))
+        # the shared LayerNorm per token of both branches, in one call
+        y_full, y_low = self.out_norm(torch.cat([self._scan(full, FULL), y_low], dim=1)).split([H * W, 3 * h * w], 1)
+        y_low = y_low.reshape(batch, 3, h, w, E).sum(1)
         y_low = F.interpolate(y_low.permute(0, 3, 1, 2), size=(H, W), mode="bilinear", align_corners=False)
-        y = self._scan(full, FULL).view(batch, H, W, E) + y_low.permute(0, 2, 3, 1)
+        y = y_full.reshape(batch, H, W, E) + y_low.permute(0, 2, 3, 1)
         y = self.se(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.out_proj(y * F.silu(z))
 
@@ -89,12 +92,12 @@ class ConvFFN(nn.Module):
         self.fc1 = nn.Linear(dim, hidden, **dd)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, **dd)
         self.fc2 = nn.Linear(hidden, dim, **dd)
-        self.drop = nn.Dropout(drop)
+        self.drop1, self.drop2 = nn.Dropout(drop), nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.fc1(x))
+        x = self.drop1(self.fc1(x))
         x = x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.drop(self.fc2(F.gelu(x)))
+        return self.drop2(self.fc2(F.gelu(x)))
 
 
 class MSVSSBlock(nn.Module):
@@ -108,11 +111,12 @@ class MSVSSBlock(nn.Module):
         self.mixer = MultiScaleSS2D(dim, **mixer_kwargs, **dd)
         self.norm2 = nn.LayerNorm(dim, **dd)
         self.ffn = ConvFFN(dim, drop=ffn_drop, **dd)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm1(x)))
-        return x + self.drop_path(self.ffn(self.norm2(x)))
+        x = x + self.drop_path1(self.mixer(self.norm1(x)))
+        return x + self.drop_path2(self.ffn(self.norm2(x)))
 
 
 class MSVMamba(MergingVMamba):

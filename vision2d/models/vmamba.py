@@ -334,10 +334,7 @@ class VMamba(nn.Module):
         """(B, in_chans, H, W) -> normed last stage map (B, num_features, ~H/32, ~W/32)."""
         check_input(x, self.in_chans)
         x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
+        x = self.stages(x)  # with grad checkpointing on, each stage checkpoints its blocks (not the stages as well)
         return self.norm(x).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
