@@ -209,3 +209,23 @@ def test_reference_ignores_inputs_the_recurrence_never_reads(reverse, delta_soft
         torch.testing.assert_close(grad, clean_grad, msg=lambda m: f"grad of {name}: {m}")
     for index, unread in ((1, unread_t), (5, unread_t), (2, unread_l), (6, unread_l)):
         assert not grads[index].masked_select(unread).any(), f"unread entries of {GRAD_NAMES[index]} get gradient"
+
+
+def test_channels_first_u_is_named_as_such():
+    args = list(make_scan_inputs(1, 5, 6, 3, 4))
+    args[0] = args[0].permute(0, 3, 1, 2)  # (B, E, H, W)
+    with pytest.raises(ValueError, match=r"u \(1, 3, 5, 6\) looks channels-first .* must be channels-last"):
+        selective_scan_2d(*args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_forward_mode_ad_raises_instead_of_zero_tangents(backend):
+    args = make_scan_inputs(1, 3, 4, 2, 2, dtype=torch.float64)
+    tangents = tuple(torch.randn_like(a) for a in args)
+    with pytest.raises(NotImplementedError, match="no forward-mode AD"):
+        torch.func.jvp(lambda *a: selective_scan_2d(*a, backend=backend), tuple(args), tangents)
+    with torch.autograd.forward_ad.dual_level(), pytest.raises(NotImplementedError, match="no forward-mode AD"):
+        selective_scan_2d(torch.autograd.forward_ad.make_dual(args[0], tangents[0]), *args[1:], backend=backend)
+    # forward mode through the reference math works
+    _, tangent = torch.func.jvp(selective_scan_2d_ref, tuple(args), tangents)
+    assert tangent.abs().max() > 0

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from .backends import OpBackends
 
@@ -90,6 +91,9 @@ def _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D):
         raise ValueError(f"selective_scan_2d: u must be 4-D (B, H, W, E) channels-last, got shape {tuple(u.shape)}")
     Bsz, H, W, E = u.shape
     if A_t.dim() != 2 or A_t.shape[0] != E:
+        if A_t.dim() == 2 and A_t.shape[0] == H:  # looked at only when failing: no guard on H in compiled graphs
+            raise ValueError(f"selective_scan_2d: u {tuple(u.shape)} looks channels-first (B, E, H, W); u and the "
+                             f"other per-pixel inputs must be channels-last (B, H, W, E), e.g. u.permute(0, 2, 3, 1)")
         raise ValueError(f"selective_scan_2d: A_t must be (E, N) = ({E}, N), got {tuple(A_t.shape)}")
     N = A_t.shape[1]
     expected = dict(delta_t=(Bsz, H, W, E), delta_l=(Bsz, H, W, E), A_t=(E, N), A_l=(E, N), B_t=(Bsz, H, W, N),
@@ -104,6 +108,14 @@ def _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D):
                             f"per-pixel inputs must share one dtype")
 
 
+def _refuse_forward_mode_ad(*tensors):
+    """The custom op has no forward-mode derivative: raise instead of returning zero tangents."""
+    if forward_ad._current_level >= 0 and any(
+            t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError("selective_scan_2d has no forward-mode AD (torch.func.jvp, torch.autograd.forward_ad);"
+                                  " use reverse mode, or forward mode through vision2d.ops.selective_scan_2d_ref")
+
+
 def selective_scan_2d(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor, B_t: Tensor,
                       B_l: Tensor, C: Tensor, D: Optional[Tensor] = None, delta_softplus: bool = True,
                       reverse: bool = False, backend: Optional[str] = None) -> Tensor:
@@ -114,6 +126,7 @@ def selective_scan_2d(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, 
     (fp64 for fp64 inputs). Returns y (B, H, W, E) in u's dtype. Any strides are accepted.
     """
     _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D)
+    _refuse_forward_mode_ad(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D)
     name = SCAN2D_BACKENDS.check_name(backend)  # resolved inside the op (untraced): compile sees a constant
     args = [t.contiguous() for t in (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)]
     return _scan_op(*args, None if D is None else D.contiguous(), bool(delta_softplus), bool(reverse), name)
