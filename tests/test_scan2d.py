@@ -229,3 +229,9 @@ def test_forward_mode_ad_raises_instead_of_zero_tangents(backend):
     # forward mode through the reference math works
     _, tangent = torch.func.jvp(selective_scan_2d_ref, tuple(args), tangents)
     assert tangent.abs().max() > 0
+
+
+def test_backend_auto_is_accepted_as_documented():
+    args = make_scan_inputs(1, 4, 5, 3, 4)
+    torch.testing.assert_close(selective_scan_2d(*args, backend="auto"), selective_scan_2d_ref(*args),
+                               rtol=1e-4, atol=1e-5)
