@@ -3,8 +3,10 @@ registry, so mmdet and mmseg configs find them with ``custom_imports=dict(import
 
 Needs mmengine, mmcv, mmdet / mmseg: ``python tools/install_openmmlab.py`` (see docs/openmmlab.md).
 """
-from .backbone import FAMILIES, Mamba2DBackbone, TimmFeatureBackbone, VMambaBackbone, load_backbone_weights
+from .backbone import (FAMILIES, Mamba2DBackbone, PlainMambaBackbone, TimmFeatureBackbone, VMambaBackbone,
+                       load_backbone_weights)
 from .optim import TimmNoWeightDecayConstructor
+from .plainmamba_adapter import PlainMambaAdapter
 
-__all__ = ["FAMILIES", "Mamba2DBackbone", "TimmFeatureBackbone", "TimmNoWeightDecayConstructor", "VMambaBackbone",
-           "load_backbone_weights"]
+__all__ = ["FAMILIES", "Mamba2DBackbone", "PlainMambaAdapter", "PlainMambaBackbone", "TimmFeatureBackbone",
+           "TimmNoWeightDecayConstructor", "VMambaBackbone", "load_backbone_weights"]

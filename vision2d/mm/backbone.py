@@ -14,7 +14,7 @@ from timm.models._features import FeatureGetterNet
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import check_weights_model, read_weights_metadata
-from ..models import grootv, localmamba, mamba2d, msvmamba, spatial_mamba, v2dmamba, vmamba
+from ..models import grootv, localmamba, mamba2d, msvmamba, plainmamba, spatial_mamba, v2dmamba, vmamba
 from ..unpickle import load_tensors
 
 
@@ -49,6 +49,9 @@ FAMILIES = {
     "msvmamba": BackboneFamily(  # feature_norms: the official MM_VSSM's outnorm{i}
         models={"nano": "msvmamba_nano", "micro": "msvmamba_micro", "tiny": "msvmamba_tiny", "test": "test_msvmamba"},
         checkpoint_filter_fn=msvmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
+    "plainmamba": BackboneFamily(  # a "stage" is a block; feature_norms: the official norm_layer{i} (ln1 on the last)
+        models={"l1": "plainmamba_l1", "l2": "plainmamba_l2", "l3": "plainmamba_l3", "test": "test_plainmamba"},
+        checkpoint_filter_fn=plainmamba.checkpoint_filter_fn, model_kwargs=dict(feature_norms=True)),
 }
 
 
@@ -58,24 +61,30 @@ def _full_model_on_meta(model_name: str, **model_kwargs) -> torch.nn.Module:
         return timm.create_model(model_name, **model_kwargs)
 
 
+def read_checkpoint(checkpoint: str, model_name: str) -> dict:
+    """The dict in ``checkpoint``: a vision2d safetensors file (an error if tagged with a model other than
+    ``model_name``) or a torch file read with `vision2d.unpickle.load_tensors` (no code from the file runs; training
+    objects beside the weights are skipped)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_cfg checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        check_weights_model(read_weights_metadata(path), model_name, path)
+        return safetensors.torch.load_file(path, device="cpu")
+    checkpoint = load_tensors(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
 def load_backbone_weights(checkpoint: str, model_name: str, family: BackboneFamily) -> Dict[str, torch.Tensor]:
     """The weights of ``checkpoint`` (a vision2d safetensors file, or an official classifier, detector or segmentor
     checkpoint) in timm's keys for ``model_name``, classifier removed. Torch files are read with
     `vision2d.unpickle.load_tensors` (no code from the file runs; training objects beside the weights are skipped).
     The family's filter converts the keys and raises when any backbone key is missing, unexpected or mis-shaped; a
     vision2d file tagged with another model is an error."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"init_cfg checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        check_weights_model(read_weights_metadata(path), model_name, path)
-        checkpoint = safetensors.torch.load_file(path, device="cpu")
-    else:
-        checkpoint = load_tensors(path)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     reference = _full_model_on_meta(model_name, **family.model_kwargs)
-    state_dict = family.checkpoint_filter_fn(checkpoint, reference)
+    state_dict = family.checkpoint_filter_fn(read_checkpoint(checkpoint, model_name), reference)
     classifier_prefix = reference.pretrained_cfg["classifier"] + "."
     return {key: value for key, value in state_dict.items() if not key.startswith(classifier_prefix)}
 
@@ -152,7 +161,8 @@ class TimmFeatureBackbone(BaseModule):
         return self
 
     def _freeze_stages(self):
-        """Put the stem and the first ``frozen_stages`` stages in eval mode without gradients."""
+        """Put the stem (with the model's own parameters, e.g. a position embedding) and the first ``frozen_stages``
+        stages in eval mode without gradients."""
         if self.frozen_stages < 0:
             return
         model = self.model.model
@@ -164,6 +174,8 @@ class TimmFeatureBackbone(BaseModule):
             module.eval()
             for parameter in module.parameters():
                 parameter.requires_grad = False
+        for parameter in model.parameters(recurse=False):
+            parameter.requires_grad = False
 
 
 @MODELS.register_module()
@@ -178,6 +190,16 @@ class VMambaBackbone(TimmFeatureBackbone):
     LayerNorm on every returned stage. An ImageNet classifier checkpoint starts those norms at weight 1, bias 0 (as
     the official backbone does); an official Mask R-CNN / UperNet checkpoint loads them with the rest."""
     family = "vmamba"
+
+
+@MODELS.register_module()
+class PlainMambaBackbone(TimmFeatureBackbone):
+    """PlainMamba (arch 'l1', 'l2', 'l3'; 'test' for tests) as the official segmentation backbone: the maps of the
+    blocks in out_indices (official: (5, 11, 17, 23) for L1/L2, (8, 17, 26, 35) for L3), all at stride 16, each
+    through a LayerNorm (the last block's through the final norm), for UperNet without a neck. Stages are blocks here
+    (frozen_stages=k freezes the patch and position embeddings and the first k blocks). The detection pyramid is
+    `PlainMambaAdapter`."""
+    family = "plainmamba"
 
 
 @MODELS.register_module()
