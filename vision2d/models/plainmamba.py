@@ -281,7 +281,10 @@ class PlainMamba(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
+        reference = next(self.parameters())
+        self.head.reset(num_classes, pool_type=global_pool)  # the new layer on the model's device, dtype and mode
+        self.head.fc.to(device=reference.device, dtype=reference.dtype)
+        self.head.train(self.training)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> tokens with position embedding, channels-last (B, H', W', C)."""
