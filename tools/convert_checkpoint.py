@@ -136,15 +136,16 @@ def convert(checkpoint: dict, model_name: str | None = None) -> tuple[str, int, 
         model_name = infer_model_name(checkpoint)
     model_name = resolve_model_name(model_name, checkpoint)
     family = zoo_models()[model_name]
+    reference = _meta_model(model_name)
     try:
-        state_dict = family.checkpoint_filter_fn(checkpoint, _meta_model(model_name))
+        state_dict = family.checkpoint_filter_fn(checkpoint, reference)
     except ValueError as error:
         fits = fit(checkpoint, sorted(zoo_models()))[0]
         hint = f" (the checkpoint looks like {' or '.join(fits)})" if fits else ""
         raise ConversionError(f"{model_name}: {error}{hint}") from error
-    classifier = _meta_model(model_name).pretrained_cfg["classifier"]
+    classifier = reference.pretrained_cfg["classifier"]
     weight = state_dict.get(f"{classifier}.weight")
-    if weight is None:
+    if weight is None or reference.pretrained_cfg.get("num_classes") == 0:  # 0: the filter filled in a new one
         raise ConversionError(f"no classifier weight ({classifier}.weight after conversion) in the checkpoint: only "
                               f"full classifier checkpoints (backbone, norm and head) can be converted")
     num_classes = int(weight.shape[0])

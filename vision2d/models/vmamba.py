@@ -23,6 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from ..checkpoint import check_state_dict_fits
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
 
 __all__ = ["VMamba", "checkpoint_filter_fn", "released_checkpoint_globals"]
@@ -109,11 +110,14 @@ class VSSBlock(nn.Module):
         self.mixer = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, scan=scan, **dd)
         self.norm2 = nn.LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        # one DropPath per branch (the official block calls one module twice; same draws, and each module then runs
+        # once per forward, as timm's grad checkpointing contract expects)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.mixer(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class Downsample(nn.Module):
@@ -459,31 +463,12 @@ def checkpoint_filter_fn(state_dict: Dict, model: VMamba) -> Dict[str, torch.Ten
         for key, value in expected.items():
             if key.startswith("feature_norms."):
                 out[key] = torch.ones(value.shape) if key.endswith(".weight") else torch.zeros(value.shape)
-    backbone_only = official and not any(k.startswith(("norm.", "head.")) for k in out)
-    _check_fits(out, model, optional=("norm.", "head.") if backbone_only else ())
+    if official and not any(k.startswith(("norm.", "head.")) for k in out):  # MM_VSSM: no classifier norm either
+        out.update({k: v for k, v in expected.items() if k.startswith("norm.")})
+    hint = " (of the official releases, only the v2 architecture, forward type v05_noz, is supported)" if official \
+        else ""
+    check_state_dict_fits(out, model, hint=hint)
     return out
-
-
-def _check_fits(state_dict: Dict[str, torch.Tensor], model: nn.Module, optional: Tuple[str, ...] = ()):
-    """Raise ValueError naming every missing, unexpected or mis-shaped key (the classifier may differ in size; keys
-    starting with `optional` may be absent)."""
-    expected = model.state_dict()
-    classifier = {k for k in expected if k.startswith("head.fc.")}
-    missing = sorted(k for k in expected if k not in state_dict and k not in classifier and not k.startswith(optional))
-    unexpected = sorted(k for k in state_dict if k not in expected and not k.startswith("head.fc."))
-    misshaped = sorted(
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items() if k in expected and k not in classifier and v.shape != expected[k].shape)
-    if missing or unexpected or misshaped:
-        parts = [f"{title} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
-                 for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                 if keys]
-        hint = ""
-        if any(".op." in k or "x_proj." in k for k in unexpected) or any("dt_projs." in k for k in unexpected):
-            hint = " (only the official v2 architecture, forward type v05_noz, is supported)"
-        raise ValueError(f"checkpoint does not match this {type(model).__name__} "
-                         f"(dims {[s.blocks[0].norm1.normalized_shape[0] for s in model.stages]}, depths "
-                         f"{[len(s.blocks) for s in model.stages]}): " + "; ".join(parts) + hint)
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, model_cls: type = VMamba, **kwargs) -> VMamba:
