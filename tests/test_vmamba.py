@@ -340,3 +340,20 @@ def test_convert_checkpoint_infers_vmamba_from_a_released_file(fixture, tmp_path
     backbone_only = save(mm_layout(sd, {}), tmp_path / "mask_rcnn.pth")
     assert tool.main([backbone_only, str(tmp_path / "o.safetensors")]) == 2
     assert "no classifier weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant, drop_path", [("tiny", 0.2), ("small", 0.3), ("base", 0.6)])
+def test_train_configs_hold_the_official_recipe(variant, drop_path, tmp_path):
+    from vision2d.train.config import parse_args
+
+    repo = Path(__file__).resolve().parents[1]
+    args = parse_args(["--config", str(repo / f"configs/train/vmamba_{variant}.yaml"), "--data-dir", str(tmp_path)])
+    assert (args.model, args.drop_path, args.drop_rate) == (f"vmamba_{variant}", drop_path, 0.0)
+    # official: lr 5e-4 per 512 images at a global batch of 1024 (8 GPUs x 128), warm-up / min lr scaled alike
+    assert (args.opt, args.lr_base, args.lr_base_size, args.batch_size * args.grad_accum_steps) == \
+           ("adamw", 5e-4, 512, 1024)
+    assert (args.weight_decay, args.clip_grad, args.epochs, args.warmup_epochs, args.warmup_lr, args.min_lr) == \
+           (0.05, 5.0, 300, 20, 1e-6, 1e-5)
+    assert (args.aa, args.mixup, args.cutmix, args.smoothing, args.reprob) == \
+           ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25)
+    assert (args.model_ema, args.model_ema_decay, args.amp, args.amp_dtype) == (True, 0.9999, True, "float16")
