@@ -46,8 +46,10 @@ def test_installed_wheel_runs_the_compiled_kernel(wheel, tmp_path):
     env_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               check=True, capture_output=True, text=True).stdout.strip()
     Path(env_site, "host-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
-                   capture_output=True, text=True, timeout=300)
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # --ignore-installed: the host's site-packages (reachable through the path entry) may list a vision2d already
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=300, env=clean_env)
     check = textwrap.dedent("""
         import torch, vision2d
         from vision2d.ops import resolve_backend, selective_scan_2d, selective_scan_2d_ref
@@ -65,7 +67,7 @@ def test_installed_wheel_runs_the_compiled_kernel(wheel, tmp_path):
         print("ERROR", ((y.double() - ref).abs().max() / ref.abs().max()).item())
     """)
     result = subprocess.run([python, "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                            env=clean_env)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
     assert Path(lines["FILE"]).resolve().is_relative_to(env_dir.resolve())  # the wheel, not this checkout
