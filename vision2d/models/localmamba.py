@@ -27,7 +27,7 @@ from timm.models._registry import generate_default_cfgs
 from ..checkpoint import check_state_dict_fits
 from ..ops import selective_scan
 from ..ops.scan_orders import local_scan_orders
-from .vmamba import SS2D, VMamba, _NOT_BACKBONE, _strip_prefixes
+from .vmamba import SS2D, VMamba, check_pool_type, direction_step_sizes, _NOT_BACKBONE, _strip_prefixes
 
 __all__ = ["LocalMamba", "checkpoint_filter_fn", "TINY_DIRECTIONS", "SMALL_DIRECTIONS"]
 
@@ -104,7 +104,7 @@ class LocalSS2D(SS2D):
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        delta = torch.einsum("blkr,ker->blke", dts, self.dt_projs_weight.to(dts.dtype))
+        delta = direction_step_sizes(dts, self.dt_projs_weight)
         order = local_scan_orders(H, W, self.directions, device=u.device)
         padding = order.shape[1] - H * W  # window padding: zero pixels, so u = delta (before its bias) = B = C = 0
         if padding:
@@ -192,8 +192,7 @@ class MergingVMamba(VMamba):
                dtype=None):
         """Stem, stages (depths[i] of `blocks` each, in order), feature norms, final norm and head."""
         dd = dict(device=device, dtype=dtype)
-        if global_pool != "avg":
-            raise ValueError(f"{type(self).__name__} supports only global_pool='avg', got {global_pool!r}")
+        check_pool_type(global_pool)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -209,7 +208,7 @@ class MergingVMamba(VMamba):
         self.stages = nn.Sequential(*stages)
         self.feature_norms = nn.ModuleList([nn.LayerNorm(d, **dd) for d in dims]) if feature_norms else None
         self.norm = nn.LayerNorm(dims[-1], **dd)
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type="avg", drop_rate=drop_rate, **dd)
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.apply(self._init_weights)
 
 

@@ -34,6 +34,29 @@ NUM_DIRECTIONS = 4  # VMamba's cross scan
 SCANS = ("cross", "2pass")
 
 
+POOL_TYPES = ("avg", "")  # '' keeps the map unpooled (timm's convention)
+
+
+def check_pool_type(global_pool: str):
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"VMamba-style models support global_pool 'avg' or '' (no pooling), got {global_pool!r}")
+
+
+def direction_step_sizes(dts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each direction's dt_proj: (batch, L, K, R) low-rank steps x (K, E, R) weights -> contiguous (batch, L, K, E).
+
+    Narrow projections (K R <= 48: VMamba's first two stages) run as one matmul with the block-diagonal weight, which
+    writes delta in its final layout; wider ones as a batched einsum. Measured on CPU (1 thread, K = 4): batch 16 at
+    56x56x96 49 ms vs 87 ms and at 28x28x192 28 ms vs 46 ms; batch 1 0.8 vs 0.6 ms and 0.6 vs 0.3 ms.
+    """
+    weight = weight.to(dts.dtype)  # dtype as the activations under autocast
+    batch, L, K, R = dts.shape
+    if K * R <= 48:
+        block_diagonal = torch.block_diag(*weight.transpose(1, 2).unbind(0))  # (K R, K E)
+        return (dts.reshape(batch * L, K * R) @ block_diagonal).view(batch, L, K, weight.shape[1])
+    return torch.einsum("blkr,ker->blke", dts, weight)
+
+
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size
 class SS2D(nn.Module):
     """The 2D selective-scan mixer (official SS2D, forward type v05_noz); (B, H, W, C) in and out.
@@ -88,7 +111,7 @@ class SS2D(nn.Module):
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        delta = torch.einsum("blkr,ker->blke", dts, self.dt_projs_weight.to(dts.dtype))  # dtype as u under autocast
+        delta = direction_step_sizes(dts, self.dt_projs_weight)
         A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
             self.dt_projs_bias.float()
         if self.scan == "2pass":
@@ -120,6 +143,7 @@ class VSSBlock(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
+@register_notrace_module  # torch.fx keeps it as one node: it chooses a layout by the input's size
 class Downsample(nn.Module):
     """3x3 stride-2 conv (padding 1) then LayerNorm; (B, H, W, C_in) -> (B, ceil(H/2), ceil(W/2), C_out)."""
 
@@ -216,8 +240,7 @@ class VMamba(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if len(depths) != len(dims):
             raise ValueError(f"depths {depths} and dims {dims} must have the same length")
-        if global_pool != "avg":
-            raise ValueError(f"VMamba supports only global_pool='avg', got {global_pool!r}")
+        check_pool_type(global_pool)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -238,7 +261,7 @@ class VMamba(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.feature_norms = nn.ModuleList([nn.LayerNorm(d, **dd) for d in dims]) if feature_norms else None
         self.norm = nn.LayerNorm(dims[-1], **dd)
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type="avg", drop_rate=drop_rate, **dd)
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -272,12 +295,15 @@ class VMamba(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"VMamba supports only global_pool='avg', got {global_pool!r}")
+        if global_pool is not None:
+            check_pool_type(global_pool)
         if isinstance(self.head, nn.Identity):
             raise RuntimeError("the head was pruned by prune_intermediate_layers(prune_head=True); rebuild the model")
+        reference = self.norm.weight  # the new classifier takes the model's device, dtype and train/eval mode
         self.num_classes = num_classes
-        self.head.reset(num_classes)
+        self.head.reset(num_classes, pool_type=global_pool)
+        self.global_pool = self.head.global_pool.pool_type
+        self.head.to(device=reference.device, dtype=reference.dtype).train(self.training)
 
     def _feature_map(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Stage `index`'s output (B, H, W, C) as the NCHW feature map, through its feature norm if any."""

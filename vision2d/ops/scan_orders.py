@@ -67,6 +67,7 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     """
     if H < 0 or W < 0:
         raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
+    target, device = device, "cpu"  # built on the host (it counts padding), then moved: meta and CUDA alike
     grid = torch.arange(H * W, device=device).view(H, W)
     sequences = []
     for name in directions:
@@ -93,7 +94,8 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
         sequence[padding] = torch.arange(H * W, H * W + int(padding.sum()), device=device)
         tail = torch.arange(H * W + int(padding.sum()), length, device=device)
         orders.append(torch.cat([sequence, tail]))
-    return torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
+    orders = torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
+    return orders.to(target)
 
 
 def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
