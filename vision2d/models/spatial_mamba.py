@@ -13,7 +13,7 @@ convolution; its gradient flows back to the three kernels and alpha).
 """
 import math
 import re
-from typing import Dict, Final, List, Optional, Tuple, Union
+from typing import Dict, Final, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,12 @@ from torch import nn
 
 from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import build_model_with_cfg, register_model, register_notrace_function, register_notrace_module
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
 from ..ops import merge_dilated_kernels, state_fusion, state_scan
-from .vmamba import released_checkpoint_globals
+from .vmamba import ChannelsLastStagesMixin, check_input, released_checkpoint_globals
 
 __all__ = ["SpatialMamba", "checkpoint_filter_fn"]
 
@@ -35,21 +34,6 @@ __all__ = ["SpatialMamba", "checkpoint_filter_fn"]
 def check_pool_type(global_pool: str):
     if global_pool not in ("avg", ""):
         raise ValueError(f"SpatialMamba supports global_pool 'avg' or '' (no pooling), got {global_pool!r}")
-
-
-@register_notrace_function  # torch.fx (timm's feature extraction) keeps it as one node: it branches on the shape
-@torch.jit.ignore  # TorchScript'ed models call it as Python
-def check_input(x: torch.Tensor, in_chans: int):
-    """Raise a clear error for input that is not a floating (B, in_chans, H, W) batch with H, W >= 1."""
-    if x.dim() != 4:
-        raise ValueError(f"SpatialMamba expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(f"SpatialMamba was built for {in_chans} input channels, got {x.shape[1]} "
-                         f"(input shape {tuple(x.shape)}, expected (B, {in_chans}, H, W))")
-    if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"SpatialMamba needs H and W >= 1 pixel, got {tuple(x.shape[2:])}")
-    if not x.is_floating_point():
-        raise TypeError(f"SpatialMamba expects a floating-point image batch, got dtype {x.dtype}")
 
 
 class ConvNormAct(nn.Module):
@@ -228,13 +212,15 @@ class SpatialMambaStage(nn.Module):
         return self.blocks(x)
 
 
-class SpatialMamba(nn.Module):
+class SpatialMamba(ChannelsLastStagesMixin, nn.Module):
     """Spatial-Mamba classifier. Any input of at least 1x1 pixels works (odd and non-square sizes included).
 
     dims must double from stage to stage (the official downsampling always doubles the width). feature_norms=True
     adds a LayerNorm on every stage output returned by `forward_intermediates` (the official detection /
     segmentation backbone's `outnorm{i}`); the classifier has none.
     """
+
+    family = "SpatialMamba"
 
     def __init__(
             self,
@@ -322,72 +308,10 @@ class SpatialMamba(nn.Module):
         self.head.fc.to(device=reference.device, dtype=reference.dtype)
         self.head.train(self.training)
 
-    def _feature_map(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Stage `index`'s output (B, H, W, C) as the NCHW feature map, through its feature norm if any."""
-        if self.feature_norms is not None:
-            x = self.feature_norms[index](x)
-        return x.permute(0, 3, 1, 2)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs as NCHW maps at strides 4, 8, 16, 32 (through `feature_norms` when the model has them).
-
-        indices: last n stages if int, all if None, else the listed stages. norm=True passes the last stage's map
-        through the final norm (the classifier's) instead. Returns the intermediates, or (final features,
-        intermediates) where the final features are `forward_features(x)`.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"SpatialMamba intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        check_input(x, self.in_chans)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if norm and i == last:
-                    intermediates.append(self.norm(x).permute(0, 3, 1, 2))
-                else:
-                    intermediates.append(self._feature_map(x, i))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the stages (and feature norms) after the last wanted intermediate, the final norm if `prune_norm`,
-        and the head; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if self.feature_norms is not None:
-            self.feature_norms = self.feature_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:  # the whole head goes: unused parameters would break DDP (find_unused_parameters=False)
-            self.head = nn.Identity()
-            self.num_classes = 0
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normed last stage map (B, num_features, ~H/32, ~W/32)."""
-        check_input(x, self.in_chans)
+        check_input(x, self.in_chans, self.family)
         return self.norm(self.stages(self.stem(x))).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average pool and classifier; pre_logits=True returns the pooled (B, num_features) features.
-        After `prune_intermediate_layers(prune_head=True)` there is no head and x is returned unchanged."""
-        if isinstance(self.head, nn.Identity):
-            return x
-        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -197,20 +197,90 @@ class Stem(nn.Module):
 
 
 @register_notrace_function  # torch.fx keeps it as one node: it branches on the input's shape
-def check_input(x: torch.Tensor, in_chans: int):
-    """Raise a clear error for input that is not a floating (B, in_chans, H, W) batch with H, W >= 1."""
+@torch.jit.ignore  # TorchScript'ed models call it as Python
+def check_input(x: torch.Tensor, in_chans: int, family: str = "VMamba"):
+    """Raise a clear error, naming `family`, for input that is not a floating (B, in_chans, H, W) batch, H, W >= 1."""
     if x.dim() != 4:
-        raise ValueError(f"VMamba expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+        raise ValueError(f"{family} expects a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
-        raise ValueError(f"VMamba was built for {in_chans} input channels, got {x.shape[1]} "
+        raise ValueError(f"{family} was built for {in_chans} input channels, got {x.shape[1]} "
                          f"(input shape {tuple(x.shape)}, expected (B, {in_chans}, H, W))")
     if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"VMamba needs H and W >= 1 pixel, got {tuple(x.shape[2:])}")
+        raise ValueError(f"{family} needs H and W >= 1 pixel, got {tuple(x.shape[2:])}")
     if not x.is_floating_point():
-        raise TypeError(f"VMamba expects a floating-point image batch, got dtype {x.dtype}")
+        raise TypeError(f"{family} expects a floating-point image batch, got dtype {x.dtype}")
 
 
-class VMamba(nn.Module):
+class ChannelsLastStagesMixin:
+    """Feature extraction shared by models built as stem -> channels-last stages (B, H, W, C) -> norm -> head, with
+    optional per-stage `feature_norms` (VMamba and its descendants, Spatial-Mamba). `family` names them in errors."""
+
+    family = "VMamba"
+
+    def _feature_map(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Stage `index`'s output (B, H, W, C) as the NCHW feature map, through its feature norm if any."""
+        if self.feature_norms is not None:
+            x = self.feature_norms[index](x)
+        return x.permute(0, 3, 1, 2)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs as NCHW maps at strides 4, 8, 16, 32 (through `feature_norms` when the model has them).
+
+        indices: last n stages if int, all if None, else the listed stages. norm=True passes the last stage's map
+        through the final norm (the classifier's) instead. Returns the intermediates, or (final features,
+        intermediates) where the final features are `forward_features(x)`.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"{self.family} intermediates are NCHW only, got output_fmt={output_fmt!r}")
+        check_input(x, self.in_chans, self.family)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        intermediates = []
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                if norm and i == last:
+                    intermediates.append(self.norm(x).permute(0, 3, 1, 2))
+                else:
+                    intermediates.append(self._feature_map(x, i))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x).permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages (and feature norms) after the last wanted intermediate, the final norm if `prune_norm`,
+        and the head; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if self.feature_norms is not None:
+            self.feature_norms = self.feature_norms[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:  # the whole head goes: unused parameters would break DDP (find_unused_parameters=False)
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take_indices
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average pool and classifier; pre_logits=True returns the pooled (B, num_features) features.
+        After `prune_intermediate_layers(prune_head=True)` there is no head and x is returned unchanged."""
+        if isinstance(self.head, nn.Identity):
+            return x
+        return self.head(x, pre_logits=pre_logits)
+
+
+class VMamba(ChannelsLastStagesMixin, nn.Module):
     """VMamba v2 classifier. Any input of at least 1x1 pixels works (odd and non-square sizes included).
 
     feature_norms=True adds a LayerNorm on every stage output returned by `forward_intermediates` (the official
@@ -305,74 +375,12 @@ class VMamba(nn.Module):
         self.global_pool = self.head.global_pool.pool_type
         self.head.to(device=reference.device, dtype=reference.dtype).train(self.training)
 
-    def _feature_map(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Stage `index`'s output (B, H, W, C) as the NCHW feature map, through its feature norm if any."""
-        if self.feature_norms is not None:
-            x = self.feature_norms[index](x)
-        return x.permute(0, 3, 1, 2)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs as NCHW maps at strides 4, 8, 16, 32 (through `feature_norms` when the model has them).
-
-        indices: last n stages if int, all if None, else the listed stages. norm=True passes the last stage's map
-        through the final norm (the classifier's) instead. Returns the intermediates, or (final features,
-        intermediates) where the final features are `forward_features(x)`.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"VMamba intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        check_input(x, self.in_chans)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if norm and i == last:
-                    intermediates.append(self.norm(x).permute(0, 3, 1, 2))
-                else:
-                    intermediates.append(self._feature_map(x, i))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the stages (and feature norms) after the last wanted intermediate, the final norm if `prune_norm`,
-        and the head; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if self.feature_norms is not None:
-            self.feature_norms = self.feature_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:  # the whole head goes: unused parameters would break DDP (find_unused_parameters=False)
-            self.head = nn.Identity()
-            self.num_classes = 0
-        return take_indices
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normed last stage map (B, num_features, ~H/32, ~W/32)."""
         check_input(x, self.in_chans)
         x = self.stem(x)
         x = self.stages(x)  # with grad checkpointing on, each stage checkpoints its blocks (not the stages as well)
         return self.norm(x).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average pool and classifier; pre_logits=True returns the pooled (B, num_features) features.
-        After `prune_intermediate_layers(prune_head=True)` there is no head and x is returned unchanged."""
-        if isinstance(self.head, nn.Identity):
-            return x
-        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
