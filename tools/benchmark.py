@@ -6,7 +6,8 @@
     python tools/benchmark.py ... --write docs/benchmarks.md   # append the table with device, versions and command
 
 Models: eval latency (batch --latency-batch), eval throughput (batch --batch-size) and train step throughput, measured
-round-robin (model A, model B, A, B, ...) and reported as medians so machine noise hits every model alike. Peak memory
+round-robin (model A, model B, A, B, ...) and reported as medians so machine noise hits every model alike (the
+latency of a round is the median of --latency-calls back-to-back calls: steady state, warm caches). Peak memory
 is how far the resident set of a fresh process rises above its size after the imports while it builds the model and
 runs one eval and one train step (CPU, Linux), or torch.cuda.max_memory_allocated (CUDA).
 """
@@ -55,8 +56,12 @@ def progress(message: str):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _round_robin(tasks: dict, rounds: int, warmup: int, device) -> dict:
-    """Median seconds of each task, timing the tasks in turn for `rounds` rounds after `warmup` calls each."""
+def _round_robin(tasks: dict, rounds: int, warmup: int, device, calls: dict = None) -> dict:
+    """Median seconds of each task, timing the tasks in turn for `rounds` rounds after `warmup` calls each.
+
+    In a round, task `name` runs `calls.get(name, 1)` times back to back and counts with the median of those calls.
+    """
+    calls = calls or {}
     for name, fn in tasks.items():
         progress(f"warm-up: {warmup} call(s) of {name}")
         for _ in range(warmup):
@@ -65,7 +70,7 @@ def _round_robin(tasks: dict, rounds: int, warmup: int, device) -> dict:
     for round_index in range(rounds):
         start = time.perf_counter()
         for name, fn in tasks.items():
-            times[name].append(_time_once(fn, device))
+            times[name].append(statistics.median(_time_once(fn, device) for _ in range(calls.get(name, 1))))
         progress(f"round {round_index + 1}/{rounds} ({time.perf_counter() - start:.1f} s)")
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -139,7 +144,8 @@ def bench_models(args) -> str:
         progress(f"building {name}")
         params[name], model_tasks = _make_model_tasks(name, args, device)
         tasks.update({(name, kind): fn for kind, fn in model_tasks.items()})
-    medians = _round_robin(tasks, args.rounds, args.warmup, device)
+    latency_calls = {(name, "latency"): args.latency_calls for name in args.models}
+    medians = _round_robin(tasks, args.rounds, args.warmup, device, latency_calls)
     memory = {}
     if not args.no_memory:
         for name in args.models:
@@ -157,7 +163,8 @@ def bench_models(args) -> str:
         cells += [f"{memory[name]:.0f}"] if memory else []
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nScan backend on {device.type}: `{resolve_backend(device)}`; ratio = latency / latency of "
-                 f"`{ref}`; medians of {args.rounds} round-robin rounds after {args.warmup} warm-up calls.")
+                 f"`{ref}`; medians of {args.rounds} round-robin rounds after {args.warmup} warm-up calls; "
+                 f"in each round the latency is the median of {args.latency_calls} back-to-back calls.")
     return "\n".join(lines)
 
 
@@ -255,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device to run on")
     parser.add_argument("--img-size", type=int, default=224, help="square input size of the model benchmark")
     parser.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency measurement")
+    parser.add_argument("--latency-calls", type=int, default=3,
+                        help="back-to-back latency calls per model and round (their median counts): steady-state "
+                             "latency, not the first call after another model's work")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size of the eval and train throughput")
     parser.add_argument("--rounds", type=int, default=10, help="timed round-robin rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each task before timing")
