@@ -2,7 +2,5 @@
 _base_ = ['./mask-rcnn_mamba2d-tiny_fpn_1x_coco.py']
 
 model = dict(
-    backbone=dict(
-        arch='nano', drop_path_rate=0.175,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/mamba2d_nano.safetensors')),
+    backbone=dict(arch='nano', init_cfg=dict(checkpoint='checkpoints/mamba2d_nano.safetensors')),
     neck=dict(in_channels=[32, 64, 160, 256]))

@@ -3,6 +3,7 @@ _base_ = ['./mask-rcnn_mamba2d-tiny_fpn_1x_coco.py']
 
 model = dict(
     backbone=dict(
-        arch='small', drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/mamba2d_small.safetensors')),
+        arch='small',
+        drop_path_rate=0.2,
+        init_cfg=dict(checkpoint='checkpoints/mamba2d_small.safetensors')),
     neck=dict(in_channels=[96, 192, 384, 576]))

@@ -7,42 +7,11 @@
 # Pretrained: the ImageNet classifier (checkpoints/plainmamba_l2.safetensors or the official l2.pth; the adapter starts
 # from its init), or an official detector checkpoint to load everything.
 # On one GPU keep the batch of 16 with --cfg-options optim_wrapper.accumulative_counts=8.
-_base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']
-
-custom_imports = dict(imports=['vision2d.mm'], allow_failed_imports=False)
-sync_bn = 'torch'
+_base_ = ['./mask-rcnn_plainmamba-l1_adapter_1x_coco.py']
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='PlainMambaAdapter',
-        arch='l2',  # official deform_num_heads=6, interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]]
-        conv_inplane=64,
-        n_points=4,
-        cffn_ratio=0.25,
-        deform_ratio=1.0,
+        arch='l2',
         drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/plainmamba_l2.safetensors')),
-    neck=dict(in_channels=[384, 384, 384, 384], norm_cfg=dict(type='SyncBN', requires_grad=True)),
-    roi_head=dict(bbox_head=dict(
-        _delete_=True,
-        type='Shared4Conv1FCBBoxHead',
-        norm_cfg=dict(type='SyncBN', requires_grad=True),
-        in_channels=256,
-        fc_out_channels=1024,
-        roi_feat_size=7,
-        num_classes=80,
-        bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.], target_stds=[0.1, 0.1, 0.2, 0.2]),
-        reg_class_agnostic=False,
-        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-        loss_bbox=dict(type='L1Loss', loss_weight=1.0))))
-
-optim_wrapper = dict(
-    paramwise_cfg=dict(_delete_=True, custom_keys={
-        'level_embed': dict(decay_mult=0.0),
-        'pos_embed': dict(decay_mult=0.0),
-        'norm': dict(decay_mult=0.0),
-        'bias': dict(decay_mult=0.0),
-        '.A_log': dict(decay_mult=0.0),
-        '.D': dict(decay_mult=0.0),
-        '.direction_Bs': dict(decay_mult=0.0)}))
+        init_cfg=dict(checkpoint='checkpoints/plainmamba_l2.safetensors')),
+    neck=dict(in_channels=[384, 384, 384, 384]))

@@ -3,24 +3,10 @@
 # mmdet's Swin-T Mask R-CNN 1x schedule and data, AdamW lr 1e-4, weight decay 0.05 except on parameters named 'norm'
 # (Swin's rule), no gradient clipping, drop path 0.3; the backbone is the official MM_VSSM (a LayerNorm on each
 # returned stage). On one GPU keep the batch of 16 with --cfg-options optim_wrapper.accumulative_counts=8.
-_base_ = ['mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py']
-
-custom_imports = dict(imports=['vision2d.mm'], allow_failed_imports=False)
+_base_ = ['./mask-rcnn_vmamba-tiny_fpn_1x_coco.py']
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='VMambaBackbone',
         arch='small',
-        out_indices=(0, 1, 2, 3),
         drop_path_rate=0.3,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/vmamba_small.safetensors')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
-
-optim_wrapper = dict(
-    constructor='TimmNoWeightDecayConstructor',  # plus the timm model's no_weight_decay() (empty for VMamba)
-    paramwise_cfg=dict(custom_keys={
-        # The official backbone names its stem and downsample LayerNorms by index (patch_embed.2/.7,
-        # downsample.3), so Swin's 'norm' rule above decays them there: keep that here.
-        'stem.norm': dict(decay_mult=1.0),
-        'downsample.norm': dict(decay_mult=1.0)}))
+        init_cfg=dict(checkpoint='checkpoints/vmamba_small.safetensors')))

@@ -3,22 +3,12 @@
 # Swin UperNet data and schedule (linear warm-up 1500 iterations, then poly), AdamW lr 6e-5, weight decay 0.01 except
 # on 1-D parameters, SyncBN in the heads, drop path 0.3 as the classifier. On one GPU keep the batch of 16 with
 # --cfg-options train_dataloader.batch_size=8 optim_wrapper.accumulative_counts=2.
-_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['vision2d.mm'], allow_failed_imports=False)
+_base_ = ['./upernet_grootv-tiny_8xb2-160k_ade20k-512x512.py']
 
 model = dict(
-    pretrained=None,
     backbone=dict(
-        _delete_=True,
-        type='GrootVBackbone',
         arch='small',
-        out_indices=(0, 1, 2, 3),
         drop_path_rate=0.3,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/grootv_small.safetensors')),
+        init_cfg=dict(checkpoint='checkpoints/grootv_small.safetensors')),
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384))
-
-optim_wrapper = dict(
-    constructor='TimmNoWeightDecayConstructor',
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0))

@@ -2,8 +2,6 @@
 _base_ = ['./upernet_mamba2d-tiny_8xb2-160k_ade20k-512x512.py']
 
 model = dict(
-    backbone=dict(
-        arch='nano', drop_path_rate=0.175,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/mamba2d_nano.safetensors')),
+    backbone=dict(arch='nano', init_cfg=dict(checkpoint='checkpoints/mamba2d_nano.safetensors')),
     decode_head=dict(in_channels=[32, 64, 160, 256]),
     auxiliary_head=dict(in_channels=160))

@@ -3,7 +3,8 @@ _base_ = ['./upernet_mamba2d-tiny_8xb2-160k_ade20k-512x512.py']
 
 model = dict(
     backbone=dict(
-        arch='small', drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/mamba2d_small.safetensors')),
+        arch='small',
+        drop_path_rate=0.2,
+        init_cfg=dict(checkpoint='checkpoints/mamba2d_small.safetensors')),
     decode_head=dict(in_channels=[96, 192, 384, 576]),
     auxiliary_head=dict(in_channels=384))

@@ -5,24 +5,12 @@
 # pos_embed / A_log / D / direction_Bs, linear warm-up 1500 iterations then poly, SyncBN in the heads, drop path 0.2.
 # Pretrained: the ImageNet classifier (checkpoints/plainmamba_l2.safetensors, or the official l2.pth directly).
 # On one GPU keep the batch of 16 with --cfg-options train_dataloader.batch_size=8 optim_wrapper.accumulative_counts=2.
-_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['vision2d.mm'], allow_failed_imports=False)
+_base_ = ['./upernet_plainmamba-l1_8xb2-160k_ade20k-512x512.py']
 
 model = dict(
-    pretrained=None,
     backbone=dict(
-        _delete_=True,
-        type='PlainMambaBackbone',
         arch='l2',
-        out_indices=(5, 11, 17, 23),
         drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/plainmamba_l2.safetensors')),
+        init_cfg=dict(checkpoint='checkpoints/plainmamba_l2.safetensors')),
     decode_head=dict(in_channels=[384, 384, 384, 384]),
-    auxiliary_head=dict(in_channels=384, in_index=3))
-
-optim_wrapper = dict(
-    constructor='TimmNoWeightDecayConstructor',  # plus the timm model's no_weight_decay(): pos_embed, A_log, D, direction_Bs
-    paramwise_cfg=dict(custom_keys={
-        # the official final norm is named ln1, so Swin's 'norm' rule above does not exempt it: decay it here too
-        'model.model.norm.': dict(decay_mult=1.0)}))
+    auxiliary_head=dict(in_channels=384))

@@ -4,26 +4,12 @@
 # 0.01 except on parameters named 'norm' (Swin's rule), SyncBN in the heads, drop path 0.5; the backbone is the
 # official Backbone_SpatialMamba (a LayerNorm on each returned stage). On one GPU keep the batch of 16 with --cfg-options
 # train_dataloader.batch_size=8 optim_wrapper.accumulative_counts=2; multi-scale + flip testing with tools/mm_test.py --tta.
-_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['vision2d.mm'], allow_failed_imports=False)
+_base_ = ['./upernet_spatial_mamba-tiny_8xb2-160k_ade20k-512x512.py']
 
 model = dict(
-    pretrained=None,
     backbone=dict(
-        _delete_=True,
-        type='SpatialMambaBackbone',
         arch='base',
-        out_indices=(0, 1, 2, 3),
         drop_path_rate=0.5,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/spatial_mamba_base.safetensors')),
-    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
-    auxiliary_head=dict(in_channels=384, num_classes=150))
-
-optim_wrapper = dict(
-    constructor='TimmNoWeightDecayConstructor',  # plus the timm model's no_weight_decay() (empty for Spatial-Mamba)
-    paramwise_cfg=dict(custom_keys={
-        # The official blocks name their LayerNorms ln_1 / ln_2, so Swin's 'norm' rule above decays them there:
-        # keep that here (out_norm, the BatchNorms and the output norms stay without decay, as officially).
-        'norm1': dict(decay_mult=1.0),
-        'norm2': dict(decay_mult=1.0)}))
+        init_cfg=dict(checkpoint='checkpoints/spatial_mamba_base.safetensors')),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384))

@@ -4,26 +4,12 @@
 # 0.01 except on parameters named 'norm' (Swin's rule), SyncBN in the heads, drop path 0.6; the backbone is the
 # official MM_VSSM (a LayerNorm on each returned stage). On one GPU keep the batch of 16 with --cfg-options
 # train_dataloader.batch_size=8 optim_wrapper.accumulative_counts=2; multi-scale + flip testing with tools/mm_test.py --tta.
-_base_ = ['mmseg::swin/swin-base-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['vision2d.mm'], allow_failed_imports=False)
+_base_ = ['./upernet_vmamba-tiny_8xb2-160k_ade20k-512x512.py']
 
 model = dict(
-    pretrained=None,
     backbone=dict(
-        _delete_=True,
-        type='VMambaBackbone',
         arch='base',
-        out_indices=(0, 1, 2, 3),
         drop_path_rate=0.6,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/vmamba_base.safetensors')),
+        init_cfg=dict(checkpoint='checkpoints/vmamba_base.safetensors')),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
     auxiliary_head=dict(in_channels=512))
-
-optim_wrapper = dict(
-    constructor='TimmNoWeightDecayConstructor',  # plus the timm model's no_weight_decay() (empty for VMamba)
-    paramwise_cfg=dict(custom_keys={
-        # The official backbone names its stem and downsample LayerNorms by index (patch_embed.2/.7,
-        # downsample.3), so Swin's 'norm' rule above decays them there: keep that here.
-        'stem.norm': dict(decay_mult=1.0),
-        'downsample.norm': dict(decay_mult=1.0)}))
