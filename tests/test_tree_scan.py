@@ -127,8 +127,9 @@ def test_tree_is_a_breadth_first_spanning_tree_of_the_grid_rooted_at_pixel_0(kin
 
 
 @pytest.mark.parametrize("shape", [(2, 160, 56, 56), (1, 7, 5, 9), (2, 33, 1, 17), (2, 16, 9, 1), (1, 3, 1, 1)])
-def test_edge_weights_are_torch_cosine_similarity_bit_for_bit(shape):
-    """The official weights: exp(-torch.cosine_similarity) of each edge's two pixel slices, vertical edges first."""
+def test_edge_weights_are_torch_cosine_similarity(shape):
+    """The official weights, exp(-torch.cosine_similarity) of each edge's two pixel slices (vertical edges first), up
+    to float32 rounding (ours are computed in float64); a channels-last guide gives the same bits."""
     guide = torch.randn(shape, generator=torch.Generator().manual_seed(11))
     guide[:, :, 0, 0] = 0  # a zero vector: the norm clamp
     b, c = shape[:2]
@@ -136,8 +137,22 @@ def test_edge_weights_are_torch_cosine_similarity_bit_for_bit(shape):
     horizontal = F.cosine_similarity(guide[:, :, :, :-1].reshape(b, c, -1), guide[:, :, :, 1:].reshape(b, c, -1),
                                      dim=1)
     expected = torch.exp(-torch.cat([vertical, horizontal], dim=1))
-    assert torch.equal(tree_scan_ref.edge_weights(guide), expected)
-    assert torch.equal(tree_scan_ref.edge_weights(guide.to(memory_format=torch.channels_last)), expected)
+    weights = tree_scan_ref.edge_weights(guide)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, expected, rtol=1e-6, atol=0)
+    assert torch.equal(tree_scan_ref.edge_weights(guide.to(memory_format=torch.channels_last)), weights)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_compiled_tree_equals_reference_tree_at_model_size(layout):
+    """The compiled kernel computes the weights itself (from channels-last pixels): on a stage-1 sized guide its tree
+    is the reference's, vertex for vertex."""
+    guide = torch.randn(2, 160, 56, 56, generator=torch.Generator().manual_seed(12))
+    if layout == "channels_last":
+        guide = guide.to(memory_format=torch.channels_last)
+    order, parent = build_tree(guide, backend="cpu")
+    ref_order, ref_parent = tree_scan_ref.build_tree(guide)
+    assert torch.equal(order, ref_order) and torch.equal(parent, ref_parent)
 
 
 def test_tree_prefers_similar_neighbours():

@@ -11,10 +11,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <vector>
+
+#include "vector_math.h"
 
 namespace {
 
@@ -112,6 +116,102 @@ void breadth_first(const std::vector<int64_t>& tree, int64_t count, int64_t* ord
       order[queued++] = n;
     }
   }
+}
+
+// Edge weights exp(-cosine similarity) of `grid_edges` from a channels-last guide, computed in double and rounded to
+// float: cos = <a, b> / (max(|a|, 1e-8) max(|b|, 1e-8)), as tree_scan_ref.edge_weights.
+template <typename Real>
+inline Vec<double> load_double(const Real* p) {  // kLanes<double> values widened to double
+  typedef Real Part __attribute__((vector_size(kLanes<double> * sizeof(Real))));
+  Part part;
+  std::memcpy(&part, p, sizeof(part));
+  return __builtin_convertvector(part, Vec<double>);
+}
+
+template <typename Real>
+double dot(const Real* a, const Real* b, int64_t n) {
+  constexpr int64_t L = kLanes<double>;
+  Vec<double> acc0{}, acc1{};
+  int64_t c = 0;
+  for (; c + 2 * L <= n; c += 2 * L) {
+    acc0 += load_double(a + c) * load_double(b + c);
+    acc1 += load_double(a + c + L) * load_double(b + c + L);
+  }
+  if (c + L <= n) {
+    acc0 += load_double(a + c) * load_double(b + c);
+    c += L;
+  }
+  acc0 += acc1;
+  double sum = 0;
+  for (int l = 0; l < L; ++l) sum += acc0[l];
+  for (; c < n; ++c) sum += double(a[c]) * double(b[c]);
+  return sum;
+}
+
+inline float edge_weight(double dot_ab, double norm_a, double norm_b) {
+  return static_cast<float>(std::exp(-dot_ab / (std::max(norm_a, 1e-8) * std::max(norm_b, 1e-8))));
+}
+
+// The weights of the edges whose first end is in row h: the vertical edge to row h + 1 and the horizontal ones.
+template <typename Real>
+void row_edge_weights(const Real* guide, const double* norms, int64_t h, int64_t height, int64_t width,
+                      int64_t channels, float* weights) {
+  const Real* row = guide + h * width * channels;
+  if (h + 1 < height)
+    for (int64_t w = 0; w < width; ++w) {
+      const int64_t v = h * width + w;
+      weights[v] = edge_weight(dot(row + w * channels, row + (width + w) * channels, channels), norms[v],
+                               norms[v + width]);
+    }
+  float* horizontal = weights + (height - 1) * width + h * (width - 1);
+  for (int64_t w = 0; w + 1 < width; ++w) {
+    const int64_t v = h * width + w;
+    horizontal[w] = edge_weight(dot(row + w * channels, row + (w + 1) * channels, channels), norms[v], norms[v + 1]);
+  }
+}
+
+// Weights (rows of all batch items in parallel), then one tree per batch item.
+template <typename Real>
+int build_trees(const Real* guide, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t* order,
+                int64_t* parent, int threads) {
+  const int64_t count = height * width;
+  if (count == 0 || batch == 0) return 0;
+  const int64_t edges = (height - 1) * width + height * (width - 1);
+  std::vector<double> norms;
+  std::vector<float> weights;
+  try {
+    norms.resize(batch * count);
+    weights.resize(batch * edges);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+#pragma omp for schedule(static)
+    for (int64_t v = 0; v < batch * count; ++v) {
+      const Real* pixel = guide + v * channels;
+      norms[v] = std::sqrt(dot(pixel, pixel, channels));
+    }
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < batch * height; ++row) {
+      const int64_t b = row / height;
+      row_edge_weights(guide + b * count * channels, norms.data() + b * count, row % height, height, width, channels,
+                       weights.data() + b * edges);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < batch; ++b) {
+      try {
+        std::vector<int64_t> ends, tree;
+        grid_edges(height, width, ends);
+        boruvka(ends, weights.data() + b * edges, count, tree);
+        breadth_first(tree, count, order + b * count, parent + b * count);
+      } catch (const std::bad_alloc&) {
+        failed = 1;
+      }
+    }
+  }
+  return failed;
 }
 
 // A task is one batch item and a block of at most kBlock consecutive channels: rows are vertices (stride D), and
@@ -225,25 +325,15 @@ int backward(const Real* dy, const Real* x, const Real* w, const int64_t* order,
 
 extern "C" {
 
-// weights (B, E) float32 in grid_edges order; writes order, parent (B, H*W) int64.
-int tree_build(const float* weights, int64_t batch, int64_t height, int64_t width, int64_t* order, int64_t* parent,
-               int threads) {
-  const int64_t count = height * width;
-  if (count == 0) return 0;
-  const int64_t edges = (height - 1) * width + height * (width - 1);
-  int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(| : failed)
-  for (int64_t b = 0; b < batch; ++b) {
-    try {
-      std::vector<int64_t> ends, tree;
-      grid_edges(height, width, ends);
-      boruvka(ends, weights + b * edges, count, tree);
-      breadth_first(tree, count, order + b * count, parent + b * count);
-    } catch (const std::bad_alloc&) {
-      failed = 1;
-    }
-  }
-  return failed;
+// guide (B, H, W, C) channels-last, float or double; writes order, parent (B, H*W) int64.
+int tree_build_f32(const float* guide, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t* order,
+                   int64_t* parent, int threads) {
+  return build_trees(guide, batch, height, width, channels, order, parent, threads);
+}
+
+int tree_build_f64(const double* guide, int64_t batch, int64_t height, int64_t width, int64_t channels,
+                   int64_t* order, int64_t* parent, int threads) {
+  return build_trees(guide, batch, height, width, channels, order, parent, threads);
 }
 
 int tree_scan_forward_f32(const float* x, const float* w, const int64_t* order, const int64_t* parent, float* y,

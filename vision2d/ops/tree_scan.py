@@ -84,7 +84,7 @@ def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
         raise TypeError(f"build_tree: guide has dtype {guide.dtype}; expected one of {_FLOAT_DTYPES}")
     if guide.shape[1] == 0:
         raise ValueError("build_tree: guide has no channels, so no similarities to build a tree from")
-    return _build_op(guide.detach().contiguous(), TREE_SCAN.check_name(backend))
+    return _build_op(guide.detach(), TREE_SCAN.check_name(backend))  # any layout (channels-last: no copy)
 
 
 def _check_scan_inputs(x, decay, order, parent):

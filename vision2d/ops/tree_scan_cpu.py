@@ -1,6 +1,7 @@
 """The "cpu" backend of the tree scan: the C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp`, loaded with ctypes
 through `native.NativeLibrary`. Half-precision inputs are widened to float32 (the kernel's type), outputs cast back.
-It also builds trees (`build_tree`) for every device: the tree is built on the host, as in the official code.
+It also builds trees (`build_tree`, edge weights included) for every device: the tree is built on the host, as in the
+official code.
 """
 import ctypes
 from typing import Optional, Tuple
@@ -9,14 +10,14 @@ import torch
 from torch import Tensor
 
 from .native import NativeLibrary
-from .tree_scan_ref import edge_weights
 
 
 def _declare(lib: ctypes.CDLL):
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.tree_build.argtypes = [ptr, i64, i64, i64, ptr, ptr, i32]
-    lib.tree_build.restype = i32
     for suffix in ("f32", "f64"):
+        build = getattr(lib, f"tree_build_{suffix}")
+        build.argtypes = [ptr] + [i64] * 4 + [ptr, ptr, i32]
+        build.restype = i32
         forward = getattr(lib, f"tree_scan_forward_{suffix}")
         forward.argtypes = [ptr] * 5 + [i64] * 3 + [i32]
         forward.restype = i32
@@ -36,14 +37,16 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
 
 
 def build_tree(guide: Tensor) -> Tuple[Tensor, Tensor]:
-    """(order, parent) (B, H*W) int64 on guide's device, as `tree_scan_ref.build_tree`; built on the host."""
-    batch, _, height, width = guide.shape
-    weights = edge_weights(guide).cpu().contiguous()
+    """(order, parent) (B, H*W) int64 on guide's device, as `tree_scan_ref.build_tree`; built on the host, edge
+    weights included, from the guide in channels-last memory (no copy when it is already so laid out)."""
+    batch, channels, height, width = guide.shape
+    kd = _kernel_dtype(guide.dtype)
+    pixels = guide.permute(0, 2, 3, 1).to("cpu", kd).contiguous()  # (B, H, W, C)
     order = torch.empty(batch, height * width, dtype=torch.int64)
     parent = torch.empty_like(order)
     if order.numel() > 0:
-        LIBRARY.call("tree_build", weights.data_ptr(), batch, height, width, order.data_ptr(), parent.data_ptr(),
-                     torch.get_num_threads())
+        LIBRARY.call(f"tree_build_{_suffix(kd)}", pixels.data_ptr(), batch, height, width, channels, order.data_ptr(),
+                     parent.data_ptr(), torch.get_num_threads())
     return order.to(guide.device), parent.to(guide.device)
 
 

@@ -5,9 +5,9 @@ Tree (`build_tree`), exactly as the official code builds it:
   * Graph: the 4-neighbour grid of an H x W map, vertex v = h * W + w. Edges are numbered vertical ones first,
     ((h, w), (h + 1, w)) for h < H - 1 in row-major order of (h, w), then horizontal ones ((h, w), (h, w + 1)) for
     w < W - 1, again row-major (`grid_edges`).
-  * Edge weight: exp(-cosine_similarity(guide[:, :, a], guide[:, :, b])) over the channel dimension, bit for bit
-    as `torch.cosine_similarity` (eps 1e-8) computes it, then rounded to float32, the type the tree is built in
-    (`edge_weights`).
+  * Edge weight: exp(-cosine_similarity(guide[:, :, a], guide[:, :, b])) over the channel dimension, as
+    `torch.cosine_similarity` (eps 1e-8) defines it, computed in float64 and rounded to float32, the type the tree is
+    built in (`edge_weights`).
     Similar neighbours give light edges.
   * Minimum spanning tree by Boruvka's algorithm: each round, every component (a union-find set) picks its lightest
     outgoing edge, scanning edges in index order and replacing the pick only when strictly lighter, so a tie goes to
@@ -43,14 +43,15 @@ def grid_edges(height: int, width: int, device=None) -> Tensor:
 
 
 def edge_weights(guide: Tensor) -> Tensor:
-    """(B, E) float32 weights exp(-cosine similarity) of `grid_edges` from guide (B, C, H, W).
+    """(B, E) float32 weights exp(-cosine similarity) of `grid_edges` from guide (B, C, H, W), computed in float64
+    and rounded to float32.
 
-    The official code calls `torch.cosine_similarity` on each edge's two pixel slices. That function divides each
-    vector by its 2-norm clamped at eps = 1e-8, multiplies and sums over channels; here every pixel is normalised once
-    and shared by its edges, which on a contiguous guide gives the same bits (tests/test_tree_scan.py checks) in a
-    fifth of the time.
+    The official code calls `torch.cosine_similarity` (each vector divided by its 2-norm clamped at eps = 1e-8, the
+    products summed over channels) in float32, whose last bits depend on the device's reduction order; in float64 the
+    order no longer shows after rounding, so every backend builds the same tree, and it is the tree of the official
+    float32 weights except where two competing edges' similarities lie within float32 rounding of each other.
     """
-    guide = guide.contiguous()
+    guide = guide.double()
     unit = guide / torch.linalg.vector_norm(guide, 2, dim=1, keepdim=True).clamp_min(1e-8)
     vertical = (unit[:, :, :-1, :] * unit[:, :, 1:, :]).sum(1).flatten(1)
     horizontal = (unit[:, :, :, :-1] * unit[:, :, :, 1:]).sum(1).flatten(1)
