@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from op_harness import assert_matches_reference, require_backend
 from vision2d.ops import tree_scan_ref
-from vision2d.ops.tree_scan import TREE_SCAN, build_tree, tree_scan, tree_scan_2d
+from vision2d.ops.tree_scan import TREE_SCAN, build_tree, selective_tree_scan, selective_tree_scan_2d, tree_scan, \
+    tree_scan_2d
 
 FIXTURE = Path(__file__).parent / "data" / "official_grootv_parity.pt"
 SHAPES = [(1, 1, 1, 1), (2, 3, 1, 9), (1, 2, 8, 1), (2, 5, 4, 6), (1, 3, 7, 7)]  # (B, D, H, W)
@@ -188,6 +189,70 @@ def test_cpu_backend_matches_reference_forward_and_backward(dtype, shape):
     assert_backend_matches_reference("cpu", dtype, shape)
 
 
+def _selective_inputs(shape, dtype, seed=0):
+    """x, delta, A, B, delta_bias of the selective form; deltas span softplus's linear (> 20) and exponential tails."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, channels, height, width = shape
+    count = height * width
+    x = torch.randn(batch, count, channels, generator=generator)
+    delta = 4 * torch.randn(batch, count, channels, generator=generator)
+    delta.view(-1)[::7] = 25.0
+    delta.view(-1)[3::11] = -30.0
+    A = -torch.exp(torch.randn(channels, generator=generator))
+    B = torch.randn(batch, count, generator=generator)
+    delta_bias = torch.randn(channels, generator=generator)
+    return [t.to(dtype) for t in (x, delta, A, B, delta_bias)], torch.randn(batch, 4, height, width, generator=generator)
+
+
+def assert_selective_matches_reference(backend, dtype, shape, with_bias=True):
+    """The selective form's output and the gradients of x, delta, A, B and delta_bias against the float64 reference."""
+    (x, delta, A, B, delta_bias), guide = _selective_inputs(shape, dtype)
+    order, parent = build_tree(guide, backend="cpu")
+    assert_matches_reference(selective_tree_scan, tree_scan_ref.selective_tree_scan_ref,
+                             (x, delta, A, B, order, parent, delta_bias if with_bias else None),
+                             ("x", "delta", "A", "B", "order", "parent", "delta_bias"), dtype, backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES + [(2, 160, 6, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_selective_matches_reference_forward_and_backward(backend, dtype, shape):
+    require_backend(TREE_SCAN, backend)
+    assert_selective_matches_reference(backend, dtype, shape)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_selective_without_delta_bias(backend):
+    assert_selective_matches_reference(backend, torch.float32, (2, 5, 4, 6), with_bias=False)
+
+
+def test_selective_is_tree_scan_of_its_inputs():
+    """selective_tree_scan(x, delta, A, B) == tree_scan(dt B x, exp(dt A)), dt = softplus(delta + delta_bias)."""
+    (x, delta, A, B, delta_bias), guide = _selective_inputs((2, 6, 5, 4), torch.float64, seed=3)
+    dt = F.softplus(delta + delta_bias)
+    expected = tree_scan_2d((dt * B.unsqueeze(-1) * x).view(2, 5, 4, 6), torch.exp(dt * A).view(2, 5, 4, 6),
+                            _channels_last(guide), backend="reference")
+    for backend in ("reference", "cpu"):
+        y = selective_tree_scan_2d(x.view(2, 5, 4, 6), delta.view(2, 5, 4, 6), A, B.view(2, 5, 4), _channels_last(guide),
+                                   delta_bias, backend=backend)
+        torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_selective_gradcheck_float64(backend):
+    (x, delta, A, B, delta_bias), guide = _selective_inputs((1, 3, 3, 3), torch.float64, seed=5)
+    order, parent = build_tree(guide)
+    inputs = [t.requires_grad_(True) for t in (x, delta / 4, A, B, delta_bias)]  # away from the softplus kink at 20
+    assert torch.autograd.gradcheck(
+        lambda a, d, s, b, bias: selective_tree_scan(a, d, s, b, order, parent, bias, backend=backend), inputs)
+
+
+def test_softplus_matches_torch():
+    x = torch.cat([torch.linspace(-120, 120, 100_001), torch.tensor([20.0, 20.0001, 19.9999, 88.7, 89.0, 1e30, -1e30])])
+    torch.testing.assert_close(tree_scan_ref.softplus(x), F.softplus(x), rtol=1e-6, atol=1e-6)
+    assert torch.equal(tree_scan_ref.softplus(x)[x > 20], x[x > 20])
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_float64(backend):
     x, decay, guide = _inputs((1, 2, 3, 3), torch.float64, seed=6)
@@ -225,6 +290,12 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.vision2d.tree_scan.default,
                           (x.requires_grad_(True), decay.requires_grad_(True), order, parent, "cpu"))
+    (x, delta, A, B, delta_bias), _ = _selective_inputs((2, 3, 3, 4), torch.float32, seed=9)
+    for bias in (delta_bias, None):
+        leaves = [t.clone().requires_grad_(True) for t in (x, delta, A, B)]
+        torch.library.opcheck(torch.ops.vision2d.selective_tree_scan.default,
+                              (*leaves, bias if bias is None else bias.clone().requires_grad_(True), order, parent,
+                               "cpu"))
 
 
 def test_compiles_without_graph_breaks():
@@ -233,6 +304,11 @@ def test_compiles_without_graph_breaks():
     shape, guide = (1, 3, 4, 2), _channels_last(guide)
     torch.testing.assert_close(compiled(x.view(shape), decay.view(shape), guide),
                                tree_scan_2d(x.view(shape), decay.view(shape), guide, backend="cpu"))
+    (x, delta, A, B, delta_bias), _ = _selective_inputs((1, 2, 3, 4), torch.float32, seed=10)
+    compiled = torch.compile(lambda *args: selective_tree_scan_2d(*args, backend="cpu"), fullgraph=True,
+                             backend="eager")
+    args = (x.view(shape), delta.view(shape), A, B.view(shape[:3]), guide, delta_bias)
+    torch.testing.assert_close(compiled(*args), selective_tree_scan_2d(*args, backend="cpu"))
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -262,3 +338,14 @@ def test_bad_inputs_raise_clear_errors():
         tree_scan_2d(x.view(1, 3, 4, 2), decay.view(1, 3, 4, 2), _channels_last(guide)[:, :2])
     with pytest.raises(ValueError, match="unknown .*backend"):
         tree_scan(x, decay, order, parent, backend="cuda")
+    (x, delta, A, B, delta_bias), _ = _selective_inputs((1, 2, 3, 4), torch.float32)
+    with pytest.raises(ValueError, match="selective_tree_scan: delta must have x's shape"):
+        selective_tree_scan(x, delta[:, :, :1], A, B, order, parent)
+    with pytest.raises(ValueError, match=r"A must have shape \(2,\)"):
+        selective_tree_scan(x, delta, A[:1], B, order, parent)
+    with pytest.raises(ValueError, match=r"B must have shape \(1, 12\)"):
+        selective_tree_scan(x, delta, A, B.unsqueeze(-1), order, parent)
+    with pytest.raises(TypeError, match="delta_bias must be a torch.float32 tensor"):
+        selective_tree_scan(x, delta, A, B, order, parent, delta_bias.double())
+    with pytest.raises(ValueError, match="selective_tree_scan: a vertex comes before its parent"):
+        selective_tree_scan(x, delta, A, B, swapped, parent)

@@ -6,7 +6,7 @@ import torch
 from op_harness import (require_backend, run_file_under_triton_interpreter, shard, triton_cpu_reason,
                         triton_importable)
 from test_tree_scan import SHAPES, assert_backend_matches_reference, assert_backend_matches_the_official_op, \
-    load_official_cases
+    assert_selective_matches_reference, load_official_cases
 from vision2d.ops.tree_scan import TREE_SCAN
 
 CPU_REASON = triton_cpu_reason(TREE_SCAN)
@@ -29,6 +29,13 @@ def test_kernels_under_triton_interpreter():
 def test_triton_matches_reference(dtype, shape):
     require_backend(TREE_SCAN, "triton")
     assert_backend_matches_reference("triton", dtype, shape)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", shard([pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]))
+def test_triton_selective_matches_reference(dtype):
+    require_backend(TREE_SCAN, "triton")
+    assert_selective_matches_reference("triton", dtype, SHAPES[3])
 
 
 @needs_interpreter

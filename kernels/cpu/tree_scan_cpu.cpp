@@ -5,9 +5,11 @@
 // vertex-major and contiguous in Real (float or double); order, parent (B, L) int64; edge weights (B, E) float32 in
 // `grid_edges` order. Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
-// The tree build runs one batch item per OpenMP task; the passes run one (batch item, block of channels) per task,
-// each a sequential sweep over the vertices in breadth-first order (forward: leaves to root, then root to leaves, in
-// place in y). Every task writes only its own channels, so results do not depend on the thread count.
+// The tree build computes the edge weights row by row in parallel, then runs one batch item per OpenMP task; the
+// passes run one (batch item, block of channels) per task, each a sequential sweep over the vertices in breadth-first
+// order (forward: leaves to root, then root to leaves, in place in y). The selective forward also computes its inputs
+// (softplus of delta, decays, dt B x) in the same task. Every task writes only its own channels, so results do not
+// depend on the thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -215,8 +217,16 @@ int build_trees(const Real* guide, int64_t batch, int64_t height, int64_t width,
 }
 
 // A task is one batch item and a block of at most kBlock consecutive channels: rows are vertices (stride D), and
-// every step updates the block's channels of one vertex, a contiguous run the compiler vectorises.
+// every step updates the block's channels of one vertex, a contiguous run the compiler vectorises. Blocks narrow (to
+// 16 channels at least) until there are 4 tasks per thread, so that batch 1 keeps every thread busy; each channel's
+// arithmetic is the same whatever the block, so results do not depend on the thread count.
 constexpr int64_t kBlock = 64;
+
+inline int64_t block_width(int64_t batch, int64_t channels, int threads) {
+  int64_t width = kBlock;
+  while (width > 16 && batch * ((channels + width - 1) / width) < 4 * int64_t(threads)) width /= 2;
+  return width;
+}
 
 template <typename Real>
 struct Rows {  // the block's channels of a (B, L, D) tensor's batch item
@@ -225,11 +235,10 @@ struct Rows {  // the block's channels of a (B, L, D) tensor's batch item
   Real* operator[](int64_t v) const { return base + v * stride; }
 };
 
+// up[parent(v)] += w[v] up[v] in reverse breadth-first order: the leaves-to-root sums, in place
 template <typename Real>
-void leaves_to_root(Rows<const Real> x, Rows<const Real> w, const int64_t* order, const int64_t* parent,
-                    int64_t count, int64_t width, Rows<Real> up) {
-  for (int64_t v = 0; v < count; ++v)
-    for (int64_t k = 0; k < width; ++k) up[v][k] = x[v][k];
+void accumulate_to_root(Rows<const Real> w, const int64_t* order, const int64_t* parent, int64_t count,
+                        int64_t width, Rows<Real> up) {
   for (int64_t i = count - 1; i > 0; --i) {
     const int64_t v = order[i];
     Real* __restrict__ to = up[parent[v]];
@@ -237,6 +246,14 @@ void leaves_to_root(Rows<const Real> x, Rows<const Real> w, const int64_t* order
     const Real* __restrict__ wv = w[v];
     for (int64_t k = 0; k < width; ++k) to[k] += wv[k] * from[k];
   }
+}
+
+template <typename Real>
+void leaves_to_root(Rows<const Real> x, Rows<const Real> w, const int64_t* order, const int64_t* parent,
+                    int64_t count, int64_t width, Rows<Real> up) {
+  for (int64_t v = 0; v < count; ++v)
+    for (int64_t k = 0; k < width; ++k) up[v][k] = x[v][k];
+  accumulate_to_root(w, order, parent, count, width, up);
 }
 
 // y[root] = up[root]; y[v] = (1 - w[v]^2) up[v] + w[v] y[parent(v)]. `up` and `y` may be the same rows.
@@ -263,11 +280,11 @@ Rows<Real> rows(Real* t, int64_t b, int64_t d0, int64_t count, int64_t channels)
 template <typename Real>
 int forward(const Real* x, const Real* w, const int64_t* order, const int64_t* parent, Real* y, int64_t batch,
             int64_t count, int64_t channels, int threads) {
-  const int64_t blocks = (channels + kBlock - 1) / kBlock;
+  const int64_t block = block_width(batch, channels, threads), blocks = (channels + block - 1) / block;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t task = 0; task < batch * blocks; ++task) {
-    const int64_t b = task / blocks, d0 = (task % blocks) * kBlock;
-    const int64_t width = std::min(kBlock, channels - d0);
+    const int64_t b = task / blocks, d0 = (task % blocks) * block;
+    const int64_t width = std::min(block, channels - d0);
     const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
     Rows<Real> out = rows(y, b, d0, count, channels);
     Rows<const Real> out_const{out.base, out.stride};
@@ -278,12 +295,60 @@ int forward(const Real* x, const Real* w, const int64_t* order, const int64_t* p
   return 0;
 }
 
+// The selective tree scan: dt = softplus(delta + bias), decay = exp(dt A) and u = dt B x per vertex and channel (B one
+// value per vertex), then both passes over u with those decays; the decays live only in per-thread scratch.
+template <typename Real>
+int selective_forward(const Real* x, const Real* delta, const Real* A, const Real* B, const Real* bias,
+                      const int64_t* order, const int64_t* parent, Real* y, int64_t batch, int64_t count,
+                      int64_t channels, int threads) {
+  constexpr int L = kLanes<Real>;
+  const int64_t block = block_width(batch, channels, threads), blocks = (channels + block - 1) / block;
+  std::vector<Real> a_log2e(channels), zero_bias;
+  for (int64_t d = 0; d < channels; ++d) a_log2e[d] = A[d] * Real(kLog2e);
+  if (bias == nullptr) {
+    zero_bias.assign(channels, Real(0));
+    bias = zero_bias.data();
+  }
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+    FlushDenormals flush;
+    Real* scratch = new (std::nothrow) Real[(count > 0 ? count : 1) * block];  // the block's decays, rows of block
+    if (scratch == nullptr) {
+      failed = 1;
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < batch * blocks; ++task) {
+        const int64_t b = task / blocks, d0 = (task % blocks) * block;
+        const int64_t width = std::min(block, channels - d0);
+        const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
+        Rows<const Real> xr = rows(x, b, d0, count, channels), dr = rows(delta, b, d0, count, channels);
+        Rows<Real> up = rows(y, b, d0, count, channels), decay{scratch, block};
+        for (int64_t v = 0; v < count; ++v) {
+          const Real scale = B[b * count + v];
+          for (int64_t k = 0; k < width; k += L) {
+            const int n = static_cast<int>(std::min<int64_t>(L, width - k));
+            const Vec<Real> dt = softplus<Real>(load(dr[v] + k, n) + load(bias + d0 + k, n), nullptr);
+            store(decay[v] + k, vexp2(dt * load(a_log2e.data() + d0 + k, n)), n);
+            store(up[v] + k, dt * scale * load(xr[v] + k, n), n);
+          }
+        }
+        Rows<const Real> decay_c{decay.base, block}, up_c{up.base, up.stride};
+        accumulate_to_root(decay_c, order_b, parent_b, count, width, up);
+        root_to_leaves(up_c, decay_c, order_b, parent_b, count, width, up);
+      }
+    }
+    delete[] scratch;
+  }
+  return failed;
+}
+
 // dx = the same filter applied to dy (it is symmetric). For a non-root c with parent p:
 // ddecay[c] = up_x[c] (dx[p] - w[c] up_dy[c]) + up_dy[c] (y[p] - w[c] up_x[c]); the root's is 0.
 template <typename Real>
 int backward(const Real* dy, const Real* x, const Real* w, const int64_t* order, const int64_t* parent,
              const Real* y, Real* dx, Real* dw, int64_t batch, int64_t count, int64_t channels, int threads) {
-  const int64_t blocks = (channels + kBlock - 1) / kBlock;
+  const int64_t block = block_width(batch, channels, threads), blocks = (channels + block - 1) / block;
   int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
@@ -296,8 +361,8 @@ int backward(const Real* dy, const Real* x, const Real* w, const int64_t* order,
       Rows<const Real> up_x_c{up_x.base, kBlock}, up_dy_c{up_dy.base, kBlock};
 #pragma omp for schedule(static)
       for (int64_t task = 0; task < batch * blocks; ++task) {
-        const int64_t b = task / blocks, d0 = (task % blocks) * kBlock;
-        const int64_t width = std::min(kBlock, channels - d0);
+        const int64_t b = task / blocks, d0 = (task % blocks) * block;
+        const int64_t width = std::min(block, channels - d0);
         const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
         Rows<const Real> wr = rows(w, b, d0, count, channels), yr = rows(y, b, d0, count, channels);
         Rows<Real> dxr = rows(dx, b, d0, count, channels), dwr = rows(dw, b, d0, count, channels);
@@ -356,6 +421,18 @@ int tree_scan_backward_f64(const double* dy, const double* x, const double* w, c
                            const int64_t* parent, const double* y, double* dx, double* dw, int64_t batch,
                            int64_t count, int64_t channels, int threads) {
   return backward(dy, x, w, order, parent, y, dx, dw, batch, count, channels, threads);
+}
+
+int tree_scan_selective_forward_f32(const float* x, const float* delta, const float* A, const float* B,
+                                    const float* bias, const int64_t* order, const int64_t* parent, float* y,
+                                    int64_t batch, int64_t count, int64_t channels, int threads) {
+  return selective_forward(x, delta, A, B, bias, order, parent, y, batch, count, channels, threads);
+}
+
+int tree_scan_selective_forward_f64(const double* x, const double* delta, const double* A, const double* B,
+                                    const double* bias, const int64_t* order, const int64_t* parent, double* y,
+                                    int64_t batch, int64_t count, int64_t channels, int threads) {
+  return selective_forward(x, delta, A, B, bias, order, parent, y, batch, count, channels, threads);
 }
 
 }  // extern "C"

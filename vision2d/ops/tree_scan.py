@@ -1,11 +1,16 @@
 """GrootV's tree scan as `torch.library` custom ops: `build_tree` (minimum spanning tree of a guide map, breadth-first
-order from pixel 0) and `tree_scan` (leaves-to-root then root-to-leaves propagation over it); `tree_scan_2d` runs
-both on channels-last (B, H, W, D) maps. See `tree_scan_ref` for the math and the exact tie rules.
+order from pixel 0), `tree_scan` (leaves-to-root then root-to-leaves propagation over it) and `selective_tree_scan`
+(GrootV's mixer: the propagated input and the decays made from x, delta, A and B inside the op); `tree_scan_2d` and
+`selective_tree_scan_2d` build the tree and scan channels-last (B, H, W, D) maps. See `tree_scan_ref` for the math and
+the exact tie rules.
 
-Backends (modules with `unavailable_reason(device)`, `build_tree(guide)`, `forward(x, decay, order, parent)` and
-`backward(dy, x, decay, order, parent, y)`), chosen by `backends.OpBackends`:
+Backends (modules with `unavailable_reason(device)`, `build_tree(guide)`, `forward(x, decay, order, parent)`,
+`selective_forward(x, delta, A, B, delta_bias, order, parent)` and `backward(dy, x, decay, order, parent, y)`; the
+selective form's backward is the plain backward and the chain rule of `tree_scan_ref.selective_inputs_backward`),
+chosen by `backends.OpBackends`:
     "reference"  pure PyTorch and Python (`tree_scan_ref`), any device; backward written out
-    "cpu"        compiled C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp` (CPU tensors)
+    "cpu"        compiled C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp` (CPU tensors; the selective form in one
+                 kernel)
     "triton"     Triton propagation kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); its trees are
                  built by the compiled CPU kernel on the host, as the official code builds them
 """
@@ -14,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import tree_scan_ref
 from .backends import OpBackends
 
 TREE_SCAN = OpBackends("tree_scan", {"reference": "vision2d.ops.tree_scan_ref", "cpu": "vision2d.ops.tree_scan_cpu",
@@ -69,6 +75,36 @@ def _backward(ctx, dy):
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("vision2d::selective_tree_scan", mutates_args=())
+def _selective_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor], order: Tensor,
+                  parent: Tensor, backend: str) -> Tensor:
+    module = TREE_SCAN.module(TREE_SCAN.resolve(x.device, backend))
+    return module.selective_forward(x, delta, A, B, delta_bias, order, parent)
+
+
+@_selective_op.register_fake
+def _(x, delta, A, B, delta_bias, order, parent, backend):
+    return torch.empty_like(x)
+
+
+def _selective_setup_context(ctx, inputs, output):
+    x, delta, A, B, delta_bias, order, parent, backend = inputs
+    ctx.save_for_backward(x, delta, A, B, order, parent, output)
+    ctx.delta_bias = delta_bias  # a parameter: kept by reference, not versioned
+    ctx.backend = backend
+
+
+def _selective_backward(ctx, dy):
+    x, delta, A, B, order, parent, y = ctx.saved_tensors
+    u, decay, _ = tree_scan_ref.selective_inputs(x, delta, A, B, ctx.delta_bias)
+    du, ddecay = _scan_backward_op(dy, u, decay, order, parent, y, ctx.backend)
+    dx, ddelta, dA, dB, dbias = tree_scan_ref.selective_inputs_backward(du, ddecay, x, delta, A, B, ctx.delta_bias)
+    return dx, ddelta, dA, dB, dbias, None, None, None
+
+
+_selective_op.register_autograd(_selective_backward, setup_context=_selective_setup_context)
+
+
 def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Minimum spanning tree of the 4-neighbour grid of guide (B, C, H, W), weighted exp(-cosine similarity).
 
@@ -87,40 +123,41 @@ def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
     return _build_op(guide.detach(), TREE_SCAN.check_name(backend))  # any layout (channels-last: no copy)
 
 
-def _check_scan_inputs(x, decay, order, parent):
-    for name, t in dict(x=x, decay=decay, order=order, parent=parent).items():
+def _check_scan_inputs(x, decay, order, parent, op="tree_scan", decay_name="decay"):
+    """x and decay (or delta) (B, L, D) of one float dtype, order and parent (B, L) int64 describing a tree."""
+    for name, t in {"x": x, decay_name: decay, "order": order, "parent": parent}.items():
         if not isinstance(t, Tensor):
-            raise TypeError(f"tree_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.device != x.device:
-            raise ValueError(f"tree_scan: {name} is on {t.device} but x is on {x.device}")
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
     if x.dim() != 3:
-        raise ValueError(f"tree_scan: x must be 3-D (B, L, D), got shape {tuple(x.shape)}")
+        raise ValueError(f"{op}: x must be 3-D (B, L, D), got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES or decay.dtype != x.dtype:
-        raise TypeError(f"tree_scan: x and decay must share one float dtype of {_FLOAT_DTYPES}, got {x.dtype} and "
+        raise TypeError(f"{op}: x and {decay_name} must share one float dtype of {_FLOAT_DTYPES}, got {x.dtype} and "
                         f"{decay.dtype}")
     if decay.shape != x.shape:
-        raise ValueError(f"tree_scan: decay must have x's shape {tuple(x.shape)}, got {tuple(decay.shape)}")
+        raise ValueError(f"{op}: {decay_name} must have x's shape {tuple(x.shape)}, got {tuple(decay.shape)}")
     for name, t in dict(order=order, parent=parent).items():
         if t.dtype != torch.int64:
-            raise TypeError(f"tree_scan: {name} must be int64 (from build_tree), got {t.dtype}")
+            raise TypeError(f"{op}: {name} must be int64 (from build_tree), got {t.dtype}")
         if tuple(t.shape) != (x.shape[0], x.shape[1]):
-            raise ValueError(f"tree_scan: {name} must be (B, L) = {(x.shape[0], x.shape[1])}, got {tuple(t.shape)}")
+            raise ValueError(f"{op}: {name} must be (B, L) = {(x.shape[0], x.shape[1])}, got {tuple(t.shape)}")
     if order.device.type == "cpu" and order.numel() > 0 and not torch.compiler.is_compiling():
-        _check_tree(order, parent)
+        _check_tree(order, parent, op)
 
 
-def _check_tree(order: Tensor, parent: Tensor):
+def _check_tree(order: Tensor, parent: Tensor, op: str = "tree_scan"):
     """The kernels index with order and parent: each row of order must be a permutation of 0..L-1 starting at the
     root, whose parent is itself, and every other vertex's parent must come before it in order."""
     count = order.shape[1]
     if not torch.equal(order.sort(dim=1).values, torch.arange(count).expand_as(order)) or (order[:, 0] != 0).any():
-        raise ValueError("tree_scan: every row of order must be a permutation of 0..L-1 starting at the root 0 "
+        raise ValueError(f"{op}: every row of order must be a permutation of 0..L-1 starting at the root 0 "
                          "(use build_tree)")
     if parent.min() < 0 or parent.max() >= count or (parent[:, 0] != 0).any():
-        raise ValueError("tree_scan: parent must hold vertices 0..L-1, the root 0 its own parent (use build_tree)")
+        raise ValueError(f"{op}: parent must hold vertices 0..L-1, the root 0 its own parent (use build_tree)")
     position = torch.empty_like(order).scatter_(1, order, torch.arange(count).expand_as(order))
     if (position.gather(1, parent)[:, 1:] >= position[:, 1:]).any():
-        raise ValueError("tree_scan: a vertex comes before its parent in order: order must be breadth-first (or any "
+        raise ValueError(f"{op}: a vertex comes before its parent in order: order must be breadth-first (or any "
                          "parents-first order) of the tree parent describes (use build_tree)")
 
 
@@ -136,6 +173,33 @@ def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: 
                     TREE_SCAN.check_name(backend))
 
 
+def selective_tree_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, order: Tensor, parent: Tensor,
+                        delta_bias: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+    """`tree_scan` of u = dt * B * x with decays exp(dt * A), dt = softplus(delta + delta_bias) (GrootV's mixer,
+    d_state 1), the elementwise work done inside the op.
+
+    x, delta: (B, L, D) vertex-major, one float dtype (fp16/bf16 computed in fp32); A: (D,) (negative for decays
+    below 1); B: (B, L), one input scale per vertex; delta_bias: (D,) or None; A, B, delta_bias of x's dtype.
+    order, parent: (B, L) int64 from `build_tree`. Returns y (B, L, D) in x's dtype. Differentiable in x, delta, A,
+    B and delta_bias.
+    """
+    _check_scan_inputs(x, delta, order, parent, "selective_tree_scan", "delta")
+    batch, count, channels = x.shape
+    for name, t, shape in (("A", A, (channels,)), ("B", B, (batch, count)), ("delta_bias", delta_bias, (channels,))):
+        if t is None and name == "delta_bias":
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"selective_tree_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != x.device or t.dtype != x.dtype:
+            raise TypeError(f"selective_tree_scan: {name} must be a {x.dtype} tensor on {x.device} like x, got "
+                            f"{t.dtype} on {t.device}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"selective_tree_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
+    return _selective_op(x.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
+                         None if delta_bias is None else delta_bias.contiguous(), order.contiguous(),
+                         parent.contiguous(), TREE_SCAN.check_name(backend))
+
+
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def tree_scan_2d(x: Tensor, decay: Tensor, guide: Tensor, backend: Optional[str] = None) -> Tensor:
     """`tree_scan` of channels-last maps x, decay (B, H, W, D) over the tree `build_tree` makes of guide (B, H, W, C)
@@ -145,3 +209,16 @@ def tree_scan_2d(x: Tensor, decay: Tensor, guide: Tensor, backend: Optional[str]
                          f"{tuple(x.shape)} and {tuple(guide.shape)}")
     order, parent = build_tree(guide.permute(0, 3, 1, 2), backend)
     return tree_scan(x.flatten(1, 2), decay.flatten(1, 2), order, parent, backend).view_as(x)
+
+
+@torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
+def selective_tree_scan_2d(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, guide: Tensor,
+                           delta_bias: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+    """`selective_tree_scan` of channels-last maps x, delta (B, H, W, D) and B (B, H, W) over the tree `build_tree`
+    makes of guide (B, H, W, C) (channels last too); returns y (B, H, W, D)."""
+    if x.dim() != 4 or guide.dim() != 4 or x.shape[:3] != guide.shape[:3]:
+        raise ValueError(f"selective_tree_scan_2d: x (B, H, W, D) and guide (B, H, W, C) must share B, H, W; got "
+                         f"{tuple(x.shape)} and {tuple(guide.shape)}")
+    order, parent = build_tree(guide.permute(0, 3, 1, 2), backend)
+    return selective_tree_scan(x.flatten(1, 2), delta.flatten(1, 2), A, B.flatten(1), order, parent, delta_bias,
+                               backend).view_as(x)

@@ -21,6 +21,9 @@ def _declare(lib: ctypes.CDLL):
         forward = getattr(lib, f"tree_scan_forward_{suffix}")
         forward.argtypes = [ptr] * 5 + [i64] * 3 + [i32]
         forward.restype = i32
+        selective = getattr(lib, f"tree_scan_selective_forward_{suffix}")
+        selective.argtypes = [ptr] * 8 + [i64] * 3 + [i32]
+        selective.restype = i32
         backward = getattr(lib, f"tree_scan_backward_{suffix}")
         backward.argtypes = [ptr] * 8 + [i64] * 3 + [i32]
         backward.restype = i32
@@ -67,6 +70,21 @@ def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
     if y.numel() > 0:
         LIBRARY.call(f"tree_scan_forward_{_suffix(kd)}", x_.data_ptr(), decay_.data_ptr(), order.data_ptr(),
                      parent.data_ptr(), y.data_ptr(), *x.shape, torch.get_num_threads())
+    return y.to(x.dtype)
+
+
+def selective_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor], order: Tensor,
+                      parent: Tensor) -> Tensor:
+    """The selective form (`tree_scan_ref.selective_tree_scan_ref`) in one kernel: y (B, L, D) in x's dtype."""
+    kd = _kernel_dtype(x.dtype)
+    x_, delta_, A_, B_ = (t.to(kd).contiguous() for t in (x, delta, A, B))
+    bias = None if delta_bias is None else delta_bias.to(kd).contiguous()
+    order, parent = order.contiguous(), parent.contiguous()
+    y = torch.empty(x.shape, dtype=kd)
+    if y.numel() > 0:
+        LIBRARY.call(f"tree_scan_selective_forward_{_suffix(kd)}", x_.data_ptr(), delta_.data_ptr(), A_.data_ptr(),
+                     B_.data_ptr(), None if bias is None else bias.data_ptr(), order.data_ptr(), parent.data_ptr(),
+                     y.data_ptr(), *x.shape, torch.get_num_threads())
     return y.to(x.dtype)
 
 

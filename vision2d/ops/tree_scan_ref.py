@@ -23,6 +23,10 @@ Propagation (`tree_scan_ref`), per batch item and channel, with decay w[v] in [0
   * root to leaves: y[root] = up[root]; y[v] = (1 - w[v]^2) * up[v] + w[v] * y[parent(v)] (breadth-first order).
   Together y[v] = sum over all u of x[u] * (product of w along the tree path between u and v): every pixel
   aggregates every other, weighted by the decays on the way. The root's own decay is unused (its gradient is zero).
+
+Selective form (`selective_tree_scan_ref`, GrootV's mixer, d_state 1): from x, delta (B, L, D), A (D,), B (B, L) and an
+optional delta_bias (D,): dt = softplus(delta + delta_bias), the propagated input u = dt * B * x and the decays
+w = exp(dt * A) (`selective_inputs`).
 """
 from typing import List, Optional, Tuple
 
@@ -204,3 +208,51 @@ def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
 
 def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):
     return tree_scan_ref_backward(dy, x, decay, order, parent)
+
+
+def softplus(x: Tensor) -> Tensor:
+    """F.softplus (beta 1, threshold 20) as log(1 + exp(x)): within 1e-6 of it (6e-8 below x = -16, where it gives
+    0 for exp(x)) and about 3x faster on CPU, where PyTorch's softplus evaluates log1p without vectorisation."""
+    return torch.log(torch.exp(x) + 1).where(x <= 20, x)
+
+
+def selective_inputs(x: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+                     delta_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(u, decay, dt), each (B, L, D), in x's dtype widened to at least float32: dt = softplus(delta + delta_bias),
+    u = dt * B * x, decay = exp(dt * A)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    s = delta.to(dtype) if delta_bias is None else delta.to(dtype) + delta_bias.to(dtype)
+    dt = softplus(s)
+    return dt * B.to(dtype).unsqueeze(-1) * x.to(dtype), torch.exp(dt * A.to(dtype)), dt
+
+
+def selective_inputs_backward(du: Tensor, ddecay: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+                              delta_bias: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    """(dx, ddelta, dA, dB, ddelta_bias) (ddelta_bias None without delta_bias) from the gradients of u and decay,
+    each in its input's dtype."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    s = delta.to(dtype) if delta_bias is None else delta.to(dtype) + delta_bias.to(dtype)
+    dt = softplus(s)
+    x_, A_, B_ = x.to(dtype), A.to(dtype), B.to(dtype).unsqueeze(-1)
+    ddecay_a = ddecay.to(dtype) * torch.exp(dt * A_)  # d/d(dt A)
+    du = du.to(dtype)
+    ddelta = (du * B_ * x_ + ddecay_a * A_) * torch.sigmoid(s).where(s <= 20, 1.0)
+    dx = du * dt * B_
+    dB = (du * dt * x_).sum(-1)
+    dA = (ddecay_a * dt).sum((0, 1))
+    dbias = None if delta_bias is None else ddelta.sum((0, 1)).to(delta_bias.dtype)
+    return dx.to(x.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dbias
+
+
+def selective_tree_scan_ref(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, order: Tensor, parent: Tensor,
+                            delta_bias: Optional[Tensor] = None) -> Tensor:
+    """`tree_scan_ref` of u = dt * B * x with decays exp(dt * A), dt = softplus(delta + delta_bias); x, delta
+    (B, L, D), A (D,), B (B, L), order, parent (B, L). Returns y (B, L, D). Differentiable by autograd."""
+    u, decay, _ = selective_inputs(x, delta, A, B, delta_bias)
+    return tree_scan_ref(u, decay, order, parent).to(x.dtype)
+
+
+def selective_forward(x, delta, A, B, delta_bias, order, parent, scan=forward) -> Tensor:
+    """The selective form for a backend whose propagation is `scan(u, decay, order, parent)`."""
+    u, decay, _ = selective_inputs(x, delta, A, B, delta_bias)
+    return scan(u, decay, order, parent).to(x.dtype)

@@ -1,7 +1,7 @@
 """Triton kernels of the tree scan's propagation (the "triton" backend); trees are built on the host by the compiled
 CPU kernel (`tree_scan_cpu.build_tree`), as the official code builds them.
 
-Same arguments and math as `tree_scan_ref`. One program per (batch item, block of BLOCK_D channels) sweeps the
+Same arguments and math as `tree_scan_ref`; the selective form computes its inputs with PyTorch, then runs these kernels. One program per (batch item, block of BLOCK_D channels) sweeps the
 vertices in breadth-first order, the channels of a vertex one vector: leaves to root (up[parent] += w * up), then root
 to leaves in place. Tensors are vertex-major (B, L, D): a vertex's channels are contiguous.
 Each sweep step reads what an earlier step of the same program wrote, through global memory, so the loops must not be
@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import tree_scan_cpu
+from . import tree_scan_cpu, tree_scan_ref
 
 try:
     import triton
@@ -143,3 +143,9 @@ def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor
     _launch(_tree_scan_bwd_kernel, batch, channels, count, dy_, x_, w_, order.contiguous(), parent.contiguous(), y_,
             up_x, up_dy, dx, dw)
     return dx.to(x.dtype), dw.to(decay.dtype)
+
+
+def selective_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor], order: Tensor,
+                      parent: Tensor) -> Tensor:
+    """The selective form: its inputs (softplus, decays, dt B x) by PyTorch, the propagation by the kernel."""
+    return tree_scan_ref.selective_forward(x, delta, A, B, delta_bias, order, parent, scan=forward)
