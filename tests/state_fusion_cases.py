@@ -9,6 +9,10 @@ SCAN_SHAPES = [(2, 7, 5, 3), (1, 30, 40, 1), (3, 12, 16, 2), (1, 1, 70, 1), (2, 
 FUSION_SHAPES = [(2, 4, 6, 3, 11), (1, 1, 1, 20, 3), (2, 7, 5, 17, 5), (1, 9, 7, 40, 11), (1, 1, 6, 8, 11),
                  (2, 5, 1, 16, 3)]
 
+# state_scan_fusion: (batch, H, W, E, N, k); partial channel blocks, two states, a 1x1 and a 1xW map
+SCAN_FUSION_SHAPES = [(2, 3, 4, 5, 1, 11), (1, 5, 7, 40, 1, 11), (2, 4, 3, 17, 2, 5), (1, 1, 1, 20, 1, 3),
+                      (1, 1, 6, 33, 1, 11)]
+
 
 def make_scan_inputs(batch, L, E, N, dtype=torch.float32, with_bias=True, seed=0):
     """(u, delta, A, B, delta_bias): step sizes around 0.2..2 after softplus, A in [-4, -0.05]."""
@@ -33,3 +37,16 @@ def make_fusion_inputs(batch, H, W, C, k, dtype=torch.float32, sparse=True, seed
     if sparse:
         weight[:, ::2, 1::2] = 0
     return x, weight.double() if dtype == torch.float64 else weight
+
+
+def make_scan_fusion_inputs(batch, H, W, E, N, k, dtype=torch.float32, with_optional=True, seed=0):
+    """(u, delta, A, B, C, weight, D, delta_bias) of `state_scan_fusion`: the scan's inputs as maps, the merged
+    1/3/5-dilation pattern of taps (sparse) for k = 11, D and delta_bias None without `with_optional`."""
+    u, delta, A, B, bias = make_scan_inputs(batch, H * W, E, N, dtype, with_optional, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    C = torch.randn(batch, H, W, N, generator=g).to(dtype)
+    _, weight = make_fusion_inputs(1, 1, 1, E, k, seed=seed + 2)
+    D = torch.randn(E, generator=g) if with_optional else None
+    if dtype == torch.float64:
+        weight, D = weight.double(), None if D is None else D.double()
+    return [u.view(batch, H, W, E), delta.view(batch, H, W, E), A, B.view(batch, H, W, N), C, weight, D, bias]

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 import vision2d  # noqa: F401  (registers the models)
 from vision2d.models import spatial_mamba
+from vision2d.ops import state_fusion
+from vision2d.ops.state_scan_fusion import compose_state_scan_fusion
+from vision2d.ops.state_scan_ref import state_scan_ref
 from test_vmamba import _fake_yacs_module
 
 FIXTURE = Path(__file__).parent / "data" / "official_spatial_mamba_parity.pt"
@@ -87,11 +90,15 @@ def test_fixture_discriminates_the_fusion_padding(fixture, official_sd, tmp_path
     teeth."""
     model = create(save(official_sd, tmp_path / "raw.pth"))
 
-    def zero_padded(h, weight, backend):
+    def zero_padded_fusion(h, weight):
         p = weight.shape[-1] // 2
         return F.conv2d(h.permute(0, 3, 1, 2), weight[:, None], padding=p, groups=h.shape[-1]).permute(0, 2, 3, 1)
 
-    monkeypatch.setattr(spatial_mamba, "state_fusion", zero_padded)
+    def zero_padded(u, delta, A, B, C, weight, D, delta_bias, delta_softplus, backend):
+        return compose_state_scan_fusion(state_scan_ref, zero_padded_fusion, u, delta, A, B, C, weight, D,
+                                         delta_bias, delta_softplus)
+
+    monkeypatch.setattr(spatial_mamba, "state_scan_fusion", zero_padded)
     case = fixture["cases"][1]
     with torch.no_grad():
         assert rel_err(model(case["input"].float()), case["logits"]) > 1e-3
@@ -133,7 +140,7 @@ def test_training_mode_fusion_is_the_official_three_convolutions(official_sd):
                    for a, k, d in zip(fusion.alpha, kernels, (1, 3, 5))).permute(0, 2, 3, 1)
     params = [*kernels, fusion.alpha]
     grads_expected = torch.autograd.grad(expected.square().sum(), params)
-    out = fusion(h)
+    out = state_fusion(h, fusion.merged_kernel())
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for g, e in zip(torch.autograd.grad(out.square().sum(), params), grads_expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)

@@ -1,17 +1,19 @@
-"""Spatial-Mamba's ops: `state_scan` (the selective scan returning its states) and `state_fusion` (depthwise conv over
-border-replicated maps): references vs naive loops, every backend vs the float64 reference, the custom-op contract,
-the dilated-kernel merge, bad input."""
+"""Spatial-Mamba's ops: `state_scan` (the selective scan returning its states), `state_fusion` (depthwise conv over
+border-replicated maps) and `state_scan_fusion` (both with the C read-out): references vs naive loops, every backend vs
+the float64 reference, the custom-op contract, the dilated-kernel merge, bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vision2d.ops import merge_dilated_kernels, state_fusion, state_scan
+from vision2d.ops import merge_dilated_kernels, state_fusion, state_scan, state_scan_fusion
 from vision2d.ops.state_fusion import STATE_FUSION_BACKENDS
 from vision2d.ops.state_fusion_ref import state_fusion_naive, state_fusion_ref
 from vision2d.ops.state_scan import STATE_SCAN_BACKENDS
+from vision2d.ops.state_scan_fusion import state_scan_fusion_ref
 from vision2d.ops.state_scan_ref import state_scan_naive, state_scan_ref, state_scan_ref_backward
 from op_harness import DTYPES, assert_matches_reference, require_backend
-from state_fusion_cases import FUSION_SHAPES, SCAN_SHAPES, make_fusion_inputs, make_scan_inputs
+from state_fusion_cases import (FUSION_SHAPES, SCAN_FUSION_SHAPES, SCAN_SHAPES, make_fusion_inputs,
+                                make_scan_fusion_inputs, make_scan_inputs)
 
 BACKENDS = ["reference", "cpu"]  # triton: test_state_fusion_triton.py
 
@@ -75,6 +77,50 @@ def test_fusion_backends_match_reference(backend, dtype, shape):
     assert_matches_reference(state_fusion, state_fusion_ref, args, ("x", "weight"), DTYPES[dtype], backend)
 
 
+SCAN_FUSION_NAMES = ("u", "delta", "A", "B", "C", "weight", "D", "delta_bias")
+
+
+def test_scan_fusion_reference_is_scan_then_fusion_then_read_out():
+    u, delta, A, B, C, weight, D, bias = make_scan_fusion_inputs(2, 4, 3, 6, 2, 5, dtype=torch.float64)
+    batch, H, W, E = u.shape
+    h = state_scan_naive(u.reshape(batch, H * W, E), delta.reshape(batch, H * W, E), A, B.reshape(batch, H * W, 2),
+                         bias, True)
+    expected = D * u
+    for n in range(2):
+        expected = expected + C[..., n:n + 1] * state_fusion_naive(h[:, :, n].reshape(batch, H, W, E), weight)
+    torch.testing.assert_close(state_scan_fusion_ref(u, delta, A, B, C, weight, D, bias, True), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, dtype", _cases(SCAN_FUSION_SHAPES))
+def test_scan_fusion_backends_match_reference(backend, dtype, shape):
+    """Output and every gradient (the cpu backend's forward is one fused kernel pass)."""
+    require_backend(STATE_SCAN_BACKENDS, backend)
+    args = make_scan_fusion_inputs(*shape, dtype=DTYPES[dtype], with_optional=shape[0] != 2 or shape[4] != 2)
+    assert_matches_reference(state_scan_fusion, state_scan_fusion_ref, args, SCAN_FUSION_NAMES, DTYPES[dtype],
+                             backend, delta_softplus=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_fusion_without_softplus(backend):
+    require_backend(STATE_SCAN_BACKENDS, backend)
+    args = make_scan_fusion_inputs(1, 3, 5, 20, 1, 11)
+    args[1], args[7] = F.softplus(args[1]), args[7].abs()
+    assert_matches_reference(state_scan_fusion, state_scan_fusion_ref, args, SCAN_FUSION_NAMES, torch.float32,
+                             backend, delta_softplus=False)
+
+
+def test_cpu_scan_fusion_equals_the_two_cpu_ops():
+    """The fused kernel computes what state_scan, state_fusion and the read-out compute separately."""
+    require_backend(STATE_SCAN_BACKENDS, "cpu")
+    u, delta, A, B, C, weight, D, bias = make_scan_fusion_inputs(2, 9, 7, 40, 1, 11)
+    h = state_scan(u.view(2, 63, 40), delta.view(2, 63, 40), A, B.view(2, 63, 1), bias, True, backend="cpu")
+    expected = state_fusion(h.view(2, 9, 7, 40), weight, backend="cpu") * C + D * u
+    torch.testing.assert_close(state_scan_fusion(u, delta, A, B, C, weight, D, bias, True, backend="cpu"), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_states_are_float32_for_half_inputs():
     u, delta, A, B, bias = make_scan_inputs(1, 4, 8, 1, dtype=torch.bfloat16)
     assert state_scan(u, delta, A, B, bias, True, backend="reference").dtype == torch.float32
@@ -105,9 +151,12 @@ def test_cpu_fusion_skips_only_taps_that_are_zero_everywhere():
     torch.testing.assert_close(state_fusion(x, weight, backend="cpu"), state_fusion_ref(x, weight))
 
 
-@pytest.mark.parametrize("op", ["scan", "fusion"])
+@pytest.mark.parametrize("op", ["scan", "fusion", "scan_fusion"])
 def test_opcheck(op):
-    if op == "scan":
+    if op == "scan_fusion":
+        args = (*make_scan_fusion_inputs(2, 3, 4, 6, 1, 5), True, "auto")
+        target = torch.ops.vision2d.state_scan_fusion.default
+    elif op == "scan":
         u, delta, A, B, bias = make_scan_inputs(2, 5, 6, 2)
         args = (u, delta, A, B, bias, True, "auto")
         target = torch.ops.vision2d.state_scan.default
@@ -136,7 +185,16 @@ def test_meta_tensors_give_shapes():
         u, delta, B = torch.empty(2, 12, 8), torch.empty(2, 12, 8), torch.empty(2, 12, 1)
         h = state_scan(u, delta, torch.empty(8, 1), B, torch.empty(8), True)
         out = state_fusion(h.view(2, 3, 4, 8), torch.empty(8, 11, 11))
+        y = state_scan_fusion(u.view(2, 3, 4, 8), delta.view(2, 3, 4, 8), torch.empty(8, 1), B.view(2, 3, 4, 1),
+                              B.view(2, 3, 4, 1), torch.empty(8, 11, 11), torch.empty(8), torch.empty(8), True)
     assert h.shape == (2, 12, 1, 8) and out.shape == (2, 3, 4, 8) and out.device.type == "meta"
+    assert y.shape == (2, 3, 4, 8) and y.device.type == "meta"
+
+
+def _fusion_args(**replace):
+    """Valid state_scan_fusion arguments (batch 2, 3x4 map, E = 8, N = 1, 5x5 kernel) with some replaced."""
+    args = dict(zip(SCAN_FUSION_NAMES, make_scan_fusion_inputs(2, 3, 4, 8, 1, 5)))
+    return list(dict(args, **replace).values())
 
 
 @pytest.mark.parametrize("call, message", [
@@ -152,6 +210,12 @@ def test_meta_tensors_give_shapes():
     (lambda: state_scan(torch.randn(1, 4, 6), torch.randn(1, 4, 6), -torch.rand(6, 1), torch.randn(1, 4, 1),
                         torch.randn(5)), "delta_bias must have shape"),
     (lambda: state_fusion(torch.randn(1, 4, 6), torch.randn(6, 3, 3)), "x must be 4-D"),
+    (lambda: state_scan_fusion(*_fusion_args(u=torch.randn(2, 12, 8))), "u must be 4-D"),
+    (lambda: state_scan_fusion(*_fusion_args(C=torch.randn(2, 3, 4, 2))), "C must have shape"),
+    (lambda: state_scan_fusion(*_fusion_args(weight=torch.randn(8, 4, 4))), "weight must be"),
+    (lambda: state_scan_fusion(*_fusion_args(D=torch.randn(7))), "D must have shape"),
+    (lambda: state_scan_fusion(*_fusion_args(C=torch.randn(2, 3, 4, 1).double())), "C has dtype"),
+    (lambda: state_scan_fusion(*_fusion_args(A=torch.randn(8, 1).int())), "A has dtype"),
     (lambda: state_fusion(torch.randn(1, 4, 4, 6), torch.randn(6, 4, 4)), "k odd"),
     (lambda: state_fusion(torch.randn(1, 4, 4, 6), torch.randn(5, 3, 3)), "C = 6"),
     (lambda: state_fusion(torch.randn(1, 4, 4, 6).int(), torch.randn(6, 3, 3)), "x has dtype"),

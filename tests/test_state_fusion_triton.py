@@ -1,17 +1,19 @@
-"""The Triton kernels of `state_scan` and `state_fusion` vs the float64 reference, on CPU tensors under the Triton
+"""The Triton kernels of `state_scan` and `state_fusion` (and `state_scan_fusion`, which composes them) vs the float64
+reference, on CPU tensors under the Triton
 interpreter: an ordinary run re-runs this file in TRITON_INTERPRET=1 subprocess shards
 (`op_harness.run_file_under_triton_interpreter`), where the kernel cases below run in-process."""
 import pytest
 import torch
 
-from vision2d.ops import state_fusion
+from vision2d.ops import state_fusion, state_scan_fusion
 from vision2d.ops.state_fusion import STATE_FUSION_BACKENDS
 from vision2d.ops.state_fusion_ref import state_fusion_ref
 from vision2d.ops.state_scan import STATE_SCAN_BACKENDS
+from vision2d.ops.state_scan_fusion import state_scan_fusion_ref
 from op_harness import (DTYPES, assert_matches_reference, run_file_under_triton_interpreter, shard, triton_cpu_reason,
                         triton_importable)
-from state_fusion_cases import SCAN_SHAPES, make_fusion_inputs, make_scan_inputs
-from test_state_fusion import scan_in_input_dtype, scan_reference
+from state_fusion_cases import SCAN_SHAPES, make_fusion_inputs, make_scan_fusion_inputs, make_scan_inputs
+from test_state_fusion import SCAN_FUSION_NAMES, scan_in_input_dtype, scan_reference
 
 CPU_REASON = triton_cpu_reason(STATE_SCAN_BACKENDS)
 TRITON_IMPORTABLE = triton_importable(STATE_SCAN_BACKENDS)
@@ -43,6 +45,16 @@ def test_scan_kernels_match_reference(shape, dtype):
 def test_fusion_kernels_match_reference(shape, dtype):
     args = make_fusion_inputs(*shape, dtype=DTYPES[dtype])
     assert_matches_reference(state_fusion, state_fusion_ref, args, ("x", "weight"), DTYPES[dtype], "triton")
+
+SCAN_FUSION_CASES = shard([((1, 2, 3, 5, 1, 5), "fp32"), ((1, 2, 3, 5, 1, 5), "bf16"), ((2, 1, 4, 3, 2, 3), "fp32")])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape, dtype", SCAN_FUSION_CASES)
+def test_scan_fusion_matches_reference(shape, dtype):
+    args = make_scan_fusion_inputs(*shape, dtype=DTYPES[dtype], with_optional=shape[0] == 1)
+    assert_matches_reference(state_scan_fusion, state_scan_fusion_ref, args, SCAN_FUSION_NAMES, DTYPES[dtype],
+                             "triton", delta_softplus=True)
 
 
 @needs_interpreter

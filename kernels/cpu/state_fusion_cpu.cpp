@@ -60,26 +60,48 @@ int threads_for(int num_threads, int64_t tasks) {
   return int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
 }
 
+// Steps and pixels handled together: their exp / softplus polynomials and tap sums are independent chains that the
+// CPU interleaves (one chain at a time leaves it waiting on each chain's latency)
+constexpr int kGroup = 4;
+
+// One channel block's scan from h = 0 over its L steps: emit(t, n, h_t[n]) for every state
+template <typename Real, typename Emit>
+inline void scan_block(const ScanShape& s, const ScanBlock<Real>& blk, const Real* u, const Real* delta, const Real* B,
+                       Vec<Real>* state, Emit emit) {
+  const int64_t N = s.state;
+  for (int64_t n = 0; n < N; ++n) state[n] = Vec<Real>{};
+  for (int64_t first = 0; first < s.length; first += kGroup) {
+    const int steps = int(std::min<int64_t>(kGroup, s.length - first));
+    Vec<Real> dt[kGroup], dtu[kGroup], gate[kGroup];
+    for (int q = 0; q < kGroup; ++q) {
+      const int64_t offset = blk.sequence_offset(s, first + std::min(q, steps - 1));  // the tail repeats a step
+      dt[q] = load(delta + offset, blk.count) + blk.bias;
+      if (s.delta_softplus) dt[q] = softplus<Real>(dt[q], nullptr);
+      dtu[q] = dt[q] * load(u + offset, blk.count);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      for (int q = 0; q < kGroup; ++q) gate[q] = vexp2(dt[q] * blk.A2[n]);
+      Vec<Real> h = state[n];
+      for (int q = 0; q < steps; ++q) {
+        h = gate[q] * h + dtu[q] * B[(blk.b * s.length + first + q) * N + n];
+        emit(first + q, n, h);
+      }
+      state[n] = h;
+    }
+  }
+}
+
 template <typename Real>
 int scan_forward(const ScanShape& s, const Real* u, const Real* delta, const Real* A, const Real* B,
                  const Real* delta_bias, Real* h, int num_threads) {
-  const int64_t tasks = s.batch * s.blocks<Real>(), N = s.state;
+  const int64_t tasks = s.batch * s.blocks<Real>();
 #pragma omp parallel for num_threads(threads_for(num_threads, tasks)) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
     const FlushDenormals flush;
     const ScanBlock<Real> blk(s, task, A, delta_bias);
-    std::vector<Vec<Real>> state(N);
-    for (int64_t t = 0; t < s.length; ++t) {
-      const int64_t offset = blk.sequence_offset(s, t);
-      Vec<Real> dt = load(delta + offset, blk.count) + blk.bias;
-      if (s.delta_softplus) dt = softplus<Real>(dt, nullptr);
-      const Vec<Real> dtu = dt * load(u + offset, blk.count);
-      const Real* Bt = B + (blk.b * s.length + t) * N;
-      for (int64_t n = 0; n < N; ++n) {
-        state[n] = vexp2(dt * blk.A2[n]) * state[n] + dtu * Bt[n];
-        store(h + blk.state_offset(s, t, n), state[n], blk.count);
-      }
-    }
+    std::vector<Vec<Real>> state(s.state);
+    scan_block(s, blk, u, delta, B, state.data(),
+               [&](int64_t t, int64_t n, Vec<Real> h_t) { store(h + blk.state_offset(s, t, n), h_t, blk.count); });
   }
   return 0;
 }
@@ -224,6 +246,69 @@ int fusion_backward(const FusionShape& s, const Real* dout, const Real* x, const
   return 0;
 }
 
+
+// The scan, the fusion of its states and the C read-out in one pass: y = sum_n C[n] fusion(h[n]) + D u. Tasks (batch
+// item, channel block) scan into a per-thread buffer of the block's states (L x N vectors; the states never reach
+// memory outside it), then fuse and read them out pixel by pixel; `f` is the (batch, H, W, E) map of the sequence.
+template <typename Real>
+int scan_fusion_forward(const ScanShape& s, const FusionShape& f, const Real* u, const Real* delta, const Real* A,
+                        const Real* B, const Real* C, const Real* D, const Real* delta_bias, const Real* weight,
+                        Real* y, int num_threads) {
+  const int64_t tasks = s.batch * s.blocks<Real>(), N = s.state, L = s.length, W = f.width, K = f.kernel;
+  const int threads = threads_for(num_threads, tasks);
+  std::vector<int64_t> taps, source_cols, source_rows;
+  std::vector<Vec<Real>> scratch;
+  try {
+    taps = active_taps(f, weight);
+    source_cols.resize(W * taps.size());
+    source_rows.resize(threads * taps.size());
+    scratch.resize(threads * (L * N + N + taps.size()));
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+  const int64_t T = int64_t(taps.size());
+  for (int64_t j = 0; j < W; ++j)  // the clamped source column of every (column, tap)
+    for (int64_t t = 0; t < T; ++t) source_cols[j * T + t] = f.col(j, taps[t] % K);
+#pragma omp parallel num_threads(threads)
+  {
+    const FlushDenormals flush;
+    const int thread = omp_get_thread_num();
+    Vec<Real>* const states = scratch.data() + thread * (L * N + N + T);
+    Vec<Real>* const state = states + L * N;
+    Vec<Real>* const w = state + N;
+    int64_t* const rows = source_rows.data() + thread * T;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const ScanBlock<Real> blk(s, task, A, delta_bias);
+      scan_block(s, blk, u, delta, B, state, [&](int64_t t, int64_t n, Vec<Real> h_t) { states[t * N + n] = h_t; });
+      for (int64_t t = 0; t < T; ++t) w[t] = load(weight + taps[t] * f.channels + blk.first, blk.count);
+      const Vec<Real> d = D ? load(D + blk.first, blk.count) : Vec<Real>{};
+      for (int64_t i = 0; i < f.height; ++i) {
+        for (int64_t t = 0; t < T; ++t) rows[t] = f.row(i, taps[t] / K) * W * N;
+        for (int64_t first = 0; first < W; first += kGroup) {
+          const int pixels = int(std::min<int64_t>(kGroup, W - first));
+          const int64_t* cols[kGroup];
+          Vec<Real> out[kGroup];
+          for (int q = 0; q < kGroup; ++q) {
+            cols[q] = source_cols.data() + (first + std::min(q, pixels - 1)) * T;  // the tail repeats a pixel
+            out[q] = d * load(u + blk.sequence_offset(s, i * W + first + std::min(q, pixels - 1)), blk.count);
+          }
+          for (int64_t n = 0; n < N; ++n) {
+            Vec<Real> acc[kGroup] = {};
+            for (int64_t t = 0; t < T; ++t) {
+              const Vec<Real>* row = states + rows[t];
+              for (int q = 0; q < kGroup; ++q) acc[q] += w[t] * row[cols[q][t] * N + n];
+            }
+            for (int q = 0; q < kGroup; ++q) out[q] += acc[q] * C[(blk.b * L + i * W + first + std::min(q, pixels - 1)) * N + n];
+          }
+          for (int q = 0; q < pixels; ++q) store(y + blk.sequence_offset(s, i * W + first + q), out[q], blk.count);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 // C entry points: 0 on success, 1 when scratch memory could not be allocated.
@@ -252,6 +337,14 @@ int fusion_backward(const FusionShape& s, const Real* dout, const Real* x, const
                                                 int64_t channels, int64_t kernel, int num_threads) {                  \
     return fusion_backward(FusionShape{batch, height, width, channels, kernel}, dout, x, weight, dx, dweight,        \
                            num_threads);                                                                              \
+  }                                                                                                                   \
+  extern "C" int state_scan_fusion_forward_##suffix(                                                                 \
+      const Real* u, const Real* delta, const Real* A, const Real* B, const Real* C, const Real* D,                  \
+      const Real* delta_bias, const Real* weight, Real* y, int64_t batch, int64_t height, int64_t width,             \
+      int64_t channels, int64_t state, int64_t kernel, int delta_softplus, int num_threads) {                        \
+    return scan_fusion_forward(ScanShape{batch, height * width, channels, state, delta_softplus != 0},              \
+                               FusionShape{batch, height, width, channels, kernel}, u, delta, A, B, C, D,            \
+                               delta_bias, weight, y, num_threads);                                                   \
   }
 
 STATE_FUSION_ENTRY_POINTS(float, f32)

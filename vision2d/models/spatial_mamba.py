@@ -4,8 +4,9 @@ classifiers (github EdwardChasel/Spatial-Mamba @ 71221eb, `classification/models
 code is described in docs/specs/spatial_mamba.md.
 
 Tensors inside stages are channels-last (B, H, W, C); the stem, the downsampling convs and returned features are NCHW.
-The scan returns every state (`state_scan`) and the fusion runs as one depthwise 11x11 kernel merged from the three
-dilated 3x3 kernels (`state_fusion`, `merge_dilated_kernels`), as the official eval path does. Unlike the official
+The scan, the fusion of its states and the C read-out run as one op (`state_scan_fusion`; on CPU one kernel pass in
+which the states never leave a per-thread buffer), the fusion with one depthwise 11x11 kernel merged from the three
+dilated 3x3 kernels (`merge_dilated_kernels`), as the official eval path does. Unlike the official
 module, which merges once on its first eval call and keeps that kernel forever, the merged kernel is rebuilt from the
 current parameters in every forward (121 x E numbers): loading weights, training or moving the model after an eval
 call can never serve a stale kernel. Training uses the same merged kernel (the sum of the three convolutions is one
@@ -25,7 +26,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..ops import merge_dilated_kernels, state_fusion, state_scan
+from ..ops import merge_dilated_kernels, state_scan_fusion
 from .vmamba import ChannelsLastStagesMixin, check_input, released_checkpoint_globals
 
 __all__ = ["SpatialMamba", "checkpoint_filter_fn"]
@@ -88,8 +89,9 @@ class Downsample(nn.Module):
 
 
 class StateFusion(nn.Module):
-    """Structure-aware state fusion: h' = sum_i alpha_i DWConv3x3_{dilation d_i}(h) over border-replicated states,
-    dilations (1, 3, 5), computed as one merged depthwise 11x11 kernel; (B, H, W, E) in and out."""
+    """The structure-aware state fusion's parameters: h' = sum_i alpha_i DWConv3x3_{dilation d_i}(h) over
+    border-replicated states, dilations (1, 3, 5), applied as one merged depthwise 11x11 kernel (`merged_kernel`) by
+    the mixer's `state_scan_fusion`."""
 
     dilations: Final = (1, 3, 5)
 
@@ -108,17 +110,14 @@ class StateFusion(nn.Module):
         kernels = [alpha[0] * self.kernel_3, alpha[1] * self.kernel_3_1, alpha[2] * self.kernel_3_2]
         return merge_dilated_kernels(kernels, list(self.dilations))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return state_fusion(h, self.merged_kernel(), None)  # all arguments given: TorchScript calls it as Python
-
 
 @register_notrace_module  # torch.fx: a leaf (its shapes size the scan)
 class StructureAwareSSM(nn.Module):
     """The structure-aware SSM mixer (official StructureAwareSSM); (B, H, W, C) in and out.
 
     in_proj to (x, z) -> depthwise 3x3 conv -> SiLU = u -> (dt, B, C) = x_proj(u), delta = dt_proj(dt) -> every
-    state of the selective scan in row-major order -> state fusion -> y = C h' + D u -> LayerNorm -> * SiLU(z) ->
-    out_proj. Parameters keep the official names and shapes: x_proj_weight (R + 2N, E), dt_projs_weight (E, R),
+    state of the selective scan in row-major order -> state fusion -> y = C h' + D u (these three: `state_scan_fusion`)
+    -> LayerNorm -> * SiLU(z) -> out_proj. Parameters keep the official names and shapes: x_proj_weight (R + 2N, E), dt_projs_weight (E, R),
     dt_projs_bias (E), A_logs (E, N), Ds (E), with E = 2 dim, R = ceil(dim / 16), N = d_state = 1.
     """
 
@@ -160,14 +159,13 @@ class StructureAwareSSM(nn.Module):
         batch, H, W, _ = x.shape
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, H * W, E)
+        u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))
-        h = state_scan(u, delta, -torch.exp(self.A_logs.float()), Bs, self.dt_projs_bias.float(), True,
-                       None)  # (batch, L, 1, E) float32; softplus(delta + bias)
-        h = self.state_fusion(h.view(batch, H, W, E)).view(batch, H * W, E)
-        y = (h * Cs + u * self.Ds).to(x.dtype)
-        return self.out_proj(self.out_norm(y.view(batch, H, W, E)) * F.silu(z))
+        # every state (row-major scan, softplus(delta + bias)), fused, read out by C, plus D u: (batch, H, W, E)
+        y = state_scan_fusion(u, delta, -torch.exp(self.A_logs.float()), Bs, Cs, self.state_fusion.merged_kernel(),
+                              self.Ds, self.dt_projs_bias.float(), True, None)
+        return self.out_proj(self.out_norm(y) * F.silu(z))
 
 
 class SpatialMambaBlock(nn.Module):

@@ -1,5 +1,5 @@
 """The "cpu" backend of `state_fusion`: the C++/OpenMP kernel `kernels/cpu/state_fusion_cpu.cpp` (which also holds
-the `state_scan` kernel), loaded with ctypes through `native.NativeLibrary`. Half-precision inputs are widened to
+the `state_scan` kernel and the fused forward of `state_scan_fusion`, `scan_fusion_forward` here), loaded with ctypes through `native.NativeLibrary`. Half-precision inputs are widened to
 float32 here and outputs cast back.
 """
 import ctypes
@@ -16,7 +16,8 @@ def _declare(lib: ctypes.CDLL):
     signatures = {"state_scan_forward": [ptr] * 6 + [i64] * 4 + [i32] * 2,
                   "state_scan_backward": [ptr] * 12 + [i64] * 4 + [i32] * 2,
                   "state_fusion_forward": [ptr] * 3 + [i64] * 5 + [i32],
-                  "state_fusion_backward": [ptr] * 5 + [i64] * 5 + [i32]}
+                  "state_fusion_backward": [ptr] * 5 + [i64] * 5 + [i32],
+                  "state_scan_fusion_forward": [ptr] * 9 + [i64] * 6 + [i32] * 2}
     for name, argtypes in signatures.items():
         for suffix in ("f32", "f64"):
             function = getattr(lib, f"{name}_{suffix}")
@@ -70,3 +71,17 @@ def backward(dout, x, weight):
                      batch, H, W, C, k, torch.get_num_threads())
     dweight = dweight.sum(0).t().reshape(weight.shape)
     return dx.to(x.dtype), dweight.to(weight.dtype)
+
+
+def scan_fusion_forward(u, delta, A, B, C, D, delta_bias, weight, delta_softplus):
+    """`state_scan_fusion`'s output (batch, H, W, E) in u's dtype from one kernel pass (the states stay in a
+    per-thread buffer); arguments as in `state_scan_fusion`."""
+    sd = state_dtype(u.dtype)
+    (batch, H, W, E), N, k = u.shape, A.shape[1], weight.shape[-1]
+    y = torch.empty(u.shape, dtype=sd)
+    if y.numel() > 0:
+        inputs = [None if t is None else t.to(sd).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
+        inputs.append(_weight_by_tap(weight, sd))  # all referenced until the call returns
+        LIBRARY.call(f"state_scan_fusion_forward_{suffix(sd)}", *map(pointer, inputs), y.data_ptr(), batch, H, W, E, N,
+                     k, int(delta_softplus), torch.get_num_threads())
+    return y.to(u.dtype)
