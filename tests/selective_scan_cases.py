@@ -31,3 +31,15 @@ def make_inputs(batch, L, K, E, N, dtype=torch.float32, device="cpu", seed=0, wi
     bc = [t.to(dtype=dtype, device=device) for t in (B, C)]
     params = [t.to(dtype=param_dtype, device=device) if t is not None else None for t in (A, D, bias)]
     return per_pixel[0], per_pixel[1], params[0], bc[0], bc[1], params[1], params[2]
+
+
+def make_low_rank_inputs(batch, L, K, E, N, R, dtype=torch.float32, device="cpu", seed=0):
+    """`make_inputs` with delta as the low-rank (batch, L, K, R) input of a delta projection: returns (u, delta, A,
+    B, C, D, delta_bias, delta_proj_weight (K, E, R)), the weight in the parameters' dtype; projected deltas have
+    `make_inputs`' range."""
+    u, _, A, B, C, D, bias = make_inputs(batch, L, K, E, N, dtype=dtype, device=device, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    delta = torch.randn(batch, L, K, R, generator=g, dtype=torch.float64)
+    weight = torch.randn(K, E, R, generator=g, dtype=torch.float64) * R ** -0.5
+    bias = bias - 1.0  # the raw deltas' shift
+    return u, delta.to(dtype=dtype, device=device), A, B, C, D, bias, weight.to(dtype=A.dtype, device=device)

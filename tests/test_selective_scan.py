@@ -7,9 +7,16 @@ from vision2d.ops import cross_scan_orders, selective_scan, selective_scan_ref
 from vision2d.ops.selective_scan import SELECTIVE_SCAN_BACKENDS
 from vision2d.ops.selective_scan_ref import selective_scan_naive, selective_scan_ref_backward
 from op_harness import assert_matches_reference, require_backend
-from selective_scan_cases import SHAPES, make_inputs, random_orders
+from selective_scan_cases import SHAPES, make_inputs, make_low_rank_inputs, random_orders
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+LOW_RANK_GRAD_NAMES = GRAD_NAMES + ("delta_proj_weight",)
+LOW_RANK_SHAPES = [(2, 7, 4, 5, 1, 2), (1, 9, 2, 18, 16, 3), (2, 6, 4, 33, 1, 1)]  # (batch, L, K, E, N, R)
+
+
+def with_delta_projection(scan):
+    """`scan` taking delta_proj_weight as its 8th positional argument (so the test harness checks its gradient)."""
+    return lambda *args, **kwargs: scan(*args[:7], delta_proj_weight=args[7], **kwargs)
 
 
 BACKENDS = [b for b in SELECTIVE_SCAN_BACKENDS.names if b != "triton"]  # triton: test_selective_scan_triton.py
@@ -40,6 +47,33 @@ def test_reference_equals_separate_scans_of_reordered_sequences():
         y_k = selective_scan_ref(u[:, o], delta[:, o, k:k + 1], A[k:k + 1], B[:, o, k:k + 1], C[:, o, k:k + 1],
                                  D[k:k + 1], bias[k:k + 1], delta_softplus=True, merge=True)
         torch.testing.assert_close(y[:, o, k], y_k, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", LOW_RANK_SHAPES[:2])
+@pytest.mark.parametrize("merge", [True, False])
+def test_reference_delta_projection_matches_naive_loop_and_projected_delta(shape, merge):
+    u, delta, A, B, C, D, bias, weight = make_low_rank_inputs(*shape, dtype=torch.float64)
+    order = random_orders(shape[2], shape[1])
+    kwargs = dict(delta_softplus=True, order=order, merge=merge)
+    y = selective_scan_ref(u, delta, A, B, C, D, bias, delta_proj_weight=weight, **kwargs)
+    torch.testing.assert_close(y, selective_scan_naive(u, delta, A, B, C, D, bias, delta_proj_weight=weight, **kwargs),
+                               rtol=1e-12, atol=1e-12)
+    projected = torch.einsum("blkr,ker->blke", delta, weight)
+    torch.testing.assert_close(y, selective_scan_ref(u, projected, A, B, C, D, bias, **kwargs), rtol=1e-12,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_reference_backward_with_delta_projection_matches_autograd(merge):
+    u, delta, A, B, C, D, bias, weight = make_low_rank_inputs(2, 7, 4, 5, 4, 3, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias, weight)]
+    order = random_orders(4, 7, seed=2)
+    y = selective_scan_ref(*args[:7], delta_softplus=True, order=order, merge=merge, delta_proj_weight=args[7])
+    dy = torch.randn_like(y)
+    expected = torch.autograd.grad(y, args, dy)
+    got = selective_scan_ref_backward(dy, *args[:7], True, order, merge, args[7])
+    for name, e, g in zip(LOW_RANK_GRAD_NAMES, expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"grad of {name}: {m}")
 
 
 def test_cross_scan_orders_follow_vmamba():
@@ -108,6 +142,24 @@ def test_backend_options(backend, options):
     assert_backend_matches_reference(backend, (2, 9, 4, 5, 4), torch.float32, **options)
 
 
+def assert_backend_with_delta_projection_matches_reference(backend, shape, dtype, merge=True, device="cpu"):
+    """Forward and all gradients (delta_proj_weight's included) with a low-rank delta vs the float64 reference."""
+    args = make_low_rank_inputs(*shape, dtype=dtype)
+    order = random_orders(shape[2], shape[1], seed=1)
+    assert_matches_reference(with_delta_projection(selective_scan), with_delta_projection(selective_scan_ref), args,
+                             LOW_RANK_GRAD_NAMES, dtype, backend, device, delta_softplus=True, order=order,
+                             merge=merge)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", LOW_RANK_SHAPES)
+@pytest.mark.parametrize("merge", [True, False])
+def test_backend_with_delta_projection_matches_reference(backend, dtype, shape, merge):
+    _require(backend)
+    assert_backend_with_delta_projection_matches_reference(backend, shape, dtype, merge=merge)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_sequence(backend):
     _require(backend)
@@ -125,6 +177,8 @@ def test_opcheck(backend, merge):
     args = [a.requires_grad_() for a in make_inputs(2, 5, 2, 3, 4)]
     order = random_orders(2, 5)
     torch.library.opcheck(torch.ops.vision2d.selective_scan.default, (*args, order, True, merge, backend))
+    *low_rank, weight = [a.requires_grad_() for a in make_low_rank_inputs(2, 5, 2, 3, 4, 2)]
+    torch.library.opcheck(torch.ops.vision2d.selective_scan.default, (*low_rank, order, True, merge, backend, weight))
 
 
 def test_non_contiguous_inputs_work():
@@ -162,6 +216,11 @@ def test_bad_inputs_raise_clear_errors():
         selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3)[:2].int())
     with pytest.raises(ValueError, match="unknown scan backend"):
         selective_scan(u, delta, A, B, C, backend="cuda-magic")
+    weight = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match=r"delta must have shape \(2, 6, 2, 5\) .*R from delta_proj_weight"):
+        selective_scan(u, delta, A, B, C, delta_proj_weight=weight)
+    with pytest.raises(ValueError, match=r"delta_proj_weight must be \(K, E, R\) = \(2, 3, R\)"):
+        selective_scan(u, delta, A, B, C, delta_proj_weight=weight[:, :2])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -180,6 +239,10 @@ def test_meta_device_and_compile():
     meta = [a.to("meta") for a in (u, delta, A, B, C, D, bias)]
     assert selective_scan(*meta, order=cross_scan_orders(2, 3, device="meta")).shape == (1, 6, 3)
     assert selective_scan(*meta, merge=False).shape == (1, 6, 4, 3)
+
+    low_rank = make_low_rank_inputs(1, 6, 4, 3, 1, 2)
+    assert selective_scan(*[a.to("meta") for a in low_rank[:7]], merge=False,
+                          delta_proj_weight=low_rank[7].to("meta")).shape == (1, 6, 4, 3)
 
     def f(*a):
         return selective_scan(*a, delta_softplus=True, order=cross_scan_orders(3, 2)).sum()

@@ -4,7 +4,10 @@
 // The math is vision2d/ops/selective_scan_ref.py. Every tensor is contiguous, in the state type Real (float, or double
 // for float64 inputs): u (batch, L, E); delta (batch, L, K, E); A (K, E, N); B, C (batch, L, K, N); D, delta_bias
 // (K, E) or null; order int64 (K, L), row k a permutation of 0..L-1; y (batch, L, E) when merging, else
-// (batch, L, K, E). Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
+// (batch, L, K, E). The forward also takes a delta projection (K, R, E) (each direction's dt_proj weight, transposed
+// so that a vector of channels is contiguous): delta is then the low-rank (batch, L, K, R) input, projected as the
+// step sizes are computed (the (batch, L, K, E) delta is never stored); the backward takes the projected delta.
+// Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
 // A vector holds kLanes consecutive channels (channels-last: contiguous at every position), so y, du and ddelta need
 // no horizontal sums. The forward runs tasks (batch item, tile of up to kMaxWidth channel blocks); a task scans all K
@@ -38,6 +41,8 @@ struct ScanArgs {
   const int64_t* order;
   int64_t batch, length, directions, channels, state;
   bool delta_softplus, merge;
+  const Real* delta_proj = nullptr;  // (K, R, E) or null
+  int64_t rank = 0;                  // R
 
   int64_t blocks() const { return (channels + kLanes<Real> - 1) / kLanes<Real>; }
   int64_t position(int64_t k, int64_t t) const { return order[k * length + t]; }
@@ -48,6 +53,10 @@ struct ScanArgs {
     return ((b * length + p) * directions + k) * channels + first;
   }
   int64_t state_offset(int64_t b, int64_t p, int64_t k) const { return ((b * length + p) * directions + k) * state; }
+  // offset of the step size's first input: delta[b, p, k, first], or the low-rank delta[b, p, k, 0]
+  int64_t delta_offset(int64_t b, int64_t p, int64_t k, int64_t first) const {
+    return delta_proj ? ((b * length + p) * directions + k) * rank : direction_offset(b, p, k, first);
+  }
 };
 
 // A tile of `width` consecutive channel blocks of one batch item (the forward runs several at once for more
@@ -104,7 +113,55 @@ struct ChannelBlock {
   const Real* C(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
     return a.C + a.state_offset(batch_index, p, k);
   }
+  int64_t delta_offset(const ScanArgs<Real>& a, int64_t p, int64_t k, int j = 0) const {
+    return a.delta_offset(batch_index, p, k, first + j * kLanes<Real>);
+  }
 };
+
+// The raw step sizes of steps [t0, t1) of direction k for every block of the tile, entry ((t - t0) K + k) width + j
+// of dt: delta + bias, or with a delta projection (then t1 - t0 <= kChunk) sum_r delta[b, p, k, r]
+// delta_proj[k, r, channels] + bias. The projection runs kChunk steps at a time for each block and weight row, so
+// that a weight vector is loaded once per chunk and the kChunk sums are independent (rows past t1 are computed from
+// step t0's input and not stored).
+template <typename Real>
+void raw_step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t k, int64_t t0, int64_t t1,
+                    Vec<Real>* dt) {
+  const int64_t K = a.directions, steps = t1 - t0;
+  const int width = blk.width;
+  if (!a.delta_proj) {
+    for (int64_t i = 0; i < steps; ++i) {
+      if (t0 + i + kPrefetchDistance < a.length) {
+        const int64_t ahead = a.position(k, t0 + i + kPrefetchDistance);
+        for (int j = 0; j < width; ++j) __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, k, j));
+      }
+      const int64_t p = a.position(k, t0 + i);
+      for (int j = 0; j < width; ++j) {
+        dt[(i * K + k) * width + j] =
+            load(a.delta + blk.direction_offset(a, p, k, j), blk.channels(j)) + blk.bias[k * width + j];
+      }
+    }
+    return;
+  }
+  const Real* low[kChunk];
+  for (int64_t i = 0; i < kChunk; ++i) {
+    low[i] = a.delta + blk.delta_offset(a, a.position(k, t0 + (i < steps ? i : 0)), k);
+    if (t0 + i + kChunk < a.length) {
+      __builtin_prefetch(a.delta + blk.delta_offset(a, a.position(k, t0 + i + kChunk), k));
+    }
+  }
+  for (int j = 0; j < width; ++j) {
+    const int count = blk.channels(j);
+    const Real* w = a.delta_proj + k * a.rank * a.channels + blk.first + j * kLanes<Real>;
+    Vec<Real> sums[kChunk];
+    for (int64_t i = 0; i < kChunk; ++i) sums[i] = blk.bias[k * width + j];
+    for (int64_t r = 0; r < a.rank; ++r) {
+      const Vec<Real> w_r = load(w + r * a.channels, count);
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < kChunk; ++i) sums[i] += low[i][r] * w_r;
+    }
+    for (int64_t i = 0; i < steps; ++i) dt[(i * K + k) * width + j] = sums[i];
+  }
+}
 
 // Step sizes of steps [t0, t1) of every direction and block, entry ((t - t0) K + k) width + j: dt = softplus(delta +
 // bias) (or without softplus), dt u and, when `slope` is given, d dt / d delta. Computed ahead of the recurrence, so
@@ -113,22 +170,18 @@ template <typename Real>
 void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, Vec<Real>* dt,
                 Vec<Real>* dtu, Vec<Real>* slope) {
   const int64_t K = a.directions;
+  for (int64_t k = 0; k < K; ++k) raw_step_sizes(a, blk, k, t0, t1, dt);
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t k = 0; k < K; ++k) {
       if (t + kPrefetchDistance < a.length) {
         const int64_t ahead = a.position(k, t + kPrefetchDistance);
-        for (int j = 0; j < blk.width; ++j) {
-          __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, k, j));
-          __builtin_prefetch(a.u + blk.sequence_offset(a, ahead, j));
-        }
+        for (int j = 0; j < blk.width; ++j) __builtin_prefetch(a.u + blk.sequence_offset(a, ahead, j));
       }
       const int64_t p = a.position(k, t);
       for (int j = 0; j < blk.width; ++j, ++dt, ++dtu) {
-        const int count = blk.channels(j);
-        *dt = load(a.delta + blk.direction_offset(a, p, k, j), count) + blk.bias[k * blk.width + j];
         if (slope) *slope = splat<Real>(1);
         if (a.delta_softplus) *dt = softplus<Real>(*dt, slope);
-        *dtu = *dt * load(a.u + blk.sequence_offset(a, p, j), count);
+        *dtu = *dt * load(a.u + blk.sequence_offset(a, p, j), blk.channels(j));
         if (slope) ++slope;
       }
     }
@@ -472,18 +525,21 @@ extern "C" int selective_scan_orders_are_permutations(const int64_t* order, int6
   return 1;
 }
 
-// C entry points: 0 on success, 1 when scratch memory could not be allocated. The backward adds dB / dC into
+// C entry points: 0 on success, 1 when scratch memory could not be allocated. The forward's delta_proj (K, R, E) may
+// be null (then delta is (batch, L, K, E) and rank is ignored). The backward adds dB / dC into
 // (groups, batch, L, K, N) slices (zeroed by the caller) and writes dA (batch, K, E, N) and dD, ddelta_bias
 // (batch, K, E) per batch item.
 #define SELECTIVE_SCAN_ENTRY_POINTS(Real, suffix)                                                                    \
   extern "C" int selective_scan_forward_##suffix(const Real* u, const Real* delta, const Real* A, const Real* B,     \
                                                  const Real* C, const Real* D, const Real* delta_bias,                \
-                                                 const int64_t* order, Real* y, int64_t batch, int64_t length,        \
-                                                 int64_t directions, int64_t channels, int64_t state,                 \
-                                                 int delta_softplus, int merge, int num_threads) {                    \
-    return forward(make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions, channels, state,    \
-                             delta_softplus, merge),                                                                  \
-                   y, num_threads);                                                                                   \
+                                                 const Real* delta_proj, int64_t rank, const int64_t* order, Real* y, \
+                                                 int64_t batch, int64_t length, int64_t directions, int64_t channels, \
+                                                 int64_t state, int delta_softplus, int merge, int num_threads) {     \
+    ScanArgs<Real> args = make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions, channels,    \
+                                    state, delta_softplus, merge);                                                    \
+    args.delta_proj = delta_proj;                                                                                     \
+    args.rank = rank;                                                                                                 \
+    return forward(args, y, num_threads);                                                                             \
   }                                                                                                                   \
   extern "C" int selective_scan_backward_##suffix(                                                                    \
       const Real* dy, const Real* u, const Real* delta, const Real* A, const Real* B, const Real* C, const Real* D,   \

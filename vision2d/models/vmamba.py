@@ -111,14 +111,15 @@ class SS2D(nn.Module):
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        delta = direction_step_sizes(dts, self.dt_projs_weight)
         A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
             self.dt_projs_bias.float()
         if self.scan == "2pass":
+            delta = direction_step_sizes(dts, self.dt_projs_weight)
             y = selective_scan_2pass(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, height=H, width=W)
-        else:
-            y = selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True,
-                               order=cross_scan_orders(H, W, device=u.device), merge=True)
+        else:  # the scan projects dts by dt_proj as it runs (delta (batch, L, K, E) is never stored)
+            y = selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True,
+                               order=cross_scan_orders(H, W, device=u.device), merge=True,
+                               delta_proj_weight=self.dt_projs_weight)
         return self.out_proj(self.out_norm(y.view(batch, H, W, E)))
 
 

@@ -1,6 +1,7 @@
 """The "cpu" backend of `selective_scan`: the C++/OpenMP kernel `kernels/cpu/selective_scan_cpu.cpp`, loaded with
 ctypes through `native.NativeLibrary`. Half-precision inputs are widened to float32 here (the kernel's state type),
-and outputs cast back.
+and outputs cast back. With delta_proj_weight the forward kernel projects the low-rank delta as it scans; the
+backward kernel takes the projected delta (`project_delta`) and its gradient maps back (`project_delta_backward`).
 """
 import ctypes
 from typing import Optional
@@ -9,7 +10,7 @@ import torch
 
 from .native import NativeLibrary
 from .scan2d_ref import state_dtype
-from .selective_scan_ref import ORDER_ERROR
+from .selective_scan_ref import ORDER_ERROR, project_delta, project_delta_backward
 
 # per thread: the backward recomputes all of a channel block's states when they fit, else segments of steps restarted
 # from checkpointed states (one more forward pass)
@@ -21,7 +22,7 @@ def _declare(lib: ctypes.CDLL):
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix in ("f32", "f64"):
         forward = getattr(lib, f"selective_scan_forward_{suffix}")
-        forward.argtypes = [ptr] * 9 + [i64] * 5 + [i32] * 3
+        forward.argtypes = [ptr] * 8 + [i64, ptr, ptr] + [i64] * 5 + [i32] * 3
         forward.restype = i32
         backward = getattr(lib, f"selective_scan_backward_{suffix}")
         backward.argtypes = [ptr] * 16 + [i64] * 5 + [i32] * 2 + [i64, i64, i32]
@@ -56,7 +57,7 @@ def _in_state_dtype(dtype, *tensors):
     return [None if t is None else t.to(dtype).contiguous() for t in tensors]
 
 
-def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
+def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
     """y in u's dtype, (batch, L, E) if `merge` else (batch, L, K, E); arguments as in `selective_scan_ref`."""
     sd = state_dtype(u.dtype)
     (batch, L, E), (K, _, N) = u.shape, A.shape
@@ -64,17 +65,24 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
     y = torch.empty((batch, L, E) if merge else (batch, L, K, E), dtype=sd)
     if y.numel() > 0:
         inputs = _in_state_dtype(sd, u, delta, A, B, C, D, delta_bias)
+        # (K, R, E): a vector of channels contiguous
+        projection = None if delta_proj_weight is None else delta_proj_weight.to(sd).transpose(1, 2).contiguous()
+        rank = 0 if projection is None else projection.shape[1]
         LIBRARY.call(f"selective_scan_forward_{'f64' if sd == torch.float64 else 'f32'}", *map(_pointer, inputs),
-                     order.data_ptr(), y.data_ptr(), batch, L, K, E, N, int(delta_softplus), int(merge),
-                     torch.get_num_threads())
+                     _pointer(projection), rank, order.data_ptr(), y.data_ptr(), batch, L, K, E, N,
+                     int(delta_softplus), int(merge), torch.get_num_threads())
     return y.to(u.dtype)
 
 
-def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
-    """(du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's dtype (None for an absent D / delta_bias)."""
+def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias, ddelta_proj_weight), each in its input's dtype (None for an absent
+    D / delta_bias / delta_proj_weight)."""
     sd = state_dtype(u.dtype)
     (batch, L, E), (K, _, N) = u.shape, A.shape
     order = _checked_order(order)
+    low_rank = delta
+    if delta_proj_weight is not None:
+        delta = project_delta(low_rank, delta_proj_weight, sd)
     threads = torch.get_num_threads()
     blocks = -(-E // (VECTOR_BYTES * 8 // torch.finfo(sd).bits))  # channel blocks of one vector each
     # channel blocks are split into groups so that every thread has tasks; each group sums its own dB / dC slice
@@ -94,4 +102,8 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge)
     dB, dC = (t[0] if groups == 1 else t.sum(0) for t in (dB, dC))
     grads = (du, ddelta, dA, dB, dC, dD, d_bias)
     like = (u, delta, A, B, C, D, delta_bias)
-    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, like))
+    grads = [None if g is None else g.to(t.dtype) for g, t in zip(grads, like)]
+    d_weight = None
+    if delta_proj_weight is not None:
+        grads[1], d_weight = project_delta_backward(ddelta, low_rank, delta_proj_weight)
+    return (*grads, d_weight)

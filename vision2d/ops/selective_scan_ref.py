@@ -2,7 +2,10 @@
 
 Shapes (channels-last, storage order): u (batch, L, E); delta (batch, L, K, E); A (K, E, N); B, C (batch, L, K, N);
 D, delta_bias (K, E); order int64 (K, L), row k a permutation of 0..L-1 (scan step t of direction k visits position
-order[k, t]). For every direction k, channel e and step t with p = order[k, t]:
+order[k, t]). With delta_proj_weight (K, E, R), delta is instead the low-rank (batch, L, K, R) input of each
+direction's delta projection (Mamba's dt_proj): delta[b, p, k, e] below stands for sum_r delta[b, p, k, r]
+delta_proj_weight[k, e, r], computed in the state dtype. For every direction k, channel e and step t with
+p = order[k, t]:
     dt = delta[b, p, k, e] + delta_bias[k, e];  dt = softplus(dt) if delta_softplus
     h_t = exp(dt * A[k, e]) * h_{t-1} + dt * B[b, p, k] * u[b, p, e]        (h_{-1} = 0, h_t has N entries)
     y_k[b, p, e] = C[b, p, k] . h_t + D[k, e] * u[b, p, e]
@@ -34,9 +37,29 @@ def check_orders(order: Tensor):
             raise ValueError(ORDER_ERROR)
 
 
-def _step_sizes(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool, dtype: torch.dtype) -> Tensor:
-    """delta (+ delta_bias), softplus-ed if asked, in the state dtype; (batch, L, K, E)."""
-    dt = delta.to(dtype)
+def project_delta(delta: Tensor, delta_proj_weight: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """delta in `dtype`, (batch, L, K, E): as given, or each direction's projection of the low-rank delta
+    (batch, L, K, R) by delta_proj_weight (K, E, R) (contiguous)."""
+    delta = delta.to(dtype)
+    if delta_proj_weight is None:
+        return delta
+    return torch.einsum("blkr,ker->blke", delta, delta_proj_weight.to(dtype)).contiguous()
+
+
+def project_delta_backward(ddelta: Tensor, delta: Tensor, delta_proj_weight: Tensor):
+    """Gradients of `project_delta` for the low-rank delta and delta_proj_weight, in their dtypes, from the gradient
+    ddelta (batch, L, K, E) of the projected delta (in the state dtype)."""
+    sd = ddelta.dtype
+    d_low = torch.einsum("blke,ker->blkr", ddelta, delta_proj_weight.to(sd))
+    d_weight = torch.einsum("blke,blkr->ker", ddelta, delta.to(sd))
+    return d_low.to(delta.dtype), d_weight.to(delta_proj_weight.dtype)
+
+
+def _step_sizes(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool, dtype: torch.dtype,
+                delta_proj_weight: Optional[Tensor] = None) -> Tensor:
+    """delta (projected if delta_proj_weight is given) (+ delta_bias), softplus-ed if asked, in the state dtype;
+    (batch, L, K, E)."""
+    dt = project_delta(delta, delta_proj_weight, dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)
     return F.softplus(dt) if delta_softplus else dt
@@ -52,14 +75,14 @@ def _scatter_steps(x: Tensor, steps: Tensor) -> Tensor:
     return torch.zeros_like(x).scatter(1, steps[None, :, :, None].expand(x.shape[0], *steps.shape, x.shape[-1]), x)
 
 
-def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order):
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order, delta_proj_weight=None):
     """Inputs in the state dtype and in scan order (batch, L, K, E|N), and the gates exp(dt * A) (batch, L, K, E, N)."""
     sd = state_dtype(u.dtype)
     Bsz, L, E = u.shape
     K = A.shape[0]
     steps = (identity_orders(K, L, u.device) if order is None else order).t()  # (L, K)
     s = dict(steps=steps, A=A.to(sd), u=u.to(sd)[:, steps],
-             dt=_gather_steps(_step_sizes(delta, delta_bias, delta_softplus, sd), steps),
+             dt=_gather_steps(_step_sizes(delta, delta_bias, delta_softplus, sd, delta_proj_weight), steps),
              B=_gather_steps(B.to(sd), steps), C=_gather_steps(C.to(sd), steps))
     s["gate"] = torch.exp(s["dt"][..., None] * s["A"])
     return s
@@ -78,25 +101,27 @@ def _states(s) -> Tensor:
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                        delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
-                       order: Optional[Tensor] = None, merge: bool = True) -> Tensor:
+                       order: Optional[Tensor] = None, merge: bool = True,
+                       delta_proj_weight: Optional[Tensor] = None) -> Tensor:
     """Reference selective scan, one step of all directions at a time; differentiable by autograd."""
     if order is not None:
         check_orders(order)
-    s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order)
+    s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order, delta_proj_weight)
     y = _scatter_steps(torch.einsum("btken,btkn->btke", _states(s), s["C"]), s["steps"])  # (batch, L, K, E)
     if D is not None:
         y = y + D.to(y.dtype) * u.to(y.dtype)[:, :, None, :]
     return (y.sum(2) if merge else y).to(u.dtype)
 
 
-def selective_scan_ref_backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
+def selective_scan_ref_backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge,
+                                delta_proj_weight=None):
     """Gradients of `selective_scan_ref` written out (the adjoint recurrence every backend implements).
 
     In scan order, lam_t = C_t dy_t + exp(dt_{t+1} A) lam_{t+1}; then dx_t = lam_t for the input dt_t B_t u_t and
-    lam_t h_{t-1} exp(dt_t A) for the exponent dt_t A. Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its
-    input's dtype (None for an absent D / delta_bias).
+    lam_t h_{t-1} exp(dt_t A) for the exponent dt_t A. Returns (du, ddelta, dA, dB, dC, dD, ddelta_bias,
+    ddelta_proj_weight), each in its input's dtype (None for an absent D / delta_bias / delta_proj_weight).
     """
-    s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order)
+    s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order, delta_proj_weight)
     hs = _states(s)
     sd, (Bsz, L, K, E, N) = hs.dtype, hs.shape
     dy_k = dy.to(sd)[:, :, None, :].expand(Bsz, L, K, E) if merge else dy.to(sd)
@@ -118,23 +143,30 @@ def selective_scan_ref_backward(dy, u, delta, A, B, C, D, delta_bias, delta_soft
     du = _scatter_steps(lam_b * s["dt"], s["steps"]).sum(2)
     ddt, dB, dC = (_scatter_steps(t, s["steps"]) for t in (ddt, dB, dC))
     if delta_softplus:
-        raw = delta.to(sd) + (delta_bias.to(sd) if delta_bias is not None else 0)
+        raw = project_delta(delta, delta_proj_weight, sd) + (delta_bias.to(sd) if delta_bias is not None else 0)
         ddt = ddt * torch.sigmoid(raw)
     dD = None
     if D is not None:
         du = du + (dy_k * D.to(sd)).sum(2)
         dD = (dy_k * u.to(sd)[:, :, None, :]).sum((0, 1)).to(D.dtype)
     d_bias = None if delta_bias is None else ddt.sum((0, 1)).to(delta_bias.dtype)
-    return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, d_bias)
+    ddelta, d_weight = ddt.to(delta.dtype), None
+    if delta_proj_weight is not None:
+        ddelta, d_weight = project_delta_backward(ddt, delta, delta_proj_weight)
+    return (du.to(u.dtype), ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, d_bias, d_weight)
 
 
-def selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, order=None, merge=True):
+def selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, order=None, merge=True,
+                         delta_proj_weight=None):
     """Scalar loop written straight from the recurrence (slow; tests only check the reference against it)."""
     sd = state_dtype(u.dtype)
     Bsz, L, E = u.shape
     K, _, N = A.shape
     if order is None:
         order = identity_orders(K, L)
+    if delta_proj_weight is not None:
+        W, low = delta_proj_weight.to(sd), delta.to(sd)
+        delta = torch.stack([torch.stack([low[:, :, k] @ W[k, e] for e in range(E)], -1) for k in range(K)], 2)
     dt = _step_sizes(delta, delta_bias, delta_softplus, sd)
     u, A, B, C = (t.to(sd) for t in (u, A, B, C))
     y = torch.zeros(Bsz, L, K, E, dtype=sd)

@@ -1,7 +1,9 @@
 """Triton forward and backward kernels of the 1D selective scan with K directions (the "triton" backend).
 
 Same arguments and math as `selective_scan_ref` (u (batch, L, E); delta (batch, L, K, E); A (K, E, N); B, C
-(batch, L, K, N); D, delta_bias (K, E) or None; order (K, L)). Inputs arrive contiguous.
+(batch, L, K, N); D, delta_bias (K, E) or None; order (K, L)). Inputs arrive contiguous. With delta_proj_weight
+(K, E, R) the low-rank delta (batch, L, K, R) is projected first (`project_delta`, one batched matmul in the state
+dtype) and the kernels read the projected delta; its gradient maps back through `project_delta_backward`.
 
 Design. One program per (block of BLOCK_E channels, batch item) runs the K directions one after the other. A
 direction walks its scan order in chunks of BLOCK_L steps: the chunk's positions are read from `order` and its
@@ -31,7 +33,7 @@ import torch
 
 from . import scan2d_triton
 from .scan2d_ref import state_dtype
-from .selective_scan_ref import ORDER_ERROR, check_orders, identity_orders
+from .selective_scan_ref import ORDER_ERROR, check_orders, identity_orders, project_delta, project_delta_backward
 
 triton = scan2d_triton.triton
 TILE = 2048  # max elements of a [BLOCK_L, BLOCK_E, BLOCK_N] tile
@@ -239,10 +241,12 @@ def _check_orders(order):
         check_orders(order)
 
 
-def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
+def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
     """y in u's dtype, (batch, L, E) if `merge` else (batch, L, K, E)."""
     _check_orders(order)
     (batch, L, E), (K, _, N) = u.shape, A.shape
+    if delta_proj_weight is not None:
+        delta = project_delta(delta, delta_proj_weight, state_dtype(u.dtype))
     y = u.new_zeros((batch, L, E) if merge else (batch, L, K, E), dtype=state_dtype(u.dtype))
     if y.numel() > 0 and K > 0:
         options = _launch_options(u, L, E, N)
@@ -254,10 +258,14 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
     return y.to(u.dtype)
 
 
-def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge):
-    """(du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's dtype (None for an absent D / delta_bias)."""
+def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias, ddelta_proj_weight), each in its input's dtype (None for an absent
+    D / delta_bias / delta_proj_weight)."""
     (batch, L, E), (K, _, N) = u.shape, A.shape
     state = state_dtype(u.dtype)
+    low_rank = delta
+    if delta_proj_weight is not None:
+        delta = project_delta(low_rank, delta_proj_weight, state)
     du = u.new_zeros(u.shape, dtype=state)
     ddelta = torch.zeros_like(delta)
     dA = u.new_zeros((batch, K, E, N), dtype=state)
@@ -273,6 +281,9 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge)
                                          dD, dbias, scratch, L, K, E, N, HAS_D=D is not None,
                                          HAS_BIAS=delta_bias is not None, DELTA_SOFTPLUS=bool(delta_softplus),
                                          MERGE=bool(merge), **options)
+    d_weight = None
+    if delta_proj_weight is not None:
+        ddelta, d_weight = project_delta_backward(ddelta, low_rank, delta_proj_weight)
     return (du.to(u.dtype), ddelta, dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.sum(0).to(D.dtype) if D is not None else None,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None)
+            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, d_weight)
