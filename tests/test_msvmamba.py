@@ -89,13 +89,12 @@ def test_fixture_discriminates_the_carried_state(fixture, tmp_path, monkeypatch)
     model = create(save(official_state_dict(fixture), tmp_path / "raw.pth"))
     scan = msvmamba.MultiScaleSS2D._scan
 
-    def restarting(self, u, index, order=None):
+    def restarting(self, u, index, order=None, segments=1):
         if order is None:
             return scan(self, u, index)
-        segments = order.view(3, -1)  # each segment visits one stored copy: scan the copies one by one
-        length = segments.shape[1]
-        return torch.cat([scan(self, u[:, c * length:(c + 1) * length], index, (segments[c] - c * length)[None])
-                          for c in range(3)], dim=1)
+        orders = order.view(segments, -1)  # each segment visits one stored copy: scan the copies one by one
+        length = orders.shape[1]
+        return torch.cat([scan(self, u, index, (orders[c] - c * length)[None]) for c in range(segments)], dim=1)
 
     monkeypatch.setattr(msvmamba.MultiScaleSS2D, "_scan", restarting)
     case = fixture["cases"][0]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import DropPath, SEModule
+from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._registry import generate_default_cfgs
 
@@ -30,6 +30,20 @@ __all__ = ["MSVMamba", "checkpoint_filter_fn"]
 LOW, FULL = 0, 1  # index of each branch's scan parameters (official order: the downsampled branch first)
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-excitation on channels-last maps (official SEModule): x * sigmoid(fc2(ReLU(fc1(mean over pixels of
+    x)))), both linears without bias; (B, H, W, C) in and out."""
+
+    def __init__(self, channels: int, reduction: int = 8, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = nn.Linear(channels, channels // reduction, bias=False, **dd)
+        self.fc2 = nn.Linear(channels // reduction, channels, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((1, 2)))))).view(x.shape[0], 1, 1, x.shape[3])
+
+
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size
 class MultiScaleSS2D(SS2D):
     """MSVMamba's SS2D; (B, H, W, C) in and out.
@@ -39,6 +53,10 @@ class MultiScaleSS2D(SS2D):
     shared LayerNorm per token; the low branch's three segments are summed per pixel and upsampled (bilinear,
     align_corners=False) onto the full map; the sum -> squeeze-excitation -> times SiLU(z) -> out_proj (no bias).
     Scan parameters as VMamba's SS2D with K = 2 (LOW, FULL).
+
+    The low branch's scan reads three stored copies of the low-resolution map (a quarter of the full map each; the
+    scan op's orders are permutations of its storage positions); its x_proj runs once per pixel and only its narrow
+    output (dt, B, C) is repeated per segment.
     """
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, conv_bias: bool = True,
@@ -49,19 +67,23 @@ class MultiScaleSS2D(SS2D):
         E = self.d_inner
         self.in_proj = nn.Linear(dim, 2 * E, bias=False, **dd)  # x and the gate z
         self.conv_low = nn.Conv2d(E, E, 7, stride=2, padding=3, groups=E, bias=conv_bias, **dd)
-        self.se = SEModule(E, rd_channels=E // se_reduction, bias=False, **dd)
+        self.se = SqueezeExcite(E, se_reduction, **dd)
 
-    def _scan(self, u: torch.Tensor, index: int, order: torch.Tensor = None) -> torch.Tensor:
-        """Scan (batch, L, E) along `order` (1, L) (None: storage order) with the parameters of branch `index`.
-        Returns (batch, L, E) by storage position."""
-        E, R, N = self.d_inner, self.dt_rank, self.d_state
-        dts, Bs, Cs = F.linear(u, self.x_proj_weight[index]).split([R, N, N], dim=-1)
+    def _scan(self, u: torch.Tensor, index: int, order: torch.Tensor = None, segments: int = 1) -> torch.Tensor:
+        """Scan with the parameters of branch `index`: u (batch, L, E) repeated `segments` times along the sequence
+        (copy c at positions c L .. (c + 1) L - 1), along `order` (1, segments L) (None: storage order). Returns
+        (batch, segments L, E) by storage position."""
+        batch, length, E = u.shape
+        R, N = self.dt_rank, self.d_state
+        x_dbl = F.linear(u, self.x_proj_weight[index])  # (batch, L, R + 2N), once per pixel
+        if segments > 1:
+            u = u.repeat(1, segments, 1)
+            x_dbl = x_dbl.repeat(1, segments, 1)
+        dts, Bs, Cs = x_dbl.unsqueeze(2).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight[index].to(dts.dtype))
-        branch = slice(index * E, (index + 1) * E)
-        A = -torch.exp(self.A_logs[branch].float()).unsqueeze(0)
-        y = selective_scan(u, delta.unsqueeze(2), A, Bs.unsqueeze(2), Cs.unsqueeze(2), self.Ds[branch].float()[None],
-                           self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order, merge=True)
-        return y
+        A = -torch.exp(self.A_logs[index * E:(index + 1) * E].float()).unsqueeze(0)
+        return selective_scan(u, delta, A, Bs, Cs, self.Ds[index * E:(index + 1) * E].float().unsqueeze(0),
+                              self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
@@ -71,15 +93,14 @@ class MultiScaleSS2D(SS2D):
         full = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         low = F.silu(self.conv_low(x))
         h, w = low.shape[2:]
-        low = low.permute(0, 2, 3, 1).reshape(batch, 1, h * w, E).expand(-1, 3, -1, -1).reshape(batch, 3 * h * w, E)
-        y_low = self._scan(low, LOW, multiscale_scan_order(h, w, device=x.device))
-        # the shared LayerNorm per token of both branches, in one call
-        y_full, y_low = self.out_norm(torch.cat([self._scan(full, FULL), y_low], dim=1)).split([H * W, 3 * h * w], 1)
-        y_low = y_low.reshape(batch, 3, h, w, E).sum(1)
-        y_low = F.interpolate(y_low.permute(0, 3, 1, 2), size=(H, W), mode="bilinear", align_corners=False)
-        y = y_full.reshape(batch, H, W, E) + y_low.permute(0, 2, 3, 1)
-        y = self.se(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.out_proj(y * F.silu(z))
+        y_low = self._scan(low.permute(0, 2, 3, 1).reshape(batch, h * w, E), LOW,
+                           multiscale_scan_order(h, w, device=x.device), segments=3)
+        # the shared LayerNorm per token of both branches (the low branch's functionally: each module runs once)
+        y = self.out_norm(self._scan(full, FULL)).view(batch, H, W, E)
+        y_low = F.layer_norm(y_low, (E,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
+        y_low = y_low.view(batch, 3, h, w, E).sum(1).permute(0, 3, 1, 2)
+        y = y + F.interpolate(y_low, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        return self.out_proj(self.se(y) * F.silu(z))
 
 
 class ConvFFN(nn.Module):
@@ -171,9 +192,7 @@ def _rename_official_key(key: str, value: torch.Tensor) -> Tuple[str, torch.Tens
     if not match:
         return _rename_v1_skeleton_key(key, value)
     part = _BLOCK_RENAMES[match[3]]
-    if match[4] == "weight" and part in ("mixer.se.fc1", "mixer.se.fc2"):
-        value = value[:, :, None, None]  # Linear -> 1x1 conv (timm's SEModule)
-    elif match[4] == "weight" and part in ("ffn.fc1", "ffn.fc2"):
+    if match[4] == "weight" and part in ("ffn.fc1", "ffn.fc2"):
         value = value.flatten(1)  # 1x1 conv -> Linear
     return f"stages.{match[1]}.blocks.{match[2]}.{part}.{match[4]}", value
 

@@ -113,6 +113,11 @@ def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
     pixel of one segment."""
     if H < 0 or W < 0:
         raise ValueError(f"multiscale_scan_order: H and W must be >= 0, got H={H}, W={W}")
-    row_major = torch.arange(H * W, device=device)
+    return _multiscale_scan_order_on_host(int(H), int(W)).to(device, copy=True)  # built once per size
+
+
+@functools.lru_cache(maxsize=64)
+def _multiscale_scan_order_on_host(H: int, W: int) -> Tensor:
+    row_major = torch.arange(H * W, device="cpu")
     column_major = row_major.view(H, W).t().reshape(-1)
     return torch.cat([row_major.flip(0), column_major + H * W, column_major.flip(0) + 2 * H * W]).unsqueeze(0)
