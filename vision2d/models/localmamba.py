@@ -123,7 +123,8 @@ class LocalSS2D(SS2D):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         K, E, R, N = len(self.directions), self.d_inner, self.dt_rank, self.d_state
-        x, z = self.in_proj(x).chunk(2, dim=-1)
+        # in_proj's two halves as two products: x dense, as the convolution reads it (a strided half is copied)
+        x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         order = local_scan_orders(H, W, self.directions, device=u.device)
         if order.shape[1] > H * W:  # window padding: zero pixels after the map's, so u = 0 and, projected from it

@@ -88,8 +88,8 @@ class MultiScaleSS2D(SS2D):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         E = self.d_inner
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = x.permute(0, 3, 1, 2)
+        # in_proj's two halves as two products: x dense, as the convolutions read it (a strided half is copied)
+        x, z = F.linear(x, self.in_proj.weight[:E]).permute(0, 3, 1, 2), F.linear(x, self.in_proj.weight[E:])
         full = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         low = F.silu(self.conv_low(x))
         h, w = low.shape[2:]
