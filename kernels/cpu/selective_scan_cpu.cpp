@@ -33,7 +33,7 @@ constexpr int64_t kChunk = 16;  // forward steps whose step sizes are computed t
 // steps ahead whose lines are prefetched: scan orders other than the storage order (columns of an image) jump by
 // whole rows, which the hardware prefetchers do not follow
 constexpr int64_t kPrefetchDistance = 8;
-constexpr int64_t kMaxWidth = 4;  // channel blocks a forward task scans together
+constexpr int kMaxWidth = 4;  // channel blocks a forward task scans together
 
 template <typename Real>
 struct ScanArgs {
@@ -190,45 +190,70 @@ void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t 
 
 // Advances the states h (K N width vectors) over steps [t0, t1) whose step sizes are in dt / dtu (from
 // `step_sizes`); stores each step's states into `states` (K N width vectors per step) when given, and the output into
-// y when given
-template <typename Real>
-void advance(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Vec<Real>* dt,
-             const Vec<Real>* dtu, Vec<Real>* h, Vec<Real>* states, Real* y) {
+// y when given. Width (the tile's blocks) is a compile-time constant, so that a step's Width read-outs are
+// independent sums kept in registers and the blocks' updates of one state interleave.
+template <typename Real, int Width>
+void advance_tile(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Vec<Real>* dt,
+                  const Vec<Real>* dtu, Vec<Real>* h, Vec<Real>* states, Real* y) {
   const int64_t K = a.directions, N = a.state;
-  const int width = blk.width;
   for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t k = 0; k < K; ++k, dt += width, dtu += width) {
+    for (int64_t k = 0; k < K; ++k, dt += Width, dtu += Width) {
       const int64_t p = a.position(k, t);
-      if (y && t + kPrefetchDistance < a.length) {
+      if (t + kPrefetchDistance < a.length) {
         const int64_t ahead = a.position(k, t + kPrefetchDistance);
-        for (int j = 0; j < width; ++j) {
+        for (int64_t n = 0; n < N; n += kLanes<Real>) {  // B and C: one line per 64 bytes of N
+          __builtin_prefetch(blk.B(a, ahead, k) + n);
+          __builtin_prefetch(blk.C(a, ahead, k) + n);
+        }
+        for (int j = 0; y && j < Width; ++j) {
           __builtin_prefetch(y + (a.merge ? blk.sequence_offset(a, ahead, j) : blk.direction_offset(a, ahead, k, j)),
                              1);
         }
       }
       const Real* b = blk.B(a, p, k);
       const Real* c = blk.C(a, p, k);
-      const Vec<Real>* A2 = blk.A2 + k * N * width;
-      Vec<Real>* hk = h + k * N * width;
-      for (int j = 0; j < width; ++j) {
-        Vec<Real> acc{};
-        for (int64_t n = 0; n < N; ++n) {
-          Vec<Real>& hn = hk[n * width + j];
-          hn = vexp2(dt[j] * A2[n * width + j]) * hn + dtu[j] * b[n];
-          acc += c[n] * hn;
-        }
-        if (!y) continue;
-        const int count = blk.channels(j);
-        if (a.merge) {
-          Real* yp = y + blk.sequence_offset(a, p, j);
-          store(yp, load(yp, count) + acc, count);
-        } else {
-          const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
-          store(y + blk.direction_offset(a, p, k, j), acc + blk.D[k * width + j] * u, count);
+      const Vec<Real>* A2 = blk.A2 + k * N * Width;
+      Vec<Real>* hk = h + k * N * Width;
+      Vec<Real> step_dt[Width], step_dtu[Width], acc[Width];
+      for (int j = 0; j < Width; ++j) {
+        step_dt[j] = dt[j];
+        step_dtu[j] = dtu[j];
+        acc[j] = Vec<Real>{};
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const Real b_n = b[n], c_n = c[n];
+        for (int j = 0; j < Width; ++j) {
+          Vec<Real>& hn = hk[n * Width + j];
+          hn = vexp2(step_dt[j] * A2[n * Width + j]) * hn + step_dtu[j] * b_n;
+          acc[j] += c_n * hn;
         }
       }
-      if (states) states = std::copy(hk, hk + N * width, states);
+      if (y) {
+        for (int j = 0; j < Width; ++j) {
+          const int count = blk.channels(j);
+          if (a.merge) {
+            Real* yp = y + blk.sequence_offset(a, p, j);
+            store(yp, load(yp, count) + acc[j], count);
+          } else {
+            const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
+            store(y + blk.direction_offset(a, p, k, j), acc[j] + blk.D[k * Width + j] * u, count);
+          }
+        }
+      }
+      if (states) states = std::copy(hk, hk + N * Width, states);
     }
+  }
+}
+
+template <typename Real>
+void advance(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, const Vec<Real>* dt,
+             const Vec<Real>* dtu, Vec<Real>* h, Vec<Real>* states, Real* y) {
+  static_assert(kMaxWidth == 4, "one instance per tile width");
+  switch (blk.width) {
+    case 1: return advance_tile<Real, 1>(a, blk, t0, t1, dt, dtu, h, states, y);
+    case 2: return advance_tile<Real, 2>(a, blk, t0, t1, dt, dtu, h, states, y);
+    case 3: return advance_tile<Real, 3>(a, blk, t0, t1, dt, dtu, h, states, y);
+    default: return advance_tile<Real, 4>(a, blk, t0, t1, dt, dtu, h, states, y);
   }
 }
 
