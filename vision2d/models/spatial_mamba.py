@@ -38,7 +38,9 @@ def check_pool_type(global_pool: str):
 
 
 class ConvNormAct(nn.Module):
-    """conv -> optional BatchNorm -> optional ReLU (the official ConvLayer; keys conv.*, norm.*); NCHW."""
+    """conv -> optional BatchNorm -> optional ReLU (the official ConvLayer; keys conv.*, norm.*); NCHW. In eval mode
+    the BatchNorm is folded into the conv's weight and bias (from the current statistics, every call); the ReLU works
+    in place (neither conv nor BatchNorm needs its output for the backward). Both spare a pass over a full-size map."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
                  bias: bool = True, norm: bool = True, act: bool = True, device=None, dtype=None):
@@ -47,9 +49,17 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
                               bias=bias, **dd)
         self.norm = nn.BatchNorm2d(out_chs, **dd) if norm else nn.Identity()
-        self.act = nn.ReLU() if act else nn.Identity()
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.norm, nn.BatchNorm2d) and not self.training:  # eval: BatchNorm folded into the conv
+            conv, norm = self.conv, self.norm
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            return self.act(F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding,
+                                     conv.dilation, conv.groups))
         return self.act(self.norm(self.conv(x)))
 
 
@@ -158,7 +168,8 @@ class StructureAwareSSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         E, R, N = self.d_inner, self.dt_rank, self.d_state
-        x, z = self.in_proj(x).chunk(2, dim=-1)
+        # in_proj as its x and z halves: both contiguous, so the conv reads x in place (channels-last memory format)
+        x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))
@@ -184,10 +195,18 @@ class SpatialMambaBlock(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    @staticmethod
+    def plus_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """x + conv(x) as one depthwise 3x3 conv, the identity added to the kernel's centre tap; (B, H, W, C)."""
+        identity = conv.weight.new_zeros(3, 3)
+        identity[1, 1] = 1
+        return F.conv2d(x.permute(0, 3, 1, 2), conv.weight + identity, conv.bias, padding=1,
+                        groups=conv.groups).permute(0, 2, 3, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.cpe1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.plus_conv(self.cpe1, x)
         x = x + self.drop_path1(self.mixer(self.norm1(x)))
-        x = x + self.cpe2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.plus_conv(self.cpe2, x)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
