@@ -27,7 +27,7 @@ from timm.models._registry import generate_default_cfgs
 from ..checkpoint import check_state_dict_fits
 from ..ops import selective_scan
 from ..ops.scan_orders import local_scan_orders
-from .vmamba import SS2D, VMamba, check_pool_type, direction_step_sizes, _NOT_BACKBONE, _strip_prefixes
+from .vmamba import SS2D, VMamba, check_pool_type, _NOT_BACKBONE, _strip_prefixes
 
 __all__ = ["LocalMamba", "checkpoint_filter_fn", "TINY_DIRECTIONS", "SMALL_DIRECTIONS"]
 
@@ -132,10 +132,11 @@ class LocalSS2D(SS2D):
         L = u.shape[1]
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, L, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        delta = direction_step_sizes(dts, self.dt_projs_weight)
         A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
             self.dt_projs_bias.float()
-        y = selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order, merge=False)
+        # the scan projects dts by dt_proj as it runs (delta (batch, L, K, E) is never stored)
+        y = selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order, merge=False,
+                           delta_proj_weight=self.dt_projs_weight)
         y = self.attn(y[:, :H * W])
         return self.out_proj(self.out_norm(y).view(batch, H, W, E) * F.silu(z))
 

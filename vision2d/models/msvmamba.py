@@ -80,10 +80,11 @@ class MultiScaleSS2D(SS2D):
             u = u.repeat(1, segments, 1)
             x_dbl = x_dbl.repeat(1, segments, 1)
         dts, Bs, Cs = x_dbl.unsqueeze(2).split([R, N, N], dim=-1)
-        delta = F.linear(dts, self.dt_projs_weight[index].to(dts.dtype))
         A = -torch.exp(self.A_logs[index * E:(index + 1) * E].float()).unsqueeze(0)
-        return selective_scan(u, delta, A, Bs, Cs, self.Ds[index * E:(index + 1) * E].float().unsqueeze(0),
-                              self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order)
+        # the scan projects dts by dt_proj as it runs (delta (batch, L, 1, E) is never stored)
+        return selective_scan(u, dts, A, Bs, Cs, self.Ds[index * E:(index + 1) * E].float().unsqueeze(0),
+                              self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order,
+                              delta_proj_weight=self.dt_projs_weight[index:index + 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
