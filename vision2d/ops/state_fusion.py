@@ -77,20 +77,22 @@ def state_fusion(x: Tensor, weight: Tensor, backend: Optional[str] = None) -> Te
         raise ValueError(f"state_fusion: weight must be (C, k, k) with C = {C} (from x {tuple(x.shape)}) and k odd, "
                          f"got {tuple(weight.shape)}")
     backend = STATE_FUSION_BACKENDS.check_name(backend)
-    return _state_fusion_op(x.contiguous(), weight.contiguous(), backend)
+    return _state_fusion_op(x.contiguous(), weight, backend)  # the backends take any weight layout
 
 
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def merge_dilated_kernels(kernels: List[Tensor], dilations: List[int]) -> Tensor:
     """One (C, k, k) kernel equal to the sum of depthwise 3x3 kernels ((C, 1, 3, 3) or (C, 3, 3)) at the given
     dilations, k = 2 max(dilations) + 1: kernel i's tap (a, d) lands at (m + (a - 1) dil_i, m + (d - 1) dil_i), m = k // 2
-    (the centre taps add up). Differentiable in the kernels; built from them on every call."""
+    (the centre taps add up). Differentiable in the kernels; built from them on every call. Stored tap by tap (the
+    (C, k, k) view of a contiguous (k * k, C) tensor), the layout the CPU and Triton kernels read, so they take it
+    without a copy."""
     if len(kernels) != len(dilations) or not kernels:
         raise ValueError(f"merge_dilated_kernels: {len(kernels)} kernels for dilations {tuple(dilations)}")
-    centre = max(dilations)
-    merged = 0
+    channels, centre = kernels[0].shape[0], max(dilations)
+    k = 2 * centre + 1
+    merged = kernels[0].new_zeros(k * k, channels)
     for kernel, dilation in zip(kernels, dilations):
-        spread = kernel.new_zeros(kernel.shape[0], 2 * dilation + 1, 2 * dilation + 1)
-        spread[:, ::dilation, ::dilation] = kernel.reshape(kernel.shape[0], 3, 3)
-        merged = merged + F.pad(spread, [centre - dilation] * 4)
-    return merged
+        taps = [(centre + (a - 1) * dilation) * k + centre + (d - 1) * dilation for a in range(3) for d in range(3)]
+        merged.index_add_(0, torch.tensor(taps, device=merged.device), kernel.reshape(channels, 9).t())
+    return merged.t().view(channels, k, k)

@@ -160,5 +160,5 @@ def state_scan_fusion(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     _check_inputs(u, delta, A, B, C, weight, D, delta_bias)
     backend = STATE_SCAN_BACKENDS.check_name(backend)
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
-    return _state_scan_fusion_op(*[t.contiguous() for t in (u, delta, A, B, C, weight)], *optional,
-                                 bool(delta_softplus), backend)
+    return _state_scan_fusion_op(*[t.contiguous() for t in (u, delta, A, B, C)], weight, *optional,
+                                 bool(delta_softplus), backend)  # the backends take any weight layout
