@@ -398,6 +398,12 @@ void adjoint_segment(const ScanArgs<Real>& args, const ChannelBlock<Real>& blk, 
         __builtin_prefetch(a.u + ahead_sequence);
         __builtin_prefetch(g.du + ahead_sequence, 1);
         __builtin_prefetch(g.ddelta + blk.direction_offset(a, ahead, k), 1);
+        for (int64_t n = 0; n < N; n += kLanes<Real>) {  // B, C and their gradients: one line per 64 bytes of N
+          __builtin_prefetch(blk.B(a, ahead, k) + n);
+          __builtin_prefetch(blk.C(a, ahead, k) + n);
+          __builtin_prefetch(dB + a.state_offset(0, ahead, k) + n, 1);
+          __builtin_prefetch(dC + a.state_offset(0, ahead, k) + n, 1);
+        }
       }
       const int64_t p = a.position(k, t), i = (t - t0) * K + k;
       const int64_t direction_offset = blk.direction_offset(a, p, k), sequence_offset = blk.sequence_offset(a, p);
