@@ -125,7 +125,8 @@ class LocalSS2D(SS2D):
         K, E, R, N = len(self.directions), self.d_inner, self.dt_rank, self.d_state
         # in_proj's two halves as two products: x dense, as the convolution reads it (a strided half is copied)
         x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
-        u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, H * W, E)
+        # in-place activations and products on fresh results: fewer large allocations (each one page-faults anew)
+        u = F.silu(self.conv(x.permute(0, 3, 1, 2)), inplace=True).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         order = local_scan_orders(H, W, self.directions, device=u.device)
         if order.shape[1] > H * W:  # window padding: zero pixels after the map's, so u = 0 and, projected from it
             u = F.pad(u, (0, 0, 0, order.shape[1] - H * W))  # (no biases), delta before its bias = B = C = 0
@@ -138,7 +139,7 @@ class LocalSS2D(SS2D):
         y = selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order, merge=False,
                            delta_proj_weight=self.dt_projs_weight)
         y = self.attn(y[:, :H * W])
-        return self.out_proj(self.out_norm(y).view(batch, H, W, E) * F.silu(z))
+        return self.out_proj(self.out_norm(y).view(batch, H, W, E).mul_(F.silu(z, inplace=True)))
 
 
 class LocalVSSBlock(nn.Module):
@@ -153,7 +154,7 @@ class LocalVSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mixer(self.norm1(x)))
+        return self.drop_path(self.mixer(self.norm1(x))).add_(x)  # x + branch, into the branch's fresh output
 
 
 class PatchMerging(nn.Module):

@@ -91,8 +91,9 @@ class MultiScaleSS2D(SS2D):
         E = self.d_inner
         # in_proj's two halves as two products: x dense, as the convolutions read it (a strided half is copied)
         x, z = F.linear(x, self.in_proj.weight[:E]).permute(0, 3, 1, 2), F.linear(x, self.in_proj.weight[E:])
-        full = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
-        low = F.silu(self.conv_low(x))
+        # in-place activations and sums on fresh results: fewer large allocations (each one page-faults anew)
+        full = F.silu(self.conv(x), inplace=True).permute(0, 2, 3, 1).reshape(batch, H * W, E)
+        low = F.silu(self.conv_low(x), inplace=True)
         h, w = low.shape[2:]
         y_low = self._scan(low.permute(0, 2, 3, 1).reshape(batch, h * w, E), LOW,
                            multiscale_scan_order(h, w, device=x.device), segments=3)
@@ -100,8 +101,8 @@ class MultiScaleSS2D(SS2D):
         y = self.out_norm(self._scan(full, FULL)).view(batch, H, W, E)
         y_low = F.layer_norm(y_low, (E,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
         y_low = y_low.view(batch, 3, h, w, E).sum(1).permute(0, 3, 1, 2)
-        y = y + F.interpolate(y_low, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        return self.out_proj(self.se(y) * F.silu(z))
+        y = y.add_(F.interpolate(y_low, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1))
+        return self.out_proj(self.se(y).mul_(F.silu(z, inplace=True)))
 
 
 class ConvFFN(nn.Module):
@@ -118,7 +119,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(self.fc1(x))
-        x = x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)  # x + dwconv(x), into the conv's output
         return self.drop2(self.fc2(F.gelu(x)))
 
 
@@ -137,8 +138,8 @@ class MSVSSBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.mixer(self.norm1(x)))
-        return x + self.drop_path2(self.ffn(self.norm2(x)))
+        x = self.drop_path1(self.mixer(self.norm1(x))).add_(x)  # residuals added into the branches' fresh outputs
+        return self.drop_path2(self.ffn(self.norm2(x))).add_(x)
 
 
 class MSVMamba(MergingVMamba):
