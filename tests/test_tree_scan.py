@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from op_harness import assert_matches_reference, require_backend
 from vision2d.ops import tree_scan_ref
 from vision2d.ops.tree_scan import TREE_SCAN, build_tree, selective_tree_scan, selective_tree_scan_2d, tree_scan, \
-    tree_scan_2d
+    tree_scan_2d, tree_scan_readout
 
 FIXTURE = Path(__file__).parent / "data" / "official_grootv_parity.pt"
 SHAPES = [(1, 1, 1, 1), (2, 3, 1, 9), (1, 2, 8, 1), (2, 5, 4, 6), (1, 3, 7, 7)]  # (B, D, H, W)
@@ -247,6 +247,62 @@ def test_selective_gradcheck_float64(backend):
         lambda a, d, s, b, bias: selective_tree_scan(a, d, s, b, order, parent, bias, backend=backend), inputs)
 
 
+def _readout_inputs(batch, count, channels, dtype, seed=0):
+    """y, x, z (z a channel slice of a wider tensor, as GrootV's gate is), C, D, and the two norms' parameters."""
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)
+    y, x = 3 * rand(batch, count, channels) + 1, rand(batch, count, channels)
+    z = rand(batch, count, 2 * channels)[..., channels:]
+    params = [rand(channels), 1 + 0.2 * rand(channels), 0.1 * rand(channels), 1 + 0.2 * rand(channels),
+              0.1 * rand(channels)]  # D, h_norm weight / bias, out_norm weight / bias
+    tensors = [y, x, z, rand(batch, count)] + params
+    return [t.to(dtype) for t in tensors]
+
+
+def _readout_args(tensors):
+    y, x, z, C, D, w1, b1, w2, b2 = tensors
+    return y, x, z, C, D, w1, b1, 1e-5, w2, b2, 1e-6
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 7, 5), (1, 9, 160), (2, 3, 37)], ids=lambda s: "x".join(map(str, s)))
+def test_readout_matches_reference(backend, dtype, shape):
+    require_backend(TREE_SCAN, backend)
+    tensors = _readout_inputs(*shape, dtype)
+    expected = tree_scan_ref.readout_ref(*_readout_args([t.double() for t in tensors]))
+    with torch.no_grad():
+        out = tree_scan_readout(*_readout_args(tensors), backend=backend)
+    assert out.dtype == dtype and out.shape == shape
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.double(), expected, **tol)
+
+
+def test_readout_casts_half_precision_gates_to_the_scan_dtype():
+    """Under autocast C and z come half precision from their projections: they are widened to y's dtype."""
+    tensors = _readout_inputs(2, 6, 24, torch.float32, seed=1)
+    tensors[2], tensors[3] = tensors[2].bfloat16(), tensors[3].bfloat16()
+    expected = tree_scan_ref.readout_ref(*_readout_args([t.double() for t in tensors]))
+    with torch.no_grad():
+        out = tree_scan_readout(*_readout_args(tensors), backend="cpu")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_readout_with_gradients_is_differentiable():
+    """With inputs needing gradients the read-out is the reference's composition: gradcheck in float64, and the
+    float32 forward equals the forward-only op's."""
+    tensors = _readout_inputs(1, 4, 6, torch.float64, seed=2)
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    assert torch.autograd.gradcheck(lambda *ts: tree_scan_readout(*_readout_args(ts), backend="cpu"), leaves)
+    tensors32 = [t.float() for t in tensors]
+    with torch.no_grad():
+        fast = tree_scan_readout(*_readout_args(tensors32), backend="cpu")
+    differentiable = tree_scan_readout(*_readout_args([t.clone().requires_grad_(True) for t in tensors32]),
+                                       backend="cpu")
+    torch.testing.assert_close(differentiable.detach(), fast, rtol=1e-5, atol=1e-5)
+
+
 def test_softplus_matches_torch():
     x = torch.cat([torch.linspace(-120, 120, 100_001), torch.tensor([20.0, 20.0001, 19.9999, 88.7, 89.0, 1e30, -1e30])])
     torch.testing.assert_close(tree_scan_ref.softplus(x), F.softplus(x), rtol=1e-6, atol=1e-6)
@@ -290,6 +346,9 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.vision2d.tree_scan.default,
                           (x.requires_grad_(True), decay.requires_grad_(True), order, parent, "cpu"))
+    torch.library.opcheck(torch.ops.vision2d.tree_scan_readout.default,
+                          (*_readout_args(_readout_inputs(2, 5, 8, torch.float32)), "cpu"),
+                          test_utils=("test_schema", "test_faketensor"))
     (x, delta, A, B, delta_bias), _ = _selective_inputs((2, 3, 3, 4), torch.float32, seed=9)
     for bias in (delta_bias, None):
         leaves = [t.clone().requires_grad_(True) for t in (x, delta, A, B)]
@@ -309,6 +368,10 @@ def test_compiles_without_graph_breaks():
                              backend="eager")
     args = (x.view(shape), delta.view(shape), A, B.view(shape[:3]), guide, delta_bias)
     torch.testing.assert_close(compiled(*args), selective_tree_scan_2d(*args, backend="cpu"))
+    args = _readout_args(_readout_inputs(1, 5, 8, torch.float32))
+    compiled = torch.compile(lambda *a: tree_scan_readout(*a, backend="cpu"), fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*args), tree_scan_readout(*args, backend="cpu"))
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -349,3 +412,12 @@ def test_bad_inputs_raise_clear_errors():
         selective_tree_scan(x, delta, A, B, order, parent, delta_bias.double())
     with pytest.raises(ValueError, match="selective_tree_scan: a vertex comes before its parent"):
         selective_tree_scan(x, delta, A, B, swapped, parent)
+    y, x, z, C, D, w1, b1, w2, b2 = _readout_inputs(1, 4, 6, torch.float32)
+    with pytest.raises(ValueError, match=r"C must be \(B, L\)"):
+        tree_scan_readout(y, x, z, C[:, :2], D, w1, b1, 1e-5, w2, b2, 1e-5)
+    with pytest.raises(ValueError, match=r"out_norm_bias must be \(6,\)"):
+        tree_scan_readout(y, x, z, C, D, w1, b1, 1e-5, w2, b2[:3], 1e-5)
+    with pytest.raises(ValueError, match="y, x and z must be"):
+        tree_scan_readout(y, x[:, :3], z, C, D, w1, b1, 1e-5, w2, b2, 1e-5)
+    with pytest.raises(TypeError, match="y must be float32 or float64"):
+        tree_scan_readout(y.bfloat16(), x, z, C, D, w1, b1, 1e-5, w2, b2, 1e-5)

@@ -7,6 +7,7 @@ from op_harness import (require_backend, run_file_under_triton_interpreter, shar
                         triton_importable)
 from test_tree_scan import SHAPES, assert_backend_matches_reference, assert_backend_matches_the_official_op, \
     assert_selective_matches_reference, load_official_cases
+from test_tree_scan import test_readout_matches_reference as check_readout_matches_reference
 from vision2d.ops.tree_scan import TREE_SCAN
 
 CPU_REASON = triton_cpu_reason(TREE_SCAN)
@@ -36,6 +37,12 @@ def test_triton_matches_reference(dtype, shape):
 def test_triton_selective_matches_reference(dtype):
     require_backend(TREE_SCAN, "triton")
     assert_selective_matches_reference("triton", dtype, SHAPES[3])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape", shard([(2, 7, 5)]))
+def test_triton_readout_matches_reference(shape):
+    check_readout_matches_reference("triton", torch.float32, shape)
 
 
 @needs_interpreter

@@ -296,51 +296,103 @@ int forward(const Real* x, const Real* w, const int64_t* order, const int64_t* p
 }
 
 // The selective tree scan: dt = softplus(delta + bias), decay = exp(dt A) and u = dt B x per vertex and channel (B one
-// value per vertex), then both passes over u with those decays; the decays live only in per-thread scratch.
+// value per vertex), computed vertex by vertex over contiguous rows (u into y, the decays into scratch), then both
+// passes over u with those decays.
+template <typename Real>
+void selective_inputs(const Real* x, const Real* delta, const Real* a_log2e, Real scale, const Real* bias,
+                      int64_t channels, Real* u, Real* decay) {
+  constexpr int L = kLanes<Real>;
+  for (int64_t k = 0; k < channels; k += L) {
+    const int n = static_cast<int>(std::min<int64_t>(L, channels - k));
+    const Vec<Real> dt = softplus<Real>(load(delta + k, n) + load(bias + k, n), nullptr);
+    store(decay + k, vexp2(dt * load(a_log2e + k, n)), n);
+    store(u + k, dt * scale * load(x + k, n), n);
+  }
+}
+
 template <typename Real>
 int selective_forward(const Real* x, const Real* delta, const Real* A, const Real* B, const Real* bias,
                       const int64_t* order, const int64_t* parent, Real* y, int64_t batch, int64_t count,
                       int64_t channels, int threads) {
-  constexpr int L = kLanes<Real>;
   const int64_t block = block_width(batch, channels, threads), blocks = (channels + block - 1) / block;
-  std::vector<Real> a_log2e(channels), zero_bias;
+  std::vector<Real> a_log2e(channels), bias_or_zero(channels, Real(0));
   for (int64_t d = 0; d < channels; ++d) a_log2e[d] = A[d] * Real(kLog2e);
-  if (bias == nullptr) {
-    zero_bias.assign(channels, Real(0));
-    bias = zero_bias.data();
-  }
-  int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
+  if (bias != nullptr) std::copy(bias, bias + channels, bias_or_zero.begin());
+  Real* decay = new (std::nothrow) Real[batch * count * channels];
+  if (decay == nullptr) return 1;
+#pragma omp parallel num_threads(threads)
   {
     FlushDenormals flush;
-    Real* scratch = new (std::nothrow) Real[(count > 0 ? count : 1) * block];  // the block's decays, rows of block
-    if (scratch == nullptr) {
-      failed = 1;
-    } else {
 #pragma omp for schedule(static)
-      for (int64_t task = 0; task < batch * blocks; ++task) {
-        const int64_t b = task / blocks, d0 = (task % blocks) * block;
-        const int64_t width = std::min(block, channels - d0);
-        const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
-        Rows<const Real> xr = rows(x, b, d0, count, channels), dr = rows(delta, b, d0, count, channels);
-        Rows<Real> up = rows(y, b, d0, count, channels), decay{scratch, block};
-        for (int64_t v = 0; v < count; ++v) {
-          const Real scale = B[b * count + v];
-          for (int64_t k = 0; k < width; k += L) {
-            const int n = static_cast<int>(std::min<int64_t>(L, width - k));
-            const Vec<Real> dt = softplus<Real>(load(dr[v] + k, n) + load(bias + d0 + k, n), nullptr);
-            store(decay[v] + k, vexp2(dt * load(a_log2e.data() + d0 + k, n)), n);
-            store(up[v] + k, dt * scale * load(xr[v] + k, n), n);
-          }
-        }
-        Rows<const Real> decay_c{decay.base, block}, up_c{up.base, up.stride};
-        accumulate_to_root(decay_c, order_b, parent_b, count, width, up);
-        root_to_leaves(up_c, decay_c, order_b, parent_b, count, width, up);
-      }
+    for (int64_t v = 0; v < batch * count; ++v)
+      selective_inputs(x + v * channels, delta + v * channels, a_log2e.data(), B[v], bias_or_zero.data(), channels,
+                       y + v * channels, decay + v * channels);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < batch * blocks; ++task) {
+      const int64_t b = task / blocks, d0 = (task % blocks) * block;
+      const int64_t width = std::min(block, channels - d0);
+      const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
+      Rows<Real> up = rows(y, b, d0, count, channels);
+      Rows<const Real> w = rows<const Real>(decay, b, d0, count, channels), up_c{up.base, up.stride};
+      accumulate_to_root(w, order_b, parent_b, count, width, up);
+      root_to_leaves(up_c, w, order_b, parent_b, count, width, up);
     }
-    delete[] scratch;
   }
-  return failed;
+  delete[] decay;
+  return 0;
+}
+
+// GrootV's read-out of one vertex's D channels: out = LN2(LN1(h) * c + skip * x) * silu(z), LN_i with weight, bias
+// and eps_i over the channels (biased variance, two passes, sums in double).
+template <typename Real>
+struct Readout {
+  const Real *skip, *w1, *b1, *w2, *b2;
+  double eps1, eps2;
+};
+
+template <typename Real>
+void normalise(const Real* in, int64_t channels, double eps, Real* mean, Real* inv_std) {
+  double sum = 0, squares = 0;
+  for (int64_t k = 0; k < channels; ++k) sum += in[k];
+  const double m = sum / channels;
+  for (int64_t k = 0; k < channels; ++k) squares += (in[k] - m) * (in[k] - m);
+  *mean = Real(m);
+  *inv_std = Real(1 / std::sqrt(squares / channels + eps));
+}
+
+template <typename Real>
+void readout_row(const Real* h, const Real* x, const Real* z, Real c, const Readout<Real>& r, int64_t channels,
+                 Real* out) {
+  constexpr int L = kLanes<Real>;
+  Real mean, inv_std;
+  normalise(h, channels, r.eps1, &mean, &inv_std);
+  for (int64_t k = 0; k < channels; k += L) {
+    const int n = static_cast<int>(std::min<int64_t>(L, channels - k));
+    const Vec<Real> normed = (load(h + k, n) - mean) * inv_std * load(r.w1 + k, n) + load(r.b1 + k, n);
+    store(out + k, normed * c + load(r.skip + k, n) * load(x + k, n), n);
+  }
+  normalise(out, channels, r.eps2, &mean, &inv_std);
+  const Vec<Real> one = splat<Real>(1);
+  for (int64_t k = 0; k < channels; k += L) {
+    const int n = static_cast<int>(std::min<int64_t>(L, channels - k));
+    const Vec<Real> zk = load(z + k, n);
+    const Vec<Real> gate = zk / (one + vexp2(-zk * Real(kLog2e)));
+    store(out + k, ((load(out + k, n) - mean) * inv_std * load(r.w2 + k, n) + load(r.b2 + k, n)) * gate, n);
+  }
+}
+
+// rows: B * L vertices; h, x, out (rows, D) contiguous, z rows `z_stride` apart, c one value per row.
+template <typename Real>
+int readout(const Real* h, const Real* x, const Real* z, int64_t z_stride, const Real* c, const Readout<Real>& r,
+            Real* out, int64_t rows, int64_t channels, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    FlushDenormals flush;
+#pragma omp for schedule(static)
+    for (int64_t v = 0; v < rows; ++v)
+      readout_row(h + v * channels, x + v * channels, z + v * z_stride, c[v], r, channels, out + v * channels);
+  }
+  return 0;
 }
 
 // dx = the same filter applied to dy (it is symmetric). For a non-root c with parent p:
@@ -434,5 +486,17 @@ int tree_scan_selective_forward_f64(const double* x, const double* delta, const 
                                     int64_t batch, int64_t count, int64_t channels, int threads) {
   return selective_forward(x, delta, A, B, bias, order, parent, y, batch, count, channels, threads);
 }
+
+#define TREE_SCAN_READOUT(suffix, Real)                                                                              \
+  int tree_scan_readout_##suffix(const Real* h, const Real* x, const Real* z, int64_t z_stride, const Real* c,        \
+                                 const Real* skip, const Real* w1, const Real* b1, double eps1, const Real* w2,      \
+                                 const Real* b2, double eps2, Real* out, int64_t rows, int64_t channels,             \
+                                 int threads) {                                                                     \
+    const Readout<Real> r{skip, w1, b1, w2, b2, eps1, eps2};                                                         \
+    return readout(h, x, z, z_stride, c, r, out, rows, channels, threads);                                          \
+  }
+TREE_SCAN_READOUT(f32, float)
+TREE_SCAN_READOUT(f64, double)
+#undef TREE_SCAN_READOUT
 
 }  // extern "C"

@@ -24,7 +24,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..ops.tree_scan import selective_tree_scan_2d
+from ..ops.tree_scan import selective_tree_scan_2d, tree_scan_readout
 from .vmamba import released_checkpoint_globals  # the yacs config globals of the released files
 
 __all__ = ["GrootV", "checkpoint_filter_fn", "released_checkpoint_globals"]
@@ -33,6 +33,7 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # block, stage and downsample norms
 MIN_INPUT_SIZE = 1
 
 register_notrace_function(selective_tree_scan_2d)
+register_notrace_function(tree_scan_readout)
 
 
 @torch.jit.ignore  # TorchScript runs it as Python
@@ -46,14 +47,6 @@ def check_input(x: torch.Tensor, in_chans: int):
                          f"(input shape {tuple(x.shape)}, expected (B, {in_chans}, H, W))")
     if min(x.shape[2:]) < MIN_INPUT_SIZE:
         raise ValueError(f"GrootV needs H and W >= {MIN_INPUT_SIZE} pixels, got {tuple(x.shape[2:])}")
-
-
-class LayerNormFp32(nn.LayerNorm):
-    """LayerNorm in fp32 (fp64 for fp64 input) whatever the parameters' dtype: the official scan output stays fp32."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        return F.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype), self.eps)
 
 
 class TreeSSM(nn.Module):
@@ -70,8 +63,9 @@ class TreeSSM(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, inner, **dd)
         self.A_log = nn.Parameter(torch.empty(inner, 1, **dd))
         self.D = nn.Parameter(torch.empty(inner, **dd))
-        self.h_norm = LayerNormFp32(inner, **dd)
-        self.out_norm = LayerNormFp32(inner, **dd)
+        # the read-out's two LayerNorms (eps 1e-5), applied by `tree_scan_readout` in fp32 (fp64 for fp64 input)
+        self.h_norm = nn.LayerNorm(inner, **dd)
+        self.out_norm = nn.LayerNorm(inner, **dd)
         self.out_proj = nn.Linear(inner, dim, bias=False, **dd)
         self.reset_ssm_parameters()
 
@@ -92,19 +86,18 @@ class TreeSSM(nn.Module):
         x = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
         x = F.silu(x).permute(0, 2, 3, 1)  # (B, H, W, inner), contiguous
         # the official scan runs in fp32 whatever the input dtype (fp64 stays fp64 here)
-        y = self._scan(x.to(torch.promote_types(x.dtype, torch.float32))).to(x.dtype)
-        return self.out_proj(y * F.silu(z))
-
-    def _scan(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, H, W, inner) fp32 or fp64 -> (B, H, W, inner): the tree scan of dt*B*x with decays exp(dt*A) over the
-        tree of x's own features, then h_norm, the C read-out, the D skip and out_norm."""
-        dtype = x.dtype
-        dt, b, c = F.linear(x, self.x_proj.weight.to(dtype)).split([self.dt_rank, 1, 1], dim=-1)
+        xs = x.to(torch.promote_types(x.dtype, torch.float32))
+        dtype = xs.dtype
+        dt, b, c = F.linear(xs, self.x_proj.weight.to(dtype)).split([self.dt_rank, 1, 1], dim=-1)
         # its bias and softplus are applied inside the op; .to(dtype): autocast makes matmuls half precision
         delta = F.linear(dt, self.dt_proj.weight.to(dtype)).to(dtype)
         A = -torch.exp(self.A_log.to(dtype).flatten())  # d_state 1: one decay rate per channel
-        h = selective_tree_scan_2d(x, delta, A, b.squeeze(-1).to(dtype), x, self.dt_proj.bias.to(dtype))  # x: guide
-        return self.out_norm(self.h_norm(h) * c + x * self.D.to(dtype))
+        h = selective_tree_scan_2d(xs, delta, A, b.squeeze(-1).to(dtype), xs, self.dt_proj.bias.to(dtype))  # xs: guide
+        # out_norm(h_norm(h) * C + D * x) * silu(z), the gate in fp32 as well
+        y = tree_scan_readout(h.flatten(1, 2), xs.flatten(1, 2), z.flatten(1, 2), c.flatten(1), self.D.to(dtype),
+                              self.h_norm.weight.to(dtype), self.h_norm.bias.to(dtype), self.h_norm.eps,
+                              self.out_norm.weight.to(dtype), self.out_norm.bias.to(dtype), self.out_norm.eps)
+        return self.out_proj(y.view_as(x).to(x.dtype))
 
 
 class GrootVBlock(nn.Module):

@@ -1,18 +1,20 @@
 """GrootV's tree scan as `torch.library` custom ops: `build_tree` (minimum spanning tree of a guide map, breadth-first
-order from pixel 0), `tree_scan` (leaves-to-root then root-to-leaves propagation over it) and `selective_tree_scan`
-(GrootV's mixer: the propagated input and the decays made from x, delta, A and B inside the op); `tree_scan_2d` and
-`selective_tree_scan_2d` build the tree and scan channels-last (B, H, W, D) maps. See `tree_scan_ref` for the math and
-the exact tie rules.
+order from pixel 0), `tree_scan` (leaves-to-root then root-to-leaves propagation over it), `selective_tree_scan`
+(GrootV's mixer: the propagated input and the decays made from x, delta, A and B inside the op) and
+`tree_scan_readout` (GrootV's read-out after the scan: two LayerNorms, C, D and the SiLU gate in one pass);
+`tree_scan_2d` and `selective_tree_scan_2d` build the tree and scan channels-last (B, H, W, D) maps. See
+`tree_scan_ref` for the math and the exact tie rules.
 
 Backends (modules with `unavailable_reason(device)`, `build_tree(guide)`, `forward(x, decay, order, parent)`,
-`selective_forward(x, delta, A, B, delta_bias, order, parent)` and `backward(dy, x, decay, order, parent, y)`; the
-selective form's backward is the plain backward and the chain rule of `tree_scan_ref.selective_inputs_backward`),
-chosen by `backends.OpBackends`:
+`selective_forward(x, delta, A, B, delta_bias, order, parent)`, `readout(...)` and
+`backward(dy, x, decay, order, parent, y)`; the selective form's backward is the plain backward and the chain rule of
+`tree_scan_ref.selective_inputs_backward`), chosen by `backends.OpBackends`:
     "reference"  pure PyTorch and Python (`tree_scan_ref`), any device; backward written out
-    "cpu"        compiled C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp` (CPU tensors; the selective form in one
-                 kernel)
+    "cpu"        compiled C++/OpenMP kernel `kernels/cpu/tree_scan_cpu.cpp` (CPU tensors; the selective form and the
+                 read-out each in one kernel)
     "triton"     Triton propagation kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1); its trees are
-                 built by the compiled CPU kernel on the host, as the official code builds them
+                 built by the compiled CPU kernel on the host, as the official code builds them; the selective
+                 form's inputs and the read-out by PyTorch
 """
 from typing import Optional, Tuple
 
@@ -103,6 +105,20 @@ def _selective_backward(ctx, dy):
 
 
 _selective_op.register_autograd(_selective_backward, setup_context=_selective_setup_context)
+
+
+@torch.library.custom_op("vision2d::tree_scan_readout", mutates_args=())
+def _readout_op(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
+                h_norm_eps: float, out_norm_weight: Tensor, out_norm_bias: Tensor, out_norm_eps: float,
+                backend: str) -> Tensor:
+    module = TREE_SCAN.module(TREE_SCAN.resolve(y.device, backend))
+    return module.readout(y, x, z, C, D, h_norm_weight, h_norm_bias, h_norm_eps, out_norm_weight, out_norm_bias,
+                          out_norm_eps)
+
+
+@_readout_op.register_fake
+def _(y, x, z, C, D, h_norm_weight, h_norm_bias, h_norm_eps, out_norm_weight, out_norm_bias, out_norm_eps, backend):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
 def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -222,3 +238,39 @@ def selective_tree_scan_2d(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, guide
     order, parent = build_tree(guide.permute(0, 3, 1, 2), backend)
     return selective_tree_scan(x.flatten(1, 2), delta.flatten(1, 2), A, B.flatten(1), order, parent, delta_bias,
                                backend).view_as(x)
+
+
+def tree_scan_readout(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_norm_weight: Tensor,
+                      h_norm_bias: Tensor, h_norm_eps: float, out_norm_weight: Tensor, out_norm_bias: Tensor,
+                      out_norm_eps: float, backend: Optional[str] = None) -> Tensor:
+    """GrootV's read-out of a scan y: LN2(LN1(y) * C + D * x) * silu(z) (`tree_scan_ref.readout_ref`), LN_i
+    LayerNorms over the channels with the given weights, biases and eps.
+
+    y, x, z: (B, L, D) (z may be a channel slice of a wider tensor); C: (B, L); D and the norms' weights and biases:
+    (D,). Returns (B, L, D) in y's dtype (float32 or float64; the others are cast to it). Without gradients it is one
+    forward-only op (the `cpu` backend: one pass over the vertices); when any input needs a gradient it is the
+    reference's PyTorch composition, which autograd differentiates.
+    """
+    tensors = dict(y=y, x=x, z=z, C=C, D=D, h_norm_weight=h_norm_weight, h_norm_bias=h_norm_bias,
+                   out_norm_weight=out_norm_weight, out_norm_bias=out_norm_bias)
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor) or t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"tree_scan_readout: {name} must be a floating-point torch.Tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.device != y.device:
+            raise ValueError(f"tree_scan_readout: {name} is on {t.device} but y is on {y.device}")
+    if y.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"tree_scan_readout: y must be float32 or float64 (the scan's output), got {y.dtype}")
+    if y.dim() != 3 or x.shape != y.shape or z.shape != y.shape:
+        raise ValueError(f"tree_scan_readout: y, x and z must be (B, L, D) of one shape, got {tuple(y.shape)}, "
+                         f"{tuple(x.shape)} and {tuple(z.shape)}")
+    if tuple(C.shape) != tuple(y.shape[:2]):
+        raise ValueError(f"tree_scan_readout: C must be (B, L) = {tuple(y.shape[:2])}, got {tuple(C.shape)}")
+    for name in ("D", "h_norm_weight", "h_norm_bias", "out_norm_weight", "out_norm_bias"):
+        if tuple(tensors[name].shape) != (y.shape[2],):
+            raise ValueError(f"tree_scan_readout: {name} must be ({y.shape[2]},), got {tuple(tensors[name].shape)}")
+    args = (y, x, z, C, D, h_norm_weight, h_norm_bias, float(h_norm_eps), out_norm_weight, out_norm_bias,
+            float(out_norm_eps))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
+        return tree_scan_ref.readout_ref(*args).to(y.dtype)
+    return _readout_op(*args, TREE_SCAN.check_name(backend))

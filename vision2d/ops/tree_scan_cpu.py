@@ -24,6 +24,10 @@ def _declare(lib: ctypes.CDLL):
         selective = getattr(lib, f"tree_scan_selective_forward_{suffix}")
         selective.argtypes = [ptr] * 8 + [i64] * 3 + [i32]
         selective.restype = i32
+        readout_fn = getattr(lib, f"tree_scan_readout_{suffix}")
+        readout_fn.argtypes = [ptr] * 3 + [i64] + [ptr] * 4 + [ctypes.c_double] + [ptr] * 2 + [ctypes.c_double, ptr] + \
+            [i64] * 2 + [i32]
+        readout_fn.restype = i32
         backward = getattr(lib, f"tree_scan_backward_{suffix}")
         backward.argtypes = [ptr] * 8 + [i64] * 3 + [i32]
         backward.restype = i32
@@ -86,6 +90,25 @@ def selective_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias
                      B_.data_ptr(), None if bias is None else bias.data_ptr(), order.data_ptr(), parent.data_ptr(),
                      y.data_ptr(), *x.shape, torch.get_num_threads())
     return y.to(x.dtype)
+
+
+def readout(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
+            h_norm_eps: float, out_norm_weight: Tensor, out_norm_bias: Tensor, out_norm_eps: float) -> Tensor:
+    """`tree_scan_ref.readout_ref` in one pass over the vertices; (B, L, D) in y's dtype. z may be a channel slice
+    of a wider tensor (its vertices equally spaced), as GrootV's gate is."""
+    kd = _kernel_dtype(y.dtype)
+    batch, count, channels = y.shape
+    y_, x_, C_, D_, w1, b1, w2, b2 = (t.to(kd).contiguous() for t in (y, x, C, D, h_norm_weight, h_norm_bias,
+                                                                      out_norm_weight, out_norm_bias))
+    z_ = z.to(kd)
+    if z_.stride(-1) != 1 or z_.stride(0) != count * z_.stride(1):
+        z_ = z_.contiguous()
+    out = torch.empty(y.shape, dtype=kd)
+    if out.numel() > 0:
+        LIBRARY.call(f"tree_scan_readout_{_suffix(kd)}", y_.data_ptr(), x_.data_ptr(), z_.data_ptr(), z_.stride(1),
+                     C_.data_ptr(), D_.data_ptr(), w1.data_ptr(), b1.data_ptr(), h_norm_eps, w2.data_ptr(),
+                     b2.data_ptr(), out_norm_eps, out.data_ptr(), batch * count, channels, torch.get_num_threads())
+    return out.to(y.dtype)
 
 
 def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):

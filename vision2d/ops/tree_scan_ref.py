@@ -27,10 +27,14 @@ Propagation (`tree_scan_ref`), per batch item and channel, with decay w[v] in [0
 Selective form (`selective_tree_scan_ref`, GrootV's mixer, d_state 1): from x, delta (B, L, D), A (D,), B (B, L) and an
 optional delta_bias (D,): dt = softplus(delta + delta_bias), the propagated input u = dt * B * x and the decays
 w = exp(dt * A) (`selective_inputs`).
+
+Read-out (`readout_ref`, the official `tree_scanning_core` tail and GrootV's gate): out = LN2(LN1(y) * C + D * x) *
+silu(z) per vertex, LN_i LayerNorms over the channels.
 """
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -256,3 +260,15 @@ def selective_forward(x, delta, A, B, delta_bias, order, parent, scan=forward) -
     """The selective form for a backend whose propagation is `scan(u, decay, order, parent)`."""
     u, decay, _ = selective_inputs(x, delta, A, B, delta_bias)
     return scan(u, decay, order, parent).to(x.dtype)
+
+
+def readout_ref(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
+                h_norm_eps: float, out_norm_weight: Tensor, out_norm_bias: Tensor, out_norm_eps: float) -> Tensor:
+    """LN2(LN1(y) * C + D * x) * silu(z); y, x, z (B, L, D), C (B, L), D and the norms' weights and biases (D,)."""
+    channels = (y.shape[-1],)
+    t = F.layer_norm(y, channels, h_norm_weight, h_norm_bias, h_norm_eps) * C.unsqueeze(-1) + D * x
+    return F.layer_norm(t, channels, out_norm_weight, out_norm_bias, out_norm_eps) * F.silu(z)
+
+
+def readout(*args) -> Tensor:
+    return readout_ref(*args)

@@ -149,3 +149,8 @@ def selective_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias
                       parent: Tensor) -> Tensor:
     """The selective form: its inputs (softplus, decays, dt B x) by PyTorch, the propagation by the kernel."""
     return tree_scan_ref.selective_forward(x, delta, A, B, delta_bias, order, parent, scan=forward)
+
+
+def readout(*args) -> Tensor:
+    """The read-out by PyTorch (`tree_scan_ref.readout_ref`)."""
+    return tree_scan_ref.readout_ref(*args)
