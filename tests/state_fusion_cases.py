@@ -50,3 +50,15 @@ def make_scan_fusion_inputs(batch, H, W, E, N, k, dtype=torch.float32, with_opti
     if dtype == torch.float64:
         weight, D = weight.double(), None if D is None else D.double()
     return [u.view(batch, H, W, E), delta.view(batch, H, W, E), A, B.view(batch, H, W, N), C, weight, D, bias]
+
+
+def make_norm_and_gate(u, affine=True, seed=0):
+    """(norm_weight, norm_bias, gate) for `state_scan_fusion`'s LayerNorm and SiLU gate after the read-out (weight and
+    bias None without `affine`)."""
+    g = torch.Generator().manual_seed(seed + 3)
+    E = u.shape[-1]
+    weight, bias = 1 + 0.5 * torch.randn(E, generator=g), 0.5 * torch.randn(E, generator=g)
+    gate = torch.randn(u.shape, generator=g).to(u.dtype)
+    if u.dtype == torch.float64:
+        weight, bias = weight.double(), bias.double()
+    return (weight, bias, gate) if affine else (None, None, gate)

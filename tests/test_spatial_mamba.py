@@ -94,9 +94,8 @@ def test_fixture_discriminates_the_fusion_padding(fixture, official_sd, tmp_path
         p = weight.shape[-1] // 2
         return F.conv2d(h.permute(0, 3, 1, 2), weight[:, None], padding=p, groups=h.shape[-1]).permute(0, 2, 3, 1)
 
-    def zero_padded(u, delta, A, B, C, weight, D, delta_bias, delta_softplus, backend):
-        return compose_state_scan_fusion(state_scan_ref, zero_padded_fusion, u, delta, A, B, C, weight, D,
-                                         delta_bias, delta_softplus)
+    def zero_padded(*args):  # state_scan_fusion's arguments, the backend last
+        return compose_state_scan_fusion(state_scan_ref, zero_padded_fusion, *args[:-1])
 
     monkeypatch.setattr(spatial_mamba, "state_scan_fusion", zero_padded)
     case = fixture["cases"][1]

@@ -13,7 +13,7 @@ from vision2d.ops.state_scan_fusion import state_scan_fusion_ref
 from vision2d.ops.state_scan_ref import state_scan_naive, state_scan_ref, state_scan_ref_backward
 from op_harness import DTYPES, assert_matches_reference, require_backend
 from state_fusion_cases import (FUSION_SHAPES, SCAN_FUSION_SHAPES, SCAN_SHAPES, make_fusion_inputs,
-                                make_scan_fusion_inputs, make_scan_inputs)
+                                make_norm_and_gate, make_scan_fusion_inputs, make_scan_inputs)
 
 BACKENDS = ["reference", "cpu"]  # triton: test_state_fusion_triton.py
 
@@ -78,6 +78,16 @@ def test_fusion_backends_match_reference(backend, dtype, shape):
 
 
 SCAN_FUSION_NAMES = ("u", "delta", "A", "B", "C", "weight", "D", "delta_bias")
+NORM_GATE_NAMES = ("norm_weight", "norm_bias", "gate")
+
+
+def scan_fusion_norm_gate(*args, norm_eps=1e-5, backend="reference"):
+    """state_scan_fusion with softplus, the LayerNorm (eps 1e-5) and the gate: args end with norm weight, bias, gate."""
+    return state_scan_fusion(*args[:8], True, *args[8:10], norm_eps, args[10], backend=backend)
+
+
+def scan_fusion_norm_gate_reference(*args, norm_eps=1e-5):
+    return state_scan_fusion_ref(*args[:8], True, *args[8:10], norm_eps, args[10])
 
 
 def test_scan_fusion_reference_is_scan_then_fusion_then_read_out():
@@ -100,6 +110,32 @@ def test_scan_fusion_backends_match_reference(backend, dtype, shape):
     args = make_scan_fusion_inputs(*shape, dtype=DTYPES[dtype], with_optional=shape[0] != 2 or shape[4] != 2)
     assert_matches_reference(state_scan_fusion, state_scan_fusion_ref, args, SCAN_FUSION_NAMES, DTYPES[dtype],
                              backend, delta_softplus=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, dtype, affine", [(SCAN_FUSION_SHAPES[0], dtype, True) for dtype in DTYPES]
+                         + [(shape, "fp32", i % 2 == 0) for i, shape in enumerate(SCAN_FUSION_SHAPES[1:])])
+def test_scan_fusion_with_norm_and_gate_matches_reference(backend, shape, dtype, affine):
+    """Spatial-Mamba's LayerNorm (with and without affine parameters) and SiLU gate after the read-out: output and
+    every gradient."""
+    require_backend(STATE_SCAN_BACKENDS, backend)
+    args = make_scan_fusion_inputs(*shape, dtype=DTYPES[dtype])
+    args += make_norm_and_gate(args[0], affine)
+    assert_matches_reference(scan_fusion_norm_gate, scan_fusion_norm_gate_reference, args,
+                             SCAN_FUSION_NAMES + NORM_GATE_NAMES, DTYPES[dtype], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_fusion_norm_alone_and_gate_alone(backend):
+    require_backend(STATE_SCAN_BACKENDS, backend)
+    args = make_scan_fusion_inputs(2, 3, 5, 20, 1, 11)
+    weight, bias, gate = make_norm_and_gate(args[0])
+    reference = state_scan_fusion_ref(*args, True, weight, None, 1e-3)
+    torch.testing.assert_close(state_scan_fusion(*args, True, weight, None, 1e-3, backend=backend), reference,
+                               rtol=2e-5, atol=2e-5)
+    reference = state_scan_fusion_ref(*args, True, gate=gate)
+    torch.testing.assert_close(state_scan_fusion(*args, True, gate=gate, backend=backend), reference, rtol=2e-5,
+                               atol=2e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -154,7 +190,8 @@ def test_cpu_fusion_skips_only_taps_that_are_zero_everywhere():
 @pytest.mark.parametrize("op", ["scan", "fusion", "scan_fusion"])
 def test_opcheck(op):
     if op == "scan_fusion":
-        args = (*make_scan_fusion_inputs(2, 3, 4, 6, 1, 5), True, "auto")
+        inputs = make_scan_fusion_inputs(2, 3, 4, 6, 1, 5)
+        args = (*inputs, *make_norm_and_gate(inputs[0]), True, 1e-5, "auto")
         target = torch.ops.vision2d.state_scan_fusion.default
     elif op == "scan":
         u, delta, A, B, bias = make_scan_inputs(2, 5, 6, 2)
@@ -216,6 +253,8 @@ def _fusion_args(**replace):
     (lambda: state_scan_fusion(*_fusion_args(D=torch.randn(7))), "D must have shape"),
     (lambda: state_scan_fusion(*_fusion_args(C=torch.randn(2, 3, 4, 1).double())), "C has dtype"),
     (lambda: state_scan_fusion(*_fusion_args(A=torch.randn(8, 1).int())), "A has dtype"),
+    (lambda: state_scan_fusion(*_fusion_args(), gate=torch.randn(2, 3, 4, 7)), "gate must have shape"),
+    (lambda: state_scan_fusion(*_fusion_args(), norm_weight=torch.randn(8)), "without norm_eps"),
     (lambda: state_fusion(torch.randn(1, 4, 4, 6), torch.randn(6, 4, 4)), "k odd"),
     (lambda: state_fusion(torch.randn(1, 4, 4, 6), torch.randn(5, 3, 3)), "C = 6"),
     (lambda: state_fusion(torch.randn(1, 4, 4, 6).int(), torch.randn(6, 3, 3)), "x has dtype"),

@@ -12,8 +12,10 @@ from vision2d.ops.state_scan import STATE_SCAN_BACKENDS
 from vision2d.ops.state_scan_fusion import state_scan_fusion_ref
 from op_harness import (DTYPES, assert_matches_reference, run_file_under_triton_interpreter, shard, triton_cpu_reason,
                         triton_importable)
-from state_fusion_cases import SCAN_SHAPES, make_fusion_inputs, make_scan_fusion_inputs, make_scan_inputs
-from test_state_fusion import SCAN_FUSION_NAMES, scan_in_input_dtype, scan_reference
+from state_fusion_cases import (SCAN_SHAPES, make_fusion_inputs, make_norm_and_gate, make_scan_fusion_inputs,
+                                make_scan_inputs)
+from test_state_fusion import (NORM_GATE_NAMES, SCAN_FUSION_NAMES, scan_fusion_norm_gate,
+                               scan_fusion_norm_gate_reference, scan_in_input_dtype, scan_reference)
 
 CPU_REASON = triton_cpu_reason(STATE_SCAN_BACKENDS)
 TRITON_IMPORTABLE = triton_importable(STATE_SCAN_BACKENDS)
@@ -53,8 +55,13 @@ SCAN_FUSION_CASES = shard([((1, 2, 3, 5, 1, 5), "fp32"), ((1, 2, 3, 5, 1, 5), "b
 @pytest.mark.parametrize("shape, dtype", SCAN_FUSION_CASES)
 def test_scan_fusion_matches_reference(shape, dtype):
     args = make_scan_fusion_inputs(*shape, dtype=DTYPES[dtype], with_optional=shape[0] == 1)
-    assert_matches_reference(state_scan_fusion, state_scan_fusion_ref, args, SCAN_FUSION_NAMES, DTYPES[dtype],
-                             "triton", delta_softplus=True)
+    if shape[0] == 1:  # with Spatial-Mamba's LayerNorm and gate
+        args += make_norm_and_gate(args[0])
+        assert_matches_reference(scan_fusion_norm_gate, scan_fusion_norm_gate_reference, args,
+                                 SCAN_FUSION_NAMES + NORM_GATE_NAMES, DTYPES[dtype], "triton")
+    else:
+        assert_matches_reference(state_scan_fusion, state_scan_fusion_ref, args, SCAN_FUSION_NAMES, DTYPES[dtype],
+                                 "triton", delta_softplus=True)
 
 
 @needs_interpreter

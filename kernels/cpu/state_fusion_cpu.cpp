@@ -247,63 +247,125 @@ int fusion_backward(const FusionShape& s, const Real* dout, const Real* x, const
 }
 
 
-// The scan, the fusion of its states and the C read-out in one pass: y = sum_n C[n] fusion(h[n]) + D u. Tasks (batch
-// item, channel block) scan into a per-thread buffer of the block's states (L x N vectors; the states never reach
-// memory outside it), then fuse and read them out pixel by pixel; `f` is the (batch, H, W, E) map of the sequence.
+// Spatial-Mamba's SSM core in one pass, image by image: y = sum_n C[n] fusion(h[n]) + D u, then optionally
+// LayerNorm over the channels (norm_weight / norm_bias may be null: 1 / 0) and the gate out = y * silu(gate).
+// Phase 1 (tasks: channel blocks) scans the image's states into a buffer of the image's states (L x N x blocks
+// vectors, the only copy of them: it stays in cache, and neither h nor the fused states reach the output); phase 2
+// (tasks: rows) fuses and reads out every channel of a pixel, normalises and gates it, and stores it once.
+// `f` is the (batch, H, W, E) map of the sequence.
+template <typename Real>
+struct CoreParams {
+  const Real *D, *norm_weight, *norm_bias, *gate;
+  Real eps;
+  bool norm;
+};
+
+// acc[q] = sum over taps of w[t][blk + q] * states[source pixel of tap t][n][blk + q], q < G
+template <typename Real, int G>
+inline void fuse_blocks(const Vec<Real>* w, const Vec<Real>* states, const int64_t* rows, const int64_t* cols,
+                        int64_t T, int64_t blocks, int64_t offset, Vec<Real>* acc) {
+  for (int q = 0; q < G; ++q) acc[q] = Vec<Real>{};
+  for (int64_t t = 0; t < T; ++t) {
+    const Vec<Real>* source = states + rows[t] + cols[t] + offset;
+    const Vec<Real>* wt = w + t * blocks + offset % blocks;
+    for (int q = 0; q < G; ++q) acc[q] += wt[q] * source[q];
+  }
+}
+
 template <typename Real>
 int scan_fusion_forward(const ScanShape& s, const FusionShape& f, const Real* u, const Real* delta, const Real* A,
-                        const Real* B, const Real* C, const Real* D, const Real* delta_bias, const Real* weight,
-                        Real* y, int num_threads) {
-  const int64_t tasks = s.batch * s.blocks<Real>(), N = s.state, L = s.length, W = f.width, K = f.kernel;
-  const int threads = threads_for(num_threads, tasks);
+                        const Real* B, const Real* C, const Real* delta_bias, const Real* weight,
+                        const CoreParams<Real>& p, Real* out, int num_threads) {
+  const int64_t N = s.state, L = s.length, H = f.height, W = f.width, K = f.kernel, E = s.channels;
+  const int64_t blocks = s.blocks<Real>(), stride = N * blocks;  // vectors per pixel in the states buffer
+  constexpr int lanes = kLanes<Real>;
+  const int threads = threads_for(num_threads, std::max(blocks, H));
   std::vector<int64_t> taps, source_cols, source_rows;
-  std::vector<Vec<Real>> scratch;
+  std::vector<Vec<Real>> states, params, scratch;
   try {
     taps = active_taps(f, weight);
     source_cols.resize(W * taps.size());
     source_rows.resize(threads * taps.size());
-    scratch.resize(threads * (L * N + N + taps.size()));
+    states.resize(L * stride);
+    params.resize((taps.size() + 3) * blocks);
+    scratch.resize(threads * (blocks + N));
   } catch (const std::bad_alloc&) {
     return 1;
   }
   const int64_t T = int64_t(taps.size());
+  auto count = [&](int64_t blk) { return int(std::min<int64_t>(lanes, E - blk * lanes)); };
+  // per active tap and channel block: the weights; then D, the norm's weight and bias (zero on padded lanes)
+  Vec<Real>* const w = params.data();
+  Vec<Real>* const d = w + T * blocks;
+  Vec<Real>* const gamma = d + blocks;
+  Vec<Real>* const beta = gamma + blocks;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t t = 0; t < T; ++t) w[t * blocks + blk] = load(weight + taps[t] * E + blk * lanes, count(blk));
+    d[blk] = p.D ? load(p.D + blk * lanes, count(blk)) : Vec<Real>{};
+    gamma[blk] = p.norm_weight ? load(p.norm_weight + blk * lanes, count(blk)) : splat<Real>(1);
+    beta[blk] = p.norm_bias ? load(p.norm_bias + blk * lanes, count(blk)) : Vec<Real>{};
+  }
+  Vec<Real> last_lanes{};  // 1 on the lanes of the last block that hold channels
+  for (int l = 0; l < count(blocks - 1); ++l) last_lanes[l] = 1;
   for (int64_t j = 0; j < W; ++j)  // the clamped source column of every (column, tap)
-    for (int64_t t = 0; t < T; ++t) source_cols[j * T + t] = f.col(j, taps[t] % K);
+    for (int64_t t = 0; t < T; ++t) source_cols[j * T + t] = f.col(j, taps[t] % K) * stride;
 #pragma omp parallel num_threads(threads)
   {
     const FlushDenormals flush;
     const int thread = omp_get_thread_num();
-    Vec<Real>* const states = scratch.data() + thread * (L * N + N + T);
-    Vec<Real>* const state = states + L * N;
-    Vec<Real>* const w = state + N;
+    Vec<Real>* const y = scratch.data() + thread * (blocks + N);
+    Vec<Real>* const state = y + blocks;
     int64_t* const rows = source_rows.data() + thread * T;
+    for (int64_t b = 0; b < s.batch; ++b) {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const ScanBlock<Real> blk(s, task, A, delta_bias);
-      scan_block(s, blk, u, delta, B, state, [&](int64_t t, int64_t n, Vec<Real> h_t) { states[t * N + n] = h_t; });
-      for (int64_t t = 0; t < T; ++t) w[t] = load(weight + taps[t] * f.channels + blk.first, blk.count);
-      const Vec<Real> d = D ? load(D + blk.first, blk.count) : Vec<Real>{};
-      for (int64_t i = 0; i < f.height; ++i) {
-        for (int64_t t = 0; t < T; ++t) rows[t] = f.row(i, taps[t] / K) * W * N;
-        for (int64_t first = 0; first < W; first += kGroup) {
-          const int pixels = int(std::min<int64_t>(kGroup, W - first));
-          const int64_t* cols[kGroup];
-          Vec<Real> out[kGroup];
-          for (int q = 0; q < kGroup; ++q) {
-            cols[q] = source_cols.data() + (first + std::min(q, pixels - 1)) * T;  // the tail repeats a pixel
-            out[q] = d * load(u + blk.sequence_offset(s, i * W + first + std::min(q, pixels - 1)), blk.count);
-          }
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const ScanBlock<Real> sb(s, b * blocks + blk, A, delta_bias);
+        scan_block(s, sb, u, delta, B, state,
+                   [&](int64_t t, int64_t n, Vec<Real> h_t) { states[t * stride + n * blocks + blk] = h_t; });
+      }  // (implicit barrier: every state of the image is in the buffer)
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < H; ++i) {
+        for (int64_t t = 0; t < T; ++t) rows[t] = f.row(i, taps[t] / K) * W * stride;
+        for (int64_t j = 0; j < W; ++j) {
+          const int64_t pixel = (b * L + i * W + j), *cols = source_cols.data() + j * T;
+          const Real* const Cp = C + pixel * N;
+          for (int64_t blk = 0; blk < blocks; ++blk)
+            y[blk] = p.D ? d[blk] * load(u + pixel * E + blk * lanes, count(blk)) : Vec<Real>{};
           for (int64_t n = 0; n < N; ++n) {
-            Vec<Real> acc[kGroup] = {};
-            for (int64_t t = 0; t < T; ++t) {
-              const Vec<Real>* row = states + rows[t];
-              for (int q = 0; q < kGroup; ++q) acc[q] += w[t] * row[cols[q][t] * N + n];
+            const Real c = Cp[n];
+            Vec<Real> acc[4];
+            int64_t blk = 0;
+            for (; blk + 4 <= blocks; blk += 4) {
+              fuse_blocks<Real, 4>(w, states.data(), rows, cols, T, blocks, n * blocks + blk, acc);
+              for (int q = 0; q < 4; ++q) y[blk + q] += acc[q] * c;
             }
-            for (int q = 0; q < kGroup; ++q) out[q] += acc[q] * C[(blk.b * L + i * W + first + std::min(q, pixels - 1)) * N + n];
+            for (; blk < blocks; ++blk) {
+              fuse_blocks<Real, 1>(w, states.data(), rows, cols, T, blocks, n * blocks + blk, acc);
+              y[blk] += acc[0] * c;
+            }
           }
-          for (int q = 0; q < pixels; ++q) store(y + blk.sequence_offset(s, i * W + first + q), out[q], blk.count);
+          if (p.norm) {  // two passes over the pixel's channels, as LayerNorm's mean and biased variance
+            Vec<Real> sum{}, squares{};
+            for (int64_t blk = 0; blk < blocks; ++blk) sum += y[blk];
+            const Real mean = hsum<Real>(sum) / Real(E);
+            for (int64_t blk = 0; blk < blocks; ++blk) {
+              Vec<Real> centred = y[blk] - mean;
+              if (blk == blocks - 1) centred *= last_lanes;
+              squares += centred * centred;
+            }
+            const Real rstd = Real(1) / std::sqrt(hsum<Real>(squares) / Real(E) + p.eps);
+            for (int64_t blk = 0; blk < blocks; ++blk) y[blk] = (y[blk] - mean) * rstd * gamma[blk] + beta[blk];
+          }
+          for (int64_t blk = 0; blk < blocks; ++blk) {
+            Vec<Real> v = y[blk];
+            if (p.gate) {  // v * silu(z) = v * z / (1 + exp(-z))
+              const Vec<Real> z = load(p.gate + pixel * E + blk * lanes, count(blk));
+              v = v * z / (Real(1) + vexp2(z * Real(-kLog2e)));
+            }
+            store(out + pixel * E + blk * lanes, v, count(blk));
+          }
         }
-      }
+      }  // (implicit barrier: the next image's scan may overwrite the buffer)
     }
   }
   return 0;
@@ -340,11 +402,13 @@ int scan_fusion_forward(const ScanShape& s, const FusionShape& f, const Real* u,
   }                                                                                                                   \
   extern "C" int state_scan_fusion_forward_##suffix(                                                                 \
       const Real* u, const Real* delta, const Real* A, const Real* B, const Real* C, const Real* D,                  \
-      const Real* delta_bias, const Real* weight, Real* y, int64_t batch, int64_t height, int64_t width,             \
-      int64_t channels, int64_t state, int64_t kernel, int delta_softplus, int num_threads) {                        \
+      const Real* delta_bias, const Real* weight, const Real* norm_weight, const Real* norm_bias, double norm_eps,    \
+      int norm, const Real* gate, Real* out, int64_t batch, int64_t height, int64_t width, int64_t channels,         \
+      int64_t state, int64_t kernel, int delta_softplus, int num_threads) {                                          \
     return scan_fusion_forward(ScanShape{batch, height * width, channels, state, delta_softplus != 0},              \
-                               FusionShape{batch, height, width, channels, kernel}, u, delta, A, B, C, D,            \
-                               delta_bias, weight, y, num_threads);                                                   \
+                               FusionShape{batch, height, width, channels, kernel}, u, delta, A, B, C, delta_bias,    \
+                               weight, CoreParams<Real>{D, norm_weight, norm_bias, gate, Real(norm_eps), norm != 0}, \
+                               out, num_threads);                                                                     \
   }
 
 STATE_FUSION_ENTRY_POINTS(float, f32)

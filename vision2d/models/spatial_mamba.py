@@ -4,9 +4,10 @@ classifiers (github EdwardChasel/Spatial-Mamba @ 71221eb, `classification/models
 code is described in docs/specs/spatial_mamba.md.
 
 Tensors inside stages are channels-last (B, H, W, C); the stem, the downsampling convs and returned features are NCHW.
-The scan, the fusion of its states and the C read-out run as one op (`state_scan_fusion`; on CPU one kernel pass in
-which the states never leave a per-thread buffer), the fusion with one depthwise 11x11 kernel merged from the three
-dilated 3x3 kernels (`merge_dilated_kernels`), as the official eval path does. Unlike the official
+The scan, the fusion of its states, the C read-out, the LayerNorm and the SiLU gate run as one op
+(`state_scan_fusion`; on CPU one kernel pass in which the states never leave a buffer of one image's states), the
+fusion with one depthwise 11x11 kernel merged from the three dilated 3x3 kernels (`merge_dilated_kernels`), as the
+official eval path does. Unlike the official
 module, which merges once on its first eval call and keeps that kernel forever, the merged kernel is rebuilt from the
 current parameters in every forward (121 x E numbers): loading weights, training or moving the model after an eval
 call can never serve a stale kernel. Training uses the same merged kernel (the sum of the three convolutions is one
@@ -126,9 +127,10 @@ class StructureAwareSSM(nn.Module):
     """The structure-aware SSM mixer (official StructureAwareSSM); (B, H, W, C) in and out.
 
     in_proj to (x, z) -> depthwise 3x3 conv -> SiLU = u -> (dt, B, C) = x_proj(u), delta = dt_proj(dt) -> every
-    state of the selective scan in row-major order -> state fusion -> y = C h' + D u (these three: `state_scan_fusion`)
-    -> LayerNorm -> * SiLU(z) -> out_proj. Parameters keep the official names and shapes: x_proj_weight (R + 2N, E), dt_projs_weight (E, R),
-    dt_projs_bias (E), A_logs (E, N), Ds (E), with E = 2 dim, R = ceil(dim / 16), N = d_state = 1.
+    state of the selective scan in row-major order -> state fusion -> y = C h' + D u -> LayerNorm (out_norm) ->
+    * SiLU(z) (all of these one `state_scan_fusion` call) -> out_proj. Parameters keep the official names and
+    shapes: x_proj_weight (R + 2N, E), dt_projs_weight (E, R), dt_projs_bias (E), A_logs (E, N), Ds (E), with
+    E = 2 dim, R = ceil(dim / 16), N = d_state = 1.
     """
 
     def __init__(self, dim: int, d_state: int = 1, expand: int = 2, device=None, dtype=None):
@@ -173,10 +175,11 @@ class StructureAwareSSM(nn.Module):
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))
-        # every state (row-major scan, softplus(delta + bias)), fused, read out by C, plus D u: (batch, H, W, E)
+        # every state (row-major scan, softplus(delta + bias)), fused, read out by C, plus D u, out_norm, * silu(z)
         y = state_scan_fusion(u, delta, -torch.exp(self.A_logs.float()), Bs, Cs, self.state_fusion.merged_kernel(),
-                              self.Ds, self.dt_projs_bias.float(), True, None)
-        return self.out_proj(self.out_norm(y) * F.silu(z))
+                              self.Ds, self.dt_projs_bias.float(), True, self.out_norm.weight, self.out_norm.bias,
+                              self.out_norm.eps, z, None)
+        return self.out_proj(y)
 
 
 class SpatialMambaBlock(nn.Module):

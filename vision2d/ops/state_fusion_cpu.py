@@ -17,7 +17,8 @@ def _declare(lib: ctypes.CDLL):
                   "state_scan_backward": [ptr] * 12 + [i64] * 4 + [i32] * 2,
                   "state_fusion_forward": [ptr] * 3 + [i64] * 5 + [i32],
                   "state_fusion_backward": [ptr] * 5 + [i64] * 5 + [i32],
-                  "state_scan_fusion_forward": [ptr] * 9 + [i64] * 6 + [i32] * 2}
+                  "state_scan_fusion_forward": [ptr] * 10 + [ctypes.c_double, i32] + [ptr] * 2 + [i64] * 6
+                  + [i32] * 2}
     for name, argtypes in signatures.items():
         for suffix in ("f32", "f64"):
             function = getattr(lib, f"{name}_{suffix}")
@@ -73,15 +74,19 @@ def backward(dout, x, weight):
     return dx.to(x.dtype), dweight.to(weight.dtype)
 
 
-def scan_fusion_forward(u, delta, A, B, C, D, delta_bias, weight, delta_softplus):
-    """`state_scan_fusion`'s output (batch, H, W, E) in u's dtype from one kernel pass (the states stay in a
-    per-thread buffer); arguments as in `state_scan_fusion`."""
+def scan_fusion_forward(u, delta, A, B, C, D, delta_bias, weight, delta_softplus, norm_weight, norm_bias, norm_eps,
+                        gate):
+    """`state_scan_fusion`'s output (batch, H, W, E) in u's dtype from one kernel pass (the states stay in a buffer of
+    one image's states); arguments as in `state_scan_fusion`."""
     sd = state_dtype(u.dtype)
     (batch, H, W, E), N, k = u.shape, A.shape[1], weight.shape[-1]
-    y = torch.empty(u.shape, dtype=sd)
-    if y.numel() > 0:
-        inputs = [None if t is None else t.to(sd).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
-        inputs.append(_weight_by_tap(weight, sd))  # all referenced until the call returns
-        LIBRARY.call(f"state_scan_fusion_forward_{suffix(sd)}", *map(pointer, inputs), y.data_ptr(), batch, H, W, E, N,
-                     k, int(delta_softplus), torch.get_num_threads())
-    return y.to(u.dtype)
+    out = torch.empty(u.shape, dtype=sd)
+    if out.numel() > 0:
+        inputs = [None if t is None else t.to(sd).contiguous()
+                  for t in (u, delta, A, B, C, D, delta_bias, norm_weight, norm_bias, gate)]
+        inputs.insert(7, _weight_by_tap(weight, sd))  # all referenced until the call returns
+        LIBRARY.call(f"state_scan_fusion_forward_{suffix(sd)}", *map(pointer, inputs[:10]),
+                     ctypes.c_double(0.0 if norm_eps is None else norm_eps), int(norm_eps is not None),
+                     pointer(inputs[10]), out.data_ptr(), batch, H, W, E, N, k, int(delta_softplus),
+                     torch.get_num_threads())
+    return out.to(u.dtype)

@@ -1,24 +1,29 @@
 """`state_scan_fusion`: Spatial-Mamba's structure-aware SSM core in one `torch.library` custom op: the selective scan
 over a map's pixels in row-major order (`state_scan`), the fusion of its states by a depthwise k x k kernel over
-border-replicated maps (`state_fusion`), and the C read-out with the D skip:
+border-replicated maps (`state_fusion`), the C read-out with the D skip, and optionally the LayerNorm over channels and
+the SiLU gate that follow it in Spatial-Mamba:
 
     h = state_scan(u, delta, A, B, delta_bias, delta_softplus)                  states (batch, H W, N, E)
     y[b, i, j, e] = sum_n C[b, i, j, n] state_fusion(h[..., n, :], weight)[b, i, j, e] + D[e] u[b, i, j, e]
+    y = layer_norm(y, (E,), norm_weight, norm_bias, norm_eps)                   if norm_eps is not None
+    y = y * silu(gate)                                                          if gate is not None
 
 Backends (the names of `state_scan` / `state_fusion`, resolved by `STATE_SCAN_BACKENDS`): "cpu" runs one fused kernel
-pass (`state_fusion_cpu.scan_fusion_forward`) in which each task keeps its channel block's states in a per-thread
-buffer, so neither the states nor the fused states are ever materialised; "reference" and "triton" compose those
-backends of the two ops with the read-out in PyTorch. The backward (every backend) recomputes the states from the
-saved inputs and runs the two ops' backwards: only the inputs are saved, less than the official module holds (its
-states).
+pass (`state_fusion_cpu.scan_fusion_forward`) that keeps one image's states in a buffer (in cache), so neither the
+states nor the fused states nor y before the norm and gate are ever materialised; "reference" and "triton" compose
+those backends of the two ops with the read-out, norm and gate in PyTorch. The backward (every backend) recomputes the
+states from the saved inputs and runs the two ops' backwards: only the inputs are saved, less than the official module
+holds (its states).
 """
 from functools import partial
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import state_fusion_cpu
+from .scan2d_ref import state_dtype
 from .state_fusion import STATE_FUSION_BACKENDS
 from .state_fusion_ref import state_fusion_ref
 from .state_scan import STATE_SCAN_BACKENDS
@@ -27,58 +32,110 @@ from .state_scan_ref import state_scan_ref
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def compose_state_scan_fusion(scan, fusion, u, delta, A, B, C, weight, D, delta_bias, delta_softplus):
-    """The op's math from a state scan and a state fusion (functions with those ops' arguments)."""
-    (batch, H, W, E), N = u.shape, A.shape[1]
-    h = scan(u.reshape(batch, H * W, E), delta.reshape(batch, H * W, E), A, B.reshape(batch, H * W, N), delta_bias,
+def _read_out(scan, fusion, u, delta, A, B, C, weight, D, delta_bias, delta_softplus):
+    """(y before the norm and gate, the states h (batch, L, N, E), the fused states (batch, L, N, E)), in the state
+    dtype, from a state scan and a state fusion (functions with those ops' arguments)."""
+    (batch, H, W, E), N, L = u.shape, A.shape[1], u.shape[1] * u.shape[2]
+    h = scan(u.reshape(batch, L, E), delta.reshape(batch, L, E), A, B.reshape(batch, L, N), delta_bias,
              delta_softplus)
-    fused = fusion(h.reshape(batch, H, W, N * E), weight.repeat(N, 1, 1)).reshape(batch, H, W, N, E)
-    y = (fused * C.to(fused.dtype)[..., None]).sum(3)
+    sd = state_dtype(u.dtype)
+    fused = fusion(h.reshape(batch, H, W, N * E), weight.to(sd).repeat(N, 1, 1)).reshape(batch, L, N, E)
+    y = (fused * C.reshape(batch, L, N, 1).to(sd)).sum(2)
     if D is not None:
-        y = y + D.to(y.dtype) * u.to(y.dtype)
-    return y.to(u.dtype)
+        y = y + D.to(sd) * u.reshape(batch, L, E).to(sd)
+    return y.view(u.shape), h, fused
+
+
+def _norm_and_gate(y, norm_weight, norm_bias, norm_eps, gate):
+    if norm_eps is not None:
+        cast = (lambda t: None if t is None else t.to(y.dtype))
+        y = F.layer_norm(y, y.shape[-1:], cast(norm_weight), cast(norm_bias), norm_eps)
+    return y if gate is None else y * F.silu(gate.to(y.dtype))
+
+
+def compose_state_scan_fusion(scan, fusion, u, delta, A, B, C, weight, D=None, delta_bias=None,
+                              delta_softplus=False, norm_weight=None, norm_bias=None, norm_eps=None, gate=None):
+    """The op's math from a state scan and a state fusion (functions with those ops' arguments), in u's dtype."""
+    y = _read_out(scan, fusion, u, delta, A, B, C, weight, D, delta_bias, delta_softplus)[0]
+    return _norm_and_gate(y, norm_weight, norm_bias, norm_eps, gate).to(u.dtype)
 
 
 def state_scan_fusion_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, weight: Tensor,
-                          D: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
-                          delta_softplus: bool = False) -> Tensor:
-    """The pure-PyTorch reference (`state_scan_ref`, `state_fusion_ref` and the read-out); differentiable by autograd."""
-    return compose_state_scan_fusion(state_scan_ref, state_fusion_ref, u, delta, A, B, C, weight, D, delta_bias, delta_softplus)
+                          D: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                          norm_weight: Optional[Tensor] = None, norm_bias: Optional[Tensor] = None,
+                          norm_eps: Optional[float] = None, gate: Optional[Tensor] = None) -> Tensor:
+    """The pure-PyTorch reference (`state_scan_ref`, `state_fusion_ref`, read-out, norm, gate); differentiable by
+    autograd."""
+    return compose_state_scan_fusion(state_scan_ref, state_fusion_ref, u, delta, A, B, C, weight, D, delta_bias,
+                                     delta_softplus, norm_weight, norm_bias, norm_eps, gate)
 
 
 @torch.library.custom_op("vision2d::state_scan_fusion", mutates_args=())
 def _state_scan_fusion_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, weight: Tensor,
-                          D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
-                          backend: str) -> Tensor:
+                          D: Optional[Tensor], delta_bias: Optional[Tensor], norm_weight: Optional[Tensor],
+                          norm_bias: Optional[Tensor], gate: Optional[Tensor], delta_softplus: bool,
+                          norm_eps: Optional[float], backend: str) -> Tensor:
     backend = STATE_SCAN_BACKENDS.resolve(u.device, backend)
     if backend == "cpu":
-        return state_fusion_cpu.scan_fusion_forward(u, delta, A, B, C, D, delta_bias, weight, delta_softplus)
-    return compose_state_scan_fusion(partial(STATE_SCAN_BACKENDS.forward, backend), partial(STATE_FUSION_BACKENDS.forward, backend),
-                    u, delta, A, B, C, weight, D, delta_bias, delta_softplus)
+        return state_fusion_cpu.scan_fusion_forward(u, delta, A, B, C, D, delta_bias, weight, delta_softplus,
+                                                    norm_weight, norm_bias, norm_eps, gate)
+    return compose_state_scan_fusion(partial(STATE_SCAN_BACKENDS.forward, backend),
+                                     partial(STATE_FUSION_BACKENDS.forward, backend), u, delta, A, B, C, weight, D,
+                                     delta_bias, delta_softplus, norm_weight, norm_bias, norm_eps, gate)
 
 
 @_state_scan_fusion_op.register_fake
-def _(u, delta, A, B, C, weight, D, delta_bias, delta_softplus, backend):
+def _(u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate, delta_softplus, norm_eps, backend):
     return torch.empty_like(u)
 
 
+def _norm_and_gate_backward(dout, y, norm_weight, norm_bias, norm_eps, gate):
+    """(dy, dnorm_weight, dnorm_bias, dgate) of `_norm_and_gate` at y (batch, L, E), written out (state dtype)."""
+    g, dnorm_weight, dnorm_bias, dgate = dout, None, None, None
+    normed = y
+    if norm_eps is not None:
+        mean = y.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(y.var(-1, unbiased=False, keepdim=True) + norm_eps)
+        x_hat = (y - mean) * rstd
+        normed = x_hat if norm_weight is None else x_hat * norm_weight.to(y.dtype)
+        normed = normed if norm_bias is None else normed + norm_bias.to(y.dtype)
+    if gate is not None:
+        z = gate.to(y.dtype).view(y.shape)
+        sigmoid = torch.sigmoid(z)
+        dgate = g * normed * sigmoid * (1 + z * (1 - sigmoid))
+        g = g * z * sigmoid
+    if norm_eps is None:
+        return g, dnorm_weight, dnorm_bias, dgate
+    if norm_weight is not None:
+        dnorm_weight = (g * x_hat).sum((0, 1))
+    dnorm_bias = g.sum((0, 1))
+    d_hat = g if norm_weight is None else g * norm_weight.to(y.dtype)
+    dy = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
+    return dy, dnorm_weight, dnorm_bias, dgate
+
+
 @torch.library.custom_op("vision2d::state_scan_fusion_backward", mutates_args=())
-def _state_scan_fusion_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def _state_scan_fusion_backward_op(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                                    weight: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
-                                   delta_softplus: bool, backend: str) -> list[Tensor]:
-    """(du, ddelta, dA, dB, dC, dweight, dD, ddelta_bias) in the inputs' dtypes; an empty tensor for an absent input."""
+                                   norm_weight: Optional[Tensor], norm_bias: Optional[Tensor], gate: Optional[Tensor],
+                                   delta_softplus: bool, norm_eps: Optional[float], backend: str) -> list[Tensor]:
+    """(du, ddelta, dA, dB, dC, dweight, dD, ddelta_bias, dnorm_weight, dnorm_bias, dgate) in the inputs' dtypes; an
+    empty tensor for an absent input."""
     backend = STATE_SCAN_BACKENDS.resolve(u.device, backend)
     (batch, H, W, E), N, L = u.shape, A.shape[1], u.shape[1] * u.shape[2]
-    sequences = [t.reshape(batch, L, -1) for t in (u, delta, B)]
-    h = STATE_SCAN_BACKENDS.forward(backend, *sequences[:2], A, sequences[2], delta_bias, delta_softplus)
+    y, h, fused = _read_out(partial(STATE_SCAN_BACKENDS.forward, backend),
+                            partial(STATE_FUSION_BACKENDS.forward, backend), u, delta, A, B, C, weight, D, delta_bias,
+                            delta_softplus)
     sd = h.dtype
-    states, weights = h.view(batch, H, W, N * E), weight.repeat(N, 1, 1)
-    fused = STATE_FUSION_BACKENDS.forward(backend, states, weights).view(batch, L, N, E)
-    g = dy.reshape(batch, L, 1, E).to(sd)
+    dy, dnorm_weight, dnorm_bias, dgate = _norm_and_gate_backward(dout.to(sd).view(batch, L, E), y.view(batch, L, E),
+                                                                  norm_weight, norm_bias, norm_eps, gate)
+    g = dy.view(batch, L, 1, E)
     dC = (fused * g).sum(-1)
     del fused
+    weights = weight.to(sd).repeat(N, 1, 1)
     d_fused = (g * C.reshape(batch, L, N, 1).to(sd)).view(batch, H, W, N * E)
-    d_states, dweight = STATE_FUSION_BACKENDS.backward(backend, d_fused, states, weights)
+    d_states, dweight = STATE_FUSION_BACKENDS.backward(backend, d_fused, h.view(batch, H, W, N * E), weights)
+    sequences = [t.reshape(batch, L, -1) for t in (u, delta, B)]
     du, ddelta, dA, dB, d_bias = STATE_SCAN_BACKENDS.backward(backend, d_states.view(batch, L, N, E), *sequences[:2],
                                                                A, sequences[2], delta_bias, delta_softplus, h)
     dD = u.new_empty(0)
@@ -86,37 +143,40 @@ def _state_scan_fusion_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tens
         g = g.view(batch, L, E)
         du = (du.to(sd) + g * D.to(sd)).to(u.dtype)
         dD = (g * sequences[0].to(sd)).sum((0, 1)).to(D.dtype)
-    return [du.view(u.shape), ddelta.view(delta.shape), dA, dB.view(B.shape), dC.view(C.shape).to(C.dtype),
-            dweight.view(N, E, *weight.shape[1:]).sum(0).to(weight.dtype), dD,
-            d_bias if d_bias is not None else u.new_empty(0)]
+    grads = [du.view(u.shape), ddelta.view(delta.shape), dA, dB.view(B.shape), dC.view(C.shape).to(C.dtype),
+             dweight.view(N, E, *weight.shape[1:]).sum(0).to(weight.dtype), dD, d_bias]
+    grads += [dnorm_weight, dnorm_bias, None if dgate is None else dgate.view(gate.shape)]
+    inputs = (u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)
+    return [u.new_empty(0) if grad is None or t is None else grad.to(t.dtype) for grad, t in zip(grads, inputs)]
 
 
 @_state_scan_fusion_backward_op.register_fake
-def _(dy, u, delta, A, B, C, weight, D, delta_bias, delta_softplus, backend):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, weight, D,
-                                                                                 delta_bias)]
+def _(dout, u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate, delta_softplus, norm_eps,
+      backend):
+    return [torch.empty_like(t) if t is not None else u.new_empty(0)
+            for t in (u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)]
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:8])
-    ctx.options = inputs[8:]
+    ctx.save_for_backward(*inputs[:11])
+    ctx.options = inputs[11:]
 
 
-def _backward(ctx, dy):
-    u, delta, A, B, C, weight, D, delta_bias = ctx.saved_tensors
-    grads = _state_scan_fusion_backward_op(dy.contiguous(), u, delta, A, B, C, weight, D, delta_bias, *ctx.options)
-    return (*grads[:6], grads[6] if D is not None else None, grads[7] if delta_bias is not None else None, None,
-            None)
+def _backward(ctx, dout):
+    inputs = ctx.saved_tensors
+    grads = _state_scan_fusion_backward_op(dout.contiguous(), *inputs, *ctx.options)
+    return (*[g if t is not None else None for g, t in zip(grads, inputs)], None, None, None)
 
 
 _state_scan_fusion_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_inputs(u, delta, A, B, C, weight, D, delta_bias):
+def _check_inputs(u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate):
     """Raises a TypeError / ValueError naming the bad argument and the expected shape or dtype."""
-    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, weight=weight, D=D, delta_bias=delta_bias)
+    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, weight=weight, D=D, delta_bias=delta_bias,
+                   norm_weight=norm_weight, norm_bias=norm_bias, gate=gate)
     for name, t in tensors.items():
-        if t is None and name in ("D", "delta_bias"):
+        if t is None and name not in ("u", "delta", "A", "B", "C", "weight"):
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"state_scan_fusion: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -135,13 +195,14 @@ def _check_inputs(u, delta, A, B, C, weight, D, delta_bias):
     if weight.dim() != 3 or tuple(weight.shape) != (E, k, k) or k % 2 == 0:
         raise ValueError(f"state_scan_fusion: weight must be (E, k, k) with E = {E} (from u {tuple(u.shape)}) and "
                          f"k odd, got {tuple(weight.shape)}")
-    shapes = dict(delta=(batch, H, W, E), B=(batch, H, W, N), C=(batch, H, W, N), D=(E,), delta_bias=(E,))
+    shapes = dict(delta=(batch, H, W, E), B=(batch, H, W, N), C=(batch, H, W, N), D=(E,), delta_bias=(E,),
+                  norm_weight=(E,), norm_bias=(E,), gate=(batch, H, W, E))
     for name, shape in shapes.items():
         if tensors[name] is not None and tuple(tensors[name].shape) != shape:
             raise ValueError(f"state_scan_fusion: {name} must have shape {shape} (batch, H, W, E from u "
                              f"{tuple(u.shape)}; N from A {tuple(A.shape)}), got {tuple(tensors[name].shape)}")
-    for name in ("delta", "B", "C"):
-        if tensors[name].dtype != u.dtype:
+    for name in ("delta", "B", "C", "gate"):
+        if tensors[name] is not None and tensors[name].dtype != u.dtype:
             raise TypeError(f"state_scan_fusion: {name} has dtype {tensors[name].dtype} but u has {u.dtype}; "
                             f"per-pixel inputs must share one dtype")
 
@@ -149,16 +210,23 @@ def _check_inputs(u, delta, A, B, C, weight, D, delta_bias):
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def state_scan_fusion(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, weight: Tensor,
                       D: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                      norm_weight: Optional[Tensor] = None, norm_bias: Optional[Tensor] = None,
+                      norm_eps: Optional[float] = None, gate: Optional[Tensor] = None,
                       backend: Optional[str] = None) -> Tensor:
-    """y = C . state_fusion(state_scan(u, ...), weight) + D u over channels-last maps (see the module docstring).
+    """y = C . state_fusion(state_scan(u, ...), weight) + D u over channels-last maps, then LayerNorm over channels
+    (when norm_eps is given) and y * silu(gate) (when gate is given); see the module docstring.
 
     u, delta: (batch, H, W, E), scanned in row-major pixel order; A: (E, N); B, C: (batch, H, W, N); weight: (E, k, k)
-    with k odd (`merge_dilated_kernels`); D, delta_bias: (E) or None. u, delta, B and C share one dtype (fp32, bf16,
-    fp16 or fp64); A, weight, D and delta_bias may be any float dtype. Computes in float32 (float64 for float64 u) and
-    returns y (batch, H, W, E) in u's dtype. Any strides are accepted.
+    with k odd (`merge_dilated_kernels`); D, delta_bias, norm_weight, norm_bias: (E) or None; gate: (batch, H, W, E)
+    or None. u, delta, B, C and gate share one dtype (fp32, bf16, fp16 or fp64); the other tensors may be any float
+    dtype. Computes in float32 (float64 for float64 u) and returns (batch, H, W, E) in u's dtype. Any strides are
+    accepted.
     """
-    _check_inputs(u, delta, A, B, C, weight, D, delta_bias)
+    _check_inputs(u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)
+    if (norm_weight is not None or norm_bias is not None) and norm_eps is None:
+        raise ValueError("state_scan_fusion: norm_weight / norm_bias given without norm_eps (the LayerNorm's eps)")
     backend = STATE_SCAN_BACKENDS.check_name(backend)
-    optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
+    optional = [None if t is None else t.contiguous() for t in (D, delta_bias, norm_weight, norm_bias, gate)]
     return _state_scan_fusion_op(*[t.contiguous() for t in (u, delta, A, B, C)], weight, *optional,
-                                 bool(delta_softplus), backend)  # the backends take any weight layout
+                                 bool(delta_softplus), None if norm_eps is None else float(norm_eps),
+                                 backend)  # the backends take any weight layout
