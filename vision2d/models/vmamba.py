@@ -42,6 +42,26 @@ def check_pool_type(global_pool: str):
         raise ValueError(f"VMamba-style models support global_pool 'avg' or '' (no pooling), got {global_pool!r}")
 
 
+def overwritable(x: torch.Tensor) -> bool:
+    """True where autograd will not need x (inference): an activation may then overwrite its freshly made input
+    instead of allocating another buffer (on CPU at batch 16, a new buffer per VMamba-T stage-1 MLP costs ~20 ms of
+    page faults)."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+@register_notrace_function  # torch.fx keeps it as one node: it branches on autograd's state
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU, in place where autograd does not need x (`overwritable`)."""
+    return torch.ops.aten.gelu_(x) if overwritable(x) else F.gelu(x)
+
+
+class GELU(nn.GELU):
+    """nn.GELU (exact) computed in place where autograd does not need its input (`gelu`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x)
+
+
 def direction_step_sizes(dts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Each direction's dt_proj: (batch, L, K, R) low-rank steps x (K, E, R) weights -> contiguous (batch, L, K, E).
 
@@ -107,7 +127,8 @@ class SS2D(nn.Module):
         batch, H, W, _ = x.shape
         K, E, R, N = NUM_DIRECTIONS, self.d_inner, self.dt_rank, self.d_state
         x = self.in_proj(x).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
-        u = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
+        u = self.conv(x)
+        u = F.silu(u, inplace=overwritable(u)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
@@ -133,7 +154,7 @@ class VSSBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, **dd)
         self.mixer = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, scan=scan, **dd)
         self.norm2 = nn.LayerNorm(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=GELU, **dd)
         # one DropPath per branch (the official block calls one module twice; same draws, and each module then runs
         # once per forward, as timm's grad checkpointing contract expects)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -193,7 +214,7 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # the convs then keep channels-last: no copies to NHWC
-        x = self.conv2(F.gelu(self.norm1(self.conv1(x))))
+        x = self.conv2(gelu(self.norm1(self.conv1(x))))
         return self.norm2(x.permute(0, 2, 3, 1))
 
 
