@@ -199,8 +199,9 @@ def official_direction_attention(attn, y):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 def test_direction_attention_equals_the_official_formula(dtype, tol):
-    """Forward and gradients (input and every parameter) of the fused gate-and-sum against the official per-direction
-    LayerNorm -> pixel mean -> gate -> product, then sum; channel means far from zero test the statistics."""
+    """Forward (with and without autograd) and gradients (input and every parameter) of the gate-and-sum against the
+    official per-direction LayerNorm -> pixel mean -> gate -> product, then sum; channel means far from zero test the
+    statistics of the inference path."""
     torch.manual_seed(0)
     attn = localmamba.DirectionAttention(24).to(dtype)
     with torch.no_grad():
@@ -208,8 +209,10 @@ def test_direction_attention_equals_the_official_formula(dtype, tol):
             p.add_(torch.randn_like(p) * 0.5)
     y = (torch.randn(3, 37, 4, 24, dtype=dtype) * 2 + 3 * torch.randn(3, 37, 4, 1, dtype=dtype)).requires_grad_()
     ours, official = attn(y), official_direction_attention(attn, y)
-    assert ours.shape == (3, 37, 24)
-    assert rel_err(ours, official) < tol
+    with torch.no_grad():  # the inference path: LayerNorm statistics per pixel, the gated sum in place
+        inference = attn(y)
+    assert ours.shape == inference.shape == (3, 37, 24)
+    assert rel_err(ours, official) < tol and rel_err(inference, official) < tol
     inputs = [y, *attn.parameters()]
     grad_out = torch.randn_like(ours)
     for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad_out),
