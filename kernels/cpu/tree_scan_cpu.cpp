@@ -343,7 +343,7 @@ int selective_forward(const Real* x, const Real* delta, const Real* A, const Rea
 }
 
 // GrootV's read-out of one vertex's D channels: out = LN2(LN1(h) * c + skip * x) * silu(z), LN_i with weight, bias
-// and eps_i over the channels (biased variance, two passes, sums in double).
+// and eps_i over the channels (biased variance, two passes).
 template <typename Real>
 struct Readout {
   const Real *skip, *w1, *b1, *w2, *b2;
@@ -352,12 +352,18 @@ struct Readout {
 
 template <typename Real>
 void normalise(const Real* in, int64_t channels, double eps, Real* mean, Real* inv_std) {
-  double sum = 0, squares = 0;
-  for (int64_t k = 0; k < channels; ++k) sum += in[k];
-  const double m = sum / channels;
-  for (int64_t k = 0; k < channels; ++k) squares += (in[k] - m) * (in[k] - m);
-  *mean = Real(m);
-  *inv_std = Real(1 / std::sqrt(squares / channels + eps));
+  constexpr int L = kLanes<Real>;
+  Vec<Real> sum{}, squares{};
+  for (int64_t k = 0; k < channels; k += L) sum += load(in + k, static_cast<int>(std::min<int64_t>(L, channels - k)));
+  const Real m = hsum<Real>(sum) / Real(channels);
+  for (int64_t k = 0; k < channels; k += L) {
+    const int n = static_cast<int>(std::min<int64_t>(L, channels - k));
+    Vec<Real> centred = load(in + k, n) - m;
+    for (int l = n; l < L; ++l) centred[l] = 0;  // lanes past the last channel
+    squares += centred * centred;
+  }
+  *mean = m;
+  *inv_std = Real(1 / std::sqrt(double(hsum<Real>(squares)) / channels + eps));
 }
 
 template <typename Real>

@@ -82,9 +82,10 @@ class TreeSSM(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
-        x = F.silu(x).permute(0, 2, 3, 1)  # (B, H, W, inner), contiguous
+        # in_proj as two matmuls (its weight's halves): x and z each come out contiguous, x channels-last for the conv
+        x_weight, z_weight = self.in_proj.weight.chunk(2, dim=0)
+        x, z = F.linear(x, x_weight), F.linear(x, z_weight)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)  # (B, H, W, inner), contiguous
         # the official scan runs in fp32 whatever the input dtype (fp64 stays fp64 here)
         xs = x.to(torch.promote_types(x.dtype, torch.float32))
         dtype = xs.dtype
