@@ -235,11 +235,26 @@ struct Rows {  // the block's channels of a (B, L, D) tensor's batch item
   Real* operator[](int64_t v) const { return base + v * stride; }
 };
 
+// Software prefetch of the rows a sweep reaches kAhead vertices later: breadth-first order jumps across the map, so
+// the hardware prefetcher cannot follow it.
+constexpr int64_t kAhead = 8;
+
+template <typename Real>
+inline void prefetch_row(const Real* row, int64_t width) {
+  for (int64_t k = 0; k < width; k += 64 / sizeof(Real)) __builtin_prefetch(row + k);
+}
+
 // up[parent(v)] += w[v] up[v] in reverse breadth-first order: the leaves-to-root sums, in place
 template <typename Real>
 void accumulate_to_root(Rows<const Real> w, const int64_t* order, const int64_t* parent, int64_t count,
                         int64_t width, Rows<Real> up) {
   for (int64_t i = count - 1; i > 0; --i) {
+    if (i > kAhead) {
+      const int64_t ahead = order[i - kAhead];
+      prefetch_row(up[ahead], width);
+      prefetch_row(w[ahead], width);
+      prefetch_row(up[parent[ahead]], width);
+    }
     const int64_t v = order[i];
     Real* __restrict__ to = up[parent[v]];
     const Real* __restrict__ from = up[v];
@@ -263,6 +278,12 @@ void root_to_leaves(Rows<const Real> up, Rows<const Real> w, const int64_t* orde
   if (count == 0) return;
   for (int64_t k = 0; k < width; ++k) y[order[0]][k] = up[order[0]][k];
   for (int64_t i = 1; i < count; ++i) {
+    if (i + kAhead < count) {
+      const int64_t ahead = order[i + kAhead];
+      prefetch_row(up[ahead], width);
+      prefetch_row(w[ahead], width);
+      prefetch_row(y[ahead], width);
+    }
     const int64_t v = order[i];
     const Real* wv = w[v];
     const Real* upv = up[v];
