@@ -68,24 +68,31 @@ void grid_edges(int64_t height, int64_t width, std::vector<int64_t>& ends) {
     }
 }
 
-// Boruvka: tree edges (pairs) in the order they are added; ties go to the lowest edge index.
+// Boruvka: tree edges (pairs) in the order they are added; ties go to the lowest edge index. Each round reads the
+// sets' representatives from `component` (refreshed after the round's unions; finds never move a root, so the
+// unions are those of a find per edge end) and scans only the edges still joining two sets, in index order.
 void boruvka(const std::vector<int64_t>& ends, const float* weights, int64_t count, std::vector<int64_t>& tree) {
   const int64_t edges = static_cast<int64_t>(ends.size()) / 2;
   DisjointSets sets(count);
-  std::vector<int64_t> cheapest(count);
+  std::vector<int64_t> cheapest(count, -1), component(count), live(edges);
+  for (int64_t v = 0; v < count; ++v) component[v] = v;
+  for (int64_t i = 0; i < edges; ++i) live[i] = i;
   tree.clear();
   int64_t components = count;
   while (components > 1) {
-    std::fill(cheapest.begin(), cheapest.end(), -1);
-    for (int64_t i = 0; i < edges; ++i) {
-      const int64_t a = sets.find(ends[2 * i]), b = sets.find(ends[2 * i + 1]);
+    int64_t kept = 0;
+    for (const int64_t i : live) {
+      const int64_t a = component[ends[2 * i]], b = component[ends[2 * i + 1]];
       if (a == b) continue;
+      live[kept++] = i;
       if (cheapest[a] == -1 || weights[cheapest[a]] > weights[i]) cheapest[a] = i;
       if (cheapest[b] == -1 || weights[cheapest[b]] > weights[i]) cheapest[b] = i;
     }
+    live.resize(kept);
     for (int64_t s = 0; s < count; ++s) {
       const int64_t pick = cheapest[s];
       if (pick == -1) continue;
+      cheapest[s] = -1;
       const int64_t a = ends[2 * pick], b = ends[2 * pick + 1];
       if (sets.find(a) == sets.find(b)) continue;
       tree.push_back(a);
@@ -93,6 +100,7 @@ void boruvka(const std::vector<int64_t>& ends, const float* weights, int64_t cou
       sets.unite(a, b);
       components -= 1;
     }
+    for (int64_t v = 0; v < count; ++v) component[v] = sets.find(v);
   }
 }
 
