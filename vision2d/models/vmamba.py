@@ -55,6 +55,12 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x) if overwritable(x) else F.gelu(x)
 
 
+@register_notrace_function  # torch.fx keeps it as one node: it branches on autograd's state
+def add_residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """x + branch, written into branch (a block's freshly made output) where autograd does not need it."""
+    return branch.add_(x) if overwritable(branch) else x + branch
+
+
 class GELU(nn.GELU):
     """nn.GELU (exact) computed in place where autograd does not need its input (`gelu`)."""
 
@@ -161,8 +167,8 @@ class VSSBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = add_residual(x, self.drop_path(self.mixer(self.norm1(x))))
+        return add_residual(x, self.drop_path2(self.mlp(self.norm2(x))))
 
 
 @register_notrace_module  # torch.fx keeps it as one node: it chooses a layout by the input's size
