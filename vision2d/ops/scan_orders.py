@@ -69,41 +69,45 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     """
     if H < 0 or W < 0:
         raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
-    # built on the host (it counts padding) once per map size and direction list, then copied to the device: meta
-    # and CUDA alike, and a caller may modify its copy
-    return _local_scan_orders_on_host(int(H), int(W), tuple(directions)).to(device, copy=True)
-
-
-@functools.lru_cache(maxsize=256)
-def _local_scan_orders_on_host(H: int, W: int, directions: tuple) -> Tensor:
-    device = "cpu"
-    grid = torch.arange(H * W, device=device).view(H, W)
-    sequences = []
-    for name in directions:
-        base, flip = (name[:-len("_flip")], True) if name.endswith("_flip") else (name, False)
-        if base == "h":
-            sequence = grid.reshape(-1)
-        elif base == "v":
-            sequence = grid.t().reshape(-1)
-        elif base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
-            k = int(base[1:])
-            rows, columns = -(-H // k), -(-W // k)
-            padded = torch.full((rows * k, columns * k), -1, dtype=torch.int64, device=device)
-            padded[:H, :W] = grid
-            sequence = padded.view(rows, k, columns, k).permute(0, 2, 1, 3).reshape(-1)
-        else:
-            raise ValueError(f"local_scan_orders: unknown direction {name!r}; expected h, v or w<k> (k >= 1), "
-                             f"each optionally with '_flip'")
-        sequences.append(sequence.flip(0) if flip else sequence)
+    H, W = int(H), int(W)
+    sequences = [_direction_sequence(H, W, name) for name in directions]
     length = max((len(s) for s in sequences), default=H * W)
-    orders = []
-    for sequence in sequences:
-        padding = sequence < 0
-        sequence = sequence.clone()
-        sequence[padding] = torch.arange(H * W, H * W + int(padding.sum()), device=device)
-        tail = torch.arange(H * W + int(padding.sum()), length, device=device)
-        orders.append(torch.cat([sequence, tail]))
-    return torch.stack(orders) if orders else torch.empty(0, length, dtype=torch.int64, device=device)
+    # each row built on the host once per map size, direction and length (cached), stacked into a new tensor, then
+    # moved: meta and CUDA alike
+    rows = [_order_row(H, W, name, length) for name in directions]
+    orders = torch.stack(rows) if rows else torch.empty(0, length, dtype=torch.int64, device="cpu")
+    return orders.to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _direction_sequence(H: int, W: int, name: str) -> Tensor:
+    """Direction `name`'s storage positions in scan order on the host, -1 at window padding."""
+    grid = torch.arange(H * W, device="cpu").view(H, W)
+    base, flip = (name[:-len("_flip")], True) if name.endswith("_flip") else (name, False)
+    if base == "h":
+        sequence = grid.reshape(-1)
+    elif base == "v":
+        sequence = grid.t().reshape(-1)
+    elif base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
+        k = int(base[1:])
+        rows, columns = -(-H // k), -(-W // k)
+        padded = torch.full((rows * k, columns * k), -1, dtype=torch.int64, device="cpu")
+        padded[:H, :W] = grid
+        sequence = padded.view(rows, k, columns, k).permute(0, 2, 1, 3).reshape(-1)
+    else:
+        raise ValueError(f"local_scan_orders: unknown direction {name!r}; expected h, v or w<k> (k >= 1), "
+                         f"each optionally with '_flip'")
+    return sequence.flip(0) if flip else sequence
+
+
+@functools.lru_cache(maxsize=64)
+def _order_row(H: int, W: int, name: str, length: int) -> Tensor:
+    """Direction `name`'s row of a (K, length) order on the host: its padding steps at positions H * W, H * W + 1,
+    ... in scan order, then the rest of the padding positions up to `length`."""
+    sequence = _direction_sequence(H, W, name).clone()
+    padding = sequence < 0
+    sequence[padding] = torch.arange(H * W, H * W + int(padding.sum()), device="cpu")
+    return torch.cat([sequence, torch.arange(H * W + int(padding.sum()), length, device="cpu")])
 
 
 def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
@@ -116,7 +120,7 @@ def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
     return _multiscale_scan_order_on_host(int(H), int(W)).to(device, copy=True)  # built once per size
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _multiscale_scan_order_on_host(H: int, W: int) -> Tensor:
     row_major = torch.arange(H * W, device="cpu")
     column_major = row_major.view(H, W).t().reshape(-1)
