@@ -389,14 +389,19 @@ def test_bad_inputs_raise_clear_errors():
         tree_scan(x, decay.double(), order, parent)
     with pytest.raises(ValueError, match=r"order must be \(B, L\)"):
         tree_scan(x, decay, order[:, :5], parent)
-    with pytest.raises(ValueError, match="permutation of 0..L-1 starting at the root"):
-        tree_scan(x, decay, order.flip(1), parent)
-    with pytest.raises(ValueError, match="parent must hold vertices"):
-        tree_scan(x, decay, order, parent + 100)
     swapped = order.clone()
     swapped[:, [1, -1]] = swapped[:, [-1, 1]]  # a leaf before the root's first child
-    with pytest.raises(ValueError, match="comes before its parent"):
-        tree_scan(x, decay, swapped, parent)
+    repeated = order.clone()
+    repeated[:, 2] = repeated[:, 1]
+    for backend in ("cpu", "reference"):  # checked natively by the cpu backend, with PyTorch by the others
+        with pytest.raises(ValueError, match="permutation of 0..L-1 starting at the root"):
+            tree_scan(x, decay, order.flip(1), parent, backend=backend)
+        with pytest.raises(ValueError, match="permutation of 0..L-1 starting at the root"):
+            tree_scan(x, decay, repeated, parent, backend=backend)
+        with pytest.raises(ValueError, match="parent must hold vertices"):
+            tree_scan(x, decay, order, parent + 100, backend=backend)
+        with pytest.raises(ValueError, match="comes before its parent"):
+            tree_scan(x, decay, swapped, parent, backend=backend)
     with pytest.raises(ValueError, match="must share B, H, W"):
         tree_scan_2d(x.view(1, 3, 4, 2), decay.view(1, 3, 4, 2), _channels_last(guide)[:, :2])
     with pytest.raises(ValueError, match="unknown .*backend"):
@@ -410,7 +415,7 @@ def test_bad_inputs_raise_clear_errors():
         selective_tree_scan(x, delta, A, B.unsqueeze(-1), order, parent)
     with pytest.raises(TypeError, match="delta_bias must be a torch.float32 tensor"):
         selective_tree_scan(x, delta, A, B, order, parent, delta_bias.double())
-    with pytest.raises(ValueError, match="selective_tree_scan: a vertex comes before its parent"):
+    with pytest.raises(ValueError, match="a vertex comes before its parent"):
         selective_tree_scan(x, delta, A, B, swapped, parent)
     y, x, z, C, D, w1, b1, w2, b2 = _readout_inputs(1, 4, 6, torch.float32)
     with pytest.raises(ValueError, match=r"C must be \(B, L\)"):

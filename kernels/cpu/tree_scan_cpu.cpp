@@ -477,6 +477,34 @@ int backward(const Real* dy, const Real* x, const Real* w, const int64_t* order,
 
 extern "C" {
 
+// 0 when each row of order (B, L) is a permutation of 0..L-1 starting at the root 0, whose parent is itself, and every
+// other vertex's parent in parent (B, L) comes before it in order; else the rule broken first (1, 2, 3: the keys of
+// tree_scan_ref.TREE_ERRORS); -1 when out of memory.
+int tree_check(const int64_t* order, const int64_t* parent, int64_t batch, int64_t count) {
+  std::vector<int64_t> position;
+  try {
+    position.resize(count);
+  } catch (const std::bad_alloc&) {
+    return -1;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t *order_b = order + b * count, *parent_b = parent + b * count;
+    std::fill(position.begin(), position.end(), -1);
+    if (count > 0 && order_b[0] != 0) return 1;
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t v = order_b[i];
+      if (v < 0 || v >= count || position[v] != -1) return 1;
+      position[v] = i;
+    }
+    if (count > 0 && parent_b[0] != 0) return 2;
+    for (int64_t v = 0; v < count; ++v)
+      if (parent_b[v] < 0 || parent_b[v] >= count) return 2;
+    for (int64_t v = 1; v < count; ++v)
+      if (position[parent_b[v]] >= position[v]) return 3;
+  }
+  return 0;
+}
+
 // guide (B, H, W, C) channels-last, float or double; writes order, parent (B, H*W) int64.
 int tree_build_f32(const float* guide, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t* order,
                    int64_t* parent, int threads) {

@@ -140,7 +140,8 @@ def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
 
 
 def _check_scan_inputs(x, decay, order, parent, op="tree_scan", decay_name="decay"):
-    """x and decay (or delta) (B, L, D) of one float dtype, order and parent (B, L) int64 describing a tree."""
+    """x and decay (or delta) (B, L, D) of one float dtype, order and parent (B, L) int64; the backends check that
+    order and parent describe a tree (`tree_scan_ref.check_tree`, natively in the cpu backend)."""
     for name, t in {"x": x, decay_name: decay, "order": order, "parent": parent}.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -158,23 +159,6 @@ def _check_scan_inputs(x, decay, order, parent, op="tree_scan", decay_name="deca
             raise TypeError(f"{op}: {name} must be int64 (from build_tree), got {t.dtype}")
         if tuple(t.shape) != (x.shape[0], x.shape[1]):
             raise ValueError(f"{op}: {name} must be (B, L) = {(x.shape[0], x.shape[1])}, got {tuple(t.shape)}")
-    if order.device.type == "cpu" and order.numel() > 0 and not torch.compiler.is_compiling():
-        _check_tree(order, parent, op)
-
-
-def _check_tree(order: Tensor, parent: Tensor, op: str = "tree_scan"):
-    """The kernels index with order and parent: each row of order must be a permutation of 0..L-1 starting at the
-    root, whose parent is itself, and every other vertex's parent must come before it in order."""
-    count = order.shape[1]
-    if not torch.equal(order.sort(dim=1).values, torch.arange(count).expand_as(order)) or (order[:, 0] != 0).any():
-        raise ValueError(f"{op}: every row of order must be a permutation of 0..L-1 starting at the root 0 "
-                         "(use build_tree)")
-    if parent.min() < 0 or parent.max() >= count or (parent[:, 0] != 0).any():
-        raise ValueError(f"{op}: parent must hold vertices 0..L-1, the root 0 its own parent (use build_tree)")
-    position = torch.empty_like(order).scatter_(1, order, torch.arange(count).expand_as(order))
-    if (position.gather(1, parent)[:, 1:] >= position[:, 1:]).any():
-        raise ValueError(f"{op}: a vertex comes before its parent in order: order must be breadth-first (or any "
-                         "parents-first order) of the tree parent describes (use build_tree)")
 
 
 def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: Optional[str] = None) -> Tensor:

@@ -10,10 +10,13 @@ import torch
 from torch import Tensor
 
 from .native import NativeLibrary
+from .tree_scan_ref import TREE_ERRORS
 
 
 def _declare(lib: ctypes.CDLL):
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.tree_check.argtypes = [ptr, ptr, i64, i64]
+    lib.tree_check.restype = i32
     for suffix in ("f32", "f64"):
         build = getattr(lib, f"tree_build_{suffix}")
         build.argtypes = [ptr] + [i64] * 4 + [ptr, ptr, i32]
@@ -57,6 +60,19 @@ def build_tree(guide: Tensor) -> Tuple[Tensor, Tensor]:
     return order.to(guide.device), parent.to(guide.device)
 
 
+def _checked_tree(order: Tensor, parent: Tensor) -> Tuple[Tensor, Tensor]:
+    """order and parent contiguous; ValueError (`tree_scan_ref.TREE_ERRORS`) unless they describe a tree, checked
+    natively (the kernels index with both)."""
+    order, parent = order.contiguous(), parent.contiguous()
+    if order.numel() > 0:
+        code = LIBRARY.load().tree_check(order.data_ptr(), parent.data_ptr(), *order.shape)
+        if code == -1:
+            raise MemoryError("tree_scan: out of memory checking the tree")
+        if code != 0:
+            raise ValueError(TREE_ERRORS[code])
+    return order, parent
+
+
 def _kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -69,7 +85,7 @@ def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
     """y (B, L, D) in x's dtype; x, decay (B, L, D), order, parent (B, L) int64."""
     kd = _kernel_dtype(x.dtype)
     x_, decay_ = x.to(kd).contiguous(), decay.to(kd).contiguous()
-    order, parent = order.contiguous(), parent.contiguous()
+    order, parent = _checked_tree(order, parent)
     y = torch.empty(x.shape, dtype=kd)
     if y.numel() > 0:
         LIBRARY.call(f"tree_scan_forward_{_suffix(kd)}", x_.data_ptr(), decay_.data_ptr(), order.data_ptr(),
@@ -83,7 +99,7 @@ def selective_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias
     kd = _kernel_dtype(x.dtype)
     x_, delta_, A_, B_ = (t.to(kd).contiguous() for t in (x, delta, A, B))
     bias = None if delta_bias is None else delta_bias.to(kd).contiguous()
-    order, parent = order.contiguous(), parent.contiguous()
+    order, parent = _checked_tree(order, parent)
     y = torch.empty(x.shape, dtype=kd)
     if y.numel() > 0:
         LIBRARY.call(f"tree_scan_selective_forward_{_suffix(kd)}", x_.data_ptr(), delta_.data_ptr(), A_.data_ptr(),
@@ -115,7 +131,7 @@ def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor
     """(dx, ddecay) in x's and decay's dtypes; y is the forward's output."""
     kd = _kernel_dtype(x.dtype)
     dy_, x_, decay_, y_ = (t.to(kd).contiguous() for t in (dy, x, decay, y))
-    order, parent = order.contiguous(), parent.contiguous()
+    order, parent = _checked_tree(order, parent)
     dx, ddecay = torch.empty(x.shape, dtype=kd), torch.empty(x.shape, dtype=kd)
     if dx.numel() > 0:
         LIBRARY.call(f"tree_scan_backward_{_suffix(kd)}", dy_.data_ptr(), x_.data_ptr(), decay_.data_ptr(),

@@ -153,6 +153,31 @@ def build_tree(guide: Tensor) -> Tuple[Tensor, Tensor]:
     return as_tensor(orders), as_tensor(parents)
 
 
+TREE_ERRORS = {
+    1: "tree_scan: every row of order must be a permutation of 0..L-1 starting at the root 0 (use build_tree)",
+    2: "tree_scan: parent must hold vertices 0..L-1, the root 0 its own parent (use build_tree)",
+    3: "tree_scan: a vertex comes before its parent in order: order must be breadth-first (or any parents-first order) "
+       "of the tree parent describes (use build_tree)",
+}
+
+
+def check_tree(order: Tensor, parent: Tensor):
+    """Raise ValueError (`TREE_ERRORS`) unless each row of order (B, L) is a permutation of 0..L-1 starting at the
+    root 0, whose parent is itself, and every other vertex's parent in parent (B, L) comes before it in order: the
+    kernels index with both."""
+    if order.numel() == 0:
+        return
+    count = order.shape[1]
+    steps = torch.arange(count, device=order.device).expand_as(order)
+    if not torch.equal(order.sort(dim=1).values, steps) or (order[:, 0] != 0).any():
+        raise ValueError(TREE_ERRORS[1])
+    if parent.min() < 0 or parent.max() >= count or (parent[:, 0] != 0).any():
+        raise ValueError(TREE_ERRORS[2])
+    position = torch.empty_like(order).scatter_(1, order, steps)
+    if (position.gather(1, parent)[:, 1:] >= position[:, 1:]).any():
+        raise ValueError(TREE_ERRORS[3])
+
+
 def _leaves_to_root(x: Tensor, decay: Tensor, order: List[int], parent: List[int]) -> List[Tensor]:
     """up[v] = x[v] + sum over children c of decay[c] * up[c], for one batch item; x, decay (L, D); a list of (D,)."""
     up = list(x.unbind(0))
@@ -207,10 +232,12 @@ def tree_scan_ref_backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor,
 
 
 def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
+    check_tree(order, parent)
     return tree_scan_ref(x, decay, order, parent)
 
 
 def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):
+    check_tree(order, parent)
     return tree_scan_ref_backward(dy, x, decay, order, parent)
 
 

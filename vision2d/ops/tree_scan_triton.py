@@ -113,6 +113,12 @@ if triton is not None:
             tl.store(dw_ptr + c * D + d, up_x_c * (dx_p - w_c * up_dy_c) + up_dy_c * (y_p - w_c * up_x_c), mask=mask)
 
 
+def _check_tree_on_host(order: Tensor, parent: Tensor):
+    """The tree check for CPU tensors (the interpreter); CUDA trees come from build_tree and are not re-read."""
+    if order.device.type == "cpu":
+        tree_scan_ref.check_tree(order, parent)
+
+
 def build_tree(guide: Tensor):
     return tree_scan_cpu.build_tree(guide)
 
@@ -126,6 +132,7 @@ def _launch(kernel, batch: int, channels: int, count: int, *tensors):
 
 def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
     """y (B, L, D) in x's dtype."""
+    _check_tree_on_host(order, parent)
     kd = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, count, channels = x.shape
     x_, w_ = x.to(kd).contiguous(), decay.to(kd).contiguous()
@@ -136,6 +143,7 @@ def forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
 
 def backward(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor):
     """(dx, ddecay) in x's and decay's dtypes."""
+    _check_tree_on_host(order, parent)
     kd = torch.float64 if x.dtype == torch.float64 else torch.float32
     batch, count, channels = x.shape
     dy_, x_, w_, y_ = (t.to(kd).contiguous() for t in (dy, x, decay, y))
