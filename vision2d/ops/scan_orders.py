@@ -33,6 +33,19 @@ def zigzag_scan_orders(H: int, W: int, device=None) -> Tensor:
     return torch.stack([row_snake, row_snake.flip(0), column_snake, column_snake.flip(0)])
 
 
+def _host_cached(maxsize: int):
+    """Decorator: eager calls go through an LRU cache of `maxsize` results; torch.compile traces the function itself
+    (its result becomes a constant of the graph; dynamo warns about lru_cache wrappers)."""
+    def wrap(builder):
+        cached = functools.lru_cache(maxsize=maxsize)(builder)
+
+        @functools.wraps(builder)
+        def lookup(*args):
+            return builder(*args) if torch.compiler.is_compiling() else cached(*args)
+        return lookup
+    return wrap
+
+
 MOVE_START, MOVE_RIGHT, MOVE_LEFT, MOVE_UP, MOVE_DOWN = range(5)
 
 
@@ -79,7 +92,7 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     return orders.to(device)
 
 
-@functools.lru_cache(maxsize=64)
+@_host_cached(maxsize=64)
 def _direction_sequence(H: int, W: int, name: str) -> Tensor:
     """Direction `name`'s storage positions in scan order on the host, -1 at window padding."""
     grid = torch.arange(H * W, device="cpu").view(H, W)
@@ -100,7 +113,7 @@ def _direction_sequence(H: int, W: int, name: str) -> Tensor:
     return sequence.flip(0) if flip else sequence
 
 
-@functools.lru_cache(maxsize=64)
+@_host_cached(maxsize=64)
 def _order_row(H: int, W: int, name: str, length: int) -> Tensor:
     """Direction `name`'s row of a (K, length) order on the host: its padding steps at positions H * W, H * W + 1,
     ... in scan order, then the rest of the padding positions up to `length`."""
@@ -120,7 +133,7 @@ def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
     return _multiscale_scan_order_on_host(int(H), int(W)).to(device, copy=True)  # built once per size
 
 
-@functools.lru_cache(maxsize=32)
+@_host_cached(maxsize=32)
 def _multiscale_scan_order_on_host(H: int, W: int) -> Tensor:
     row_major = torch.arange(H * W, device="cpu")
     column_major = row_major.view(H, W).t().reshape(-1)
