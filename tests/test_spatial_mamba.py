@@ -253,6 +253,33 @@ def test_any_size_forward_backward(size):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_eval_shortcuts_are_exact(official_sd):
+    """In eval mode the stem and the downsamplings run image by image (a batch gives what its images give one by one)
+    and each BatchNorm is folded into its conv (the same as conv -> BatchNorm with the running statistics)."""
+    model = timm.create_model("test_spatial_mamba")
+    model.load_state_dict(spatial_mamba.checkpoint_filter_fn(official_sd, model))
+    x = torch.randn(3, 3, 40, 56)
+    with torch.no_grad():
+        eval_out = model.eval()(x)
+        one_by_one = torch.cat([model(image) for image in x.split(1)])
+        stem = model.stem
+        calls = []
+        stem.forward_batch = lambda images, f=stem.forward_batch: calls.append(len(images)) or f(images)
+        model(x)
+    assert calls == [1, 1, 1]
+    torch.testing.assert_close(eval_out, one_by_one, rtol=1e-5, atol=1e-5)
+    reference = spatial_mamba.ConvNormAct(3, 8, 3, stride=2, bias=True)
+    with torch.no_grad():
+        reference.norm.running_mean.normal_()
+        reference.norm.running_var.uniform_(0.5, 2.0)
+        reference.norm.weight.normal_()
+        image = torch.randn(2, 3, 9, 11)
+        folded = reference.eval()(image)
+        expected = F.relu(F.batch_norm(reference.conv(image), reference.norm.running_mean, reference.norm.running_var,
+                                       reference.norm.weight, reference.norm.bias, False, 0.0, reference.norm.eps))
+    torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input_and_config_errors():
     model = timm.create_model("test_spatial_mamba")
     with pytest.raises(ValueError, match="3 input channels, got 1"):

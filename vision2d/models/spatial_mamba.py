@@ -52,18 +52,35 @@ class ConvNormAct(nn.Module):
         self.norm = nn.BatchNorm2d(out_chs, **dd) if norm else nn.Identity()
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
+    @torch.jit.unused
+    def forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv with the eval-mode BatchNorm folded into its weight and bias."""
+        conv, norm = self.conv, self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        return F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.norm, nn.BatchNorm2d) and not self.training:  # eval: BatchNorm folded into the conv
-            conv, norm = self.conv, self.norm
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            shift = norm.bias - norm.running_mean * scale
-            if conv.bias is not None:
-                shift = shift + conv.bias * scale
-            return self.act(F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding,
-                                     conv.dilation, conv.groups))
-        return self.act(self.norm(self.conv(x)))
+        if torch.jit.is_scripting() or self.training or not isinstance(self.norm, nn.BatchNorm2d):
+            return self.act(self.norm(self.conv(x)))
+        return self.act(self.forward_folded(x))
 
 
+@torch.jit.unused
+def image_by_image(x: torch.Tensor, training: bool) -> bool:
+    """Whether the stem / a downsampling runs image by image: in eager eval mode on a batch. Their wide maps (up to 8x
+    the channels at full resolution) then stay in cache instead of streaming through memory (spatial_mamba_tiny,
+    batch 16, 1 thread: 2818 -> 2365 ms); BatchNorm in eval mode works per image, so the result is the same. Training
+    (batch statistics), TorchScript and compiled graphs keep the batch."""
+    if training or torch.compiler.is_compiling():
+        return False
+    return x.shape[0] > 1
+
+
+@register_notrace_module  # torch.fx: a leaf (it runs image by image by the batch size)
 class Stem(nn.Module):
     """Stride-4 conv stem (official Stem): 3x3/2 -> residual pair of 3x3 -> 3x3/2 to 4d -> 1x1 to d, BatchNorm after
     every conv; NCHW in, (B, ceil(ceil(H/2)/2), ..., d) channels-last out."""
@@ -78,11 +95,17 @@ class Stem(nn.Module):
         self.conv3 = nn.Sequential(ConvNormAct(half, 4 * dim, 3, stride=2, bias=False, **dd),
                                    ConvNormAct(4 * dim, dim, 1, bias=False, act=False, **dd))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         return self.conv3(self.conv2(x) + x).permute(0, 2, 3, 1)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or not image_by_image(x, self.training):
+            return self.forward_batch(x)
+        return torch.cat([self.forward_batch(image) for image in x.split(1)])
 
+
+@register_notrace_module  # torch.fx: a leaf (it runs image by image by the batch size)
 class Downsample(nn.Module):
     """Official DownSampling: 1x1 to 8 dim (ReLU) -> depthwise 3x3/2 (ReLU) -> 1x1 to 2 dim (BatchNorm), convs with
     bias; (B, H, W, dim) -> (B, ceil(H/2), ceil(W/2), 2 dim)."""
@@ -95,8 +118,13 @@ class Downsample(nn.Module):
                                   ConvNormAct(wide, wide, 3, stride=2, groups=wide, norm=False, **dd),
                                   ConvNormAct(wide, 2 * dim, 1, act=False, **dd))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or not image_by_image(x, self.training):
+            return self.forward_batch(x)
+        return torch.cat([self.forward_batch(image) for image in x.split(1)])
 
 
 class StateFusion(nn.Module):
@@ -199,17 +227,16 @@ class SpatialMambaBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     @staticmethod
-    def plus_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        """x + conv(x) as one depthwise 3x3 conv, the identity added to the kernel's centre tap; (B, H, W, C)."""
-        identity = conv.weight.new_zeros(3, 3)
-        identity[1, 1] = 1
-        return F.conv2d(x.permute(0, 3, 1, 2), conv.weight + identity, conv.bias, padding=1,
-                        groups=conv.groups).permute(0, 2, 3, 1)
+    def plus_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """x + DWConv3x3(x) as one depthwise 3x3 conv, the identity added to the kernel's centre tap; (B, H, W, C)."""
+        identity = F.pad(weight.new_ones(1, 1), (1, 1, 1, 1))  # (3, 3): 1 at the centre
+        return F.conv2d(x.permute(0, 3, 1, 2), weight + identity, bias, padding=1,
+                        groups=x.shape[-1]).permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.plus_conv(self.cpe1, x)
+        x = self.plus_conv(x, self.cpe1.weight, self.cpe1.bias)
         x = x + self.drop_path1(self.mixer(self.norm1(x)))
-        x = self.plus_conv(self.cpe2, x)
+        x = self.plus_conv(x, self.cpe2.weight, self.cpe2.bias)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
