@@ -220,6 +220,30 @@ def test_direction_attention_equals_the_official_formula(dtype, tol):
         assert rel_err(g_ours, g_official) < tol
 
 
+def test_residual_add_keeps_the_sums_dtype():
+    """The blocks' residual sum goes into the branch's buffer only when that buffer has the sum's dtype (CUDA autocast:
+    a float16 branch on a float32 stream gets a new float32 sum, as x + branch)."""
+    x, branch = torch.randn(3, 5), torch.randn(3, 5)
+    expected = x + branch
+    out = localmamba.residual_add(x, branch)
+    assert out is branch and torch.equal(out, expected)
+    low = torch.randn(3, 5).to(torch.bfloat16)
+    out = localmamba.residual_add(x, low)
+    assert out.dtype == torch.float32 and torch.equal(out, x + low.float())
+
+
+def test_bfloat16_autocast_inference_is_close_to_float32():
+    """Under CPU autocast the direction attention takes its plain path (no bf16 statistics' products)."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_localmamba").eval()
+    x = torch.randn(2, 3, 64, 72)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+    assert rel_err(logits.float(), expected) < 0.05
+
+
 @pytest.mark.parametrize("size", [(4, 4), (61, 37)])
 def test_any_size_forward_backward(size):
     model = timm.create_model("test_localmamba", num_classes=5)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, register_model, register_notrace_module
+from timm.models import build_model_with_cfg, register_model, register_notrace_function, register_notrace_module
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
@@ -74,15 +74,25 @@ def pixel_mean_of_layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (weighted - (mean * rstd).sum(1).unsqueeze(-1).to(x.dtype)) / length
 
 
+@register_notrace_function  # torch.fx keeps it as one node: it branches on dtypes
+def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """x + branch, written into the branch's fresh output (no new buffer) when that holds the sum's dtype (under
+    autocast a bf16 branch added to a float32 stream makes a new float32 tensor, as x + branch does)."""
+    if branch.dtype == torch.promote_types(branch.dtype, x.dtype):
+        return branch.add_(x)
+    return x + branch
+
+
 class DirectionAttention(nn.Module):
     """Per-direction channel gate (official BiAttn) and the sum over directions: sum_k t_k * sigmoid(select(GELU(
     reduce(mean over pixels of LN(t_k))))).
 
     (B, L, K, E) in, (B, L, E) out: one gate of E channels per sample and direction, from the same weights for all K.
     Without autograd (inference) the LayerNorm's pixel mean comes from per-pixel statistics
-    (`pixel_mean_of_layer_norm`, `norm`'s affine applied after the mean) and the gated sum reads each direction in
-    place: CPU time at 56x56x192, K = 4, 1 thread, batch 16: 83 ms vs 275 ms. With autograd the plain composition
-    runs, whose backward writes fewer full-size gradients (batch 2, forward + backward: 26 vs 43 ms).
+    (`pixel_mean_of_layer_norm`, `norm`'s affine applied after the mean; float32 / float64 outside autocast) and the
+    gated sum reads each direction in place: CPU time at 56x56x192, K = 4, 1 thread, batch 16: 83 ms vs 275 ms.
+    With autograd the plain composition runs, whose backward writes fewer full-size gradients (batch 2, forward +
+    backward: 26 vs 43 ms).
     """
 
     def __init__(self, dim: int, reduce_ratio: float = 0.125, device=None, dtype=None):
@@ -94,7 +104,8 @@ class DirectionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         training = torch.is_grad_enabled()
-        if training:
+        # the statistics' weighted sum needs float32 products (not bf16 / fp16 inputs, nor autocast's bmm)
+        if training or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
             pooled = self.norm(x).mean(1)
         else:
             pooled = pixel_mean_of_layer_norm(x, self.norm.eps) * self.norm.weight + self.norm.bias  # (B, K, E)
@@ -161,7 +172,7 @@ class LocalVSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop_path(self.mixer(self.norm1(x))).add_(x)  # x + branch, into the branch's fresh output
+        return residual_add(x, self.drop_path(self.mixer(self.norm1(x))))
 
 
 class PatchMerging(nn.Module):
