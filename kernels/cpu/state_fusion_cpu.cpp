@@ -1,7 +1,11 @@
-// Spatial-Mamba's two ops for CPUs, forward and backward, loaded by vision2d/ops/state_scan_cpu.py and
-// vision2d/ops/state_fusion_cpu.py through ctypes:
-//   state scan    the 1D selective scan (one direction) returning every hidden state; math in state_scan_ref.py
-//   state fusion  depthwise k x k cross-correlation over border-replicated input; math in state_fusion_ref.py
+// Spatial-Mamba's ops for CPUs, loaded by vision2d/ops/state_scan_cpu.py and vision2d/ops/state_fusion_cpu.py
+// through ctypes:
+//   state scan         the 1D selective scan (one direction) returning every hidden state (forward and backward);
+//                      math in state_scan_ref.py
+//   state fusion       depthwise k x k cross-correlation over border-replicated input (forward and backward); math in
+//                      state_fusion_ref.py
+//   state scan fusion  the forward of both with the C read-out, D skip, LayerNorm and SiLU gate, the states held in a
+//                      buffer of one image's states; math in state_scan_fusion.py (its backward composes the above)
 // Every tensor is contiguous and channels-last, in the state type Real (float, or double for float64 inputs):
 // u, delta (batch, L, E); A (E, N); B (batch, L, N); delta_bias (E) or null; states h (batch, L, N, E); fusion input
 // and output (batch, H, W, C); fusion weight transposed to (k * k, C). Build: g++ -O3 -march=native -fopenmp

@@ -1,6 +1,6 @@
 """The "cpu" backend of `state_fusion`: the C++/OpenMP kernel `kernels/cpu/state_fusion_cpu.cpp` (which also holds
-the `state_scan` kernel and the fused forward of `state_scan_fusion`, `scan_fusion_forward` here), loaded with ctypes through `native.NativeLibrary`. Half-precision inputs are widened to
-float32 here and outputs cast back.
+the `state_scan` kernel and the fused forward of `state_scan_fusion`, `scan_fusion_forward` here), loaded with ctypes
+through `native.NativeLibrary`. Half-precision inputs are widened to float32 here and outputs cast back.
 """
 import ctypes
 from typing import Optional
