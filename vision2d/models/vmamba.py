@@ -8,6 +8,7 @@ compute the same per-pixel math. The stem, the downsampling convs and returned f
 directions are index maps (`cross_scan_orders`) read by `selective_scan`, which also sums them back (no copies of the
 map in scan order).
 """
+import functools
 import math
 import re
 from collections import OrderedDict
@@ -53,6 +54,20 @@ def overwritable(x: torch.Tensor) -> bool:
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact GELU, in place where autograd does not need x (`overwritable`)."""
     return torch.ops.aten.gelu_(x) if overwritable(x) else F.gelu(x)
+
+
+@functools.lru_cache(maxsize=32)
+def _stored_cross_scan_orders(H: int, W: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # an ordinary tensor, usable by autograd after an inference-mode call
+        return cross_scan_orders(H, W, device=device)
+
+
+def cached_cross_scan_orders(H: int, W: int, device: torch.device) -> torch.Tensor:
+    """`cross_scan_orders(H, W)` on `device`, built once per size and device (every block of a stage scans the same
+    map; the ops only read it). Built afresh while compiling and on the meta device."""
+    if torch.compiler.is_compiling() or device.type == "meta":
+        return cross_scan_orders(H, W, device=device)
+    return _stored_cross_scan_orders(H, W, device)
 
 
 @register_notrace_function  # torch.fx keeps it as one node: it branches on autograd's state
@@ -145,7 +160,7 @@ class SS2D(nn.Module):
             y = selective_scan_2pass(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, height=H, width=W)
         else:  # the scan projects dts by dt_proj as it runs (delta (batch, L, K, E) is never stored)
             y = selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True,
-                               order=cross_scan_orders(H, W, device=u.device), merge=True,
+                               order=cached_cross_scan_orders(H, W, u.device), merge=True,
                                delta_proj_weight=self.dt_projs_weight)
         return self.out_proj(self.out_norm(y.view(batch, H, W, E)))
 
