@@ -164,8 +164,10 @@ class ConvPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(self.stem(x))
-        size = self.proj_size
-        x = F.pad(x, (0, -x.shape[3] % size, 0, -x.shape[2] % size))
+        H, W, size = x.shape[2], x.shape[3], self.proj_size
+        # padding to the next multiple by floor division, not `-H % size`: a symbolic modulo in the size makes
+        # torch.compile's training graphs fail with dynamic shapes (PyTorch 2.14 cannot turn it into tensor math)
+        x = F.pad(x, (0, (W + size - 1) // size * size - W, 0, (H + size - 1) // size * size - H))
         return self.proj(x)
 
 

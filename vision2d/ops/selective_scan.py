@@ -40,13 +40,14 @@ def _scan_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor
     grads = SELECTIVE_SCAN_BACKENDS.backward(backend, dy.contiguous(), u, delta, A, B, C, D, delta_bias,
                                              delta_softplus, order, merge, delta_proj_weight)
     # a custom op cannot return None: an absent D / delta_bias / delta_proj_weight gets an empty placeholder that
-    # autograd drops
-    return [g if g is not None else u.new_empty(0) for g in grads]
+    # autograd drops. Contiguous, as the fake promises (Inductor checks the strides; the low-rank delta gradient of
+    # an einsum is not)
+    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_backward_op.register_fake
 def _(dy, u, delta, A, B, C, D, delta_bias, order, delta_softplus, merge, backend, delta_proj_weight=None):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0)
             for t in (u, delta, A, B, C, D, delta_bias, delta_proj_weight)]
 
 
