@@ -201,7 +201,8 @@ def _selective_inputs(shape, dtype, seed=0):
     A = -torch.exp(torch.randn(channels, generator=generator))
     B = torch.randn(batch, count, generator=generator)
     delta_bias = torch.randn(channels, generator=generator)
-    return [t.to(dtype) for t in (x, delta, A, B, delta_bias)], torch.randn(batch, 4, height, width, generator=generator)
+    guide = torch.randn(batch, 4, height, width, generator=generator)
+    return [t.to(dtype) for t in (x, delta, A, B, delta_bias)], guide
 
 
 def assert_selective_matches_reference(backend, dtype, shape, with_bias=True):
@@ -233,8 +234,8 @@ def test_selective_is_tree_scan_of_its_inputs():
     expected = tree_scan_2d((dt * B.unsqueeze(-1) * x).view(2, 5, 4, 6), torch.exp(dt * A).view(2, 5, 4, 6),
                             _channels_last(guide), backend="reference")
     for backend in ("reference", "cpu"):
-        y = selective_tree_scan_2d(x.view(2, 5, 4, 6), delta.view(2, 5, 4, 6), A, B.view(2, 5, 4), _channels_last(guide),
-                                   delta_bias, backend=backend)
+        y = selective_tree_scan_2d(x.view(2, 5, 4, 6), delta.view(2, 5, 4, 6), A, B.view(2, 5, 4),
+                                   _channels_last(guide), delta_bias, backend=backend)
         torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
 
 

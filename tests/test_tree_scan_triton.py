@@ -33,7 +33,8 @@ def test_triton_matches_reference(dtype, shape):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", shard([pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]))
+@pytest.mark.parametrize("dtype", shard([pytest.param(torch.float32, id="fp32"),
+                                         pytest.param(torch.float64, id="fp64")]))
 def test_triton_selective_matches_reference(dtype):
     require_backend(TREE_SCAN, "triton")
     assert_selective_matches_reference("triton", dtype, SHAPES[3])

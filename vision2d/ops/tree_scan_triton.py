@@ -1,9 +1,9 @@
 """Triton kernels of the tree scan's propagation (the "triton" backend); trees are built on the host by the compiled
 CPU kernel (`tree_scan_cpu.build_tree`), as the official code builds them.
 
-Same arguments and math as `tree_scan_ref`; the selective form computes its inputs with PyTorch, then runs these kernels. One program per (batch item, block of BLOCK_D channels) sweeps the
-vertices in breadth-first order, the channels of a vertex one vector: leaves to root (up[parent] += w * up), then root
-to leaves in place. Tensors are vertex-major (B, L, D): a vertex's channels are contiguous.
+Same arguments and math as `tree_scan_ref`; the selective form computes its inputs with PyTorch, then runs these
+kernels. One program per (batch item, block of BLOCK_D channels) sweeps the vertices in breadth-first order, the
+channels of a vertex one vector: leaves to root (up[parent] += w * up), then root to leaves in place. Tensors are vertex-major (B, L, D): a vertex's channels are contiguous.
 Each sweep step reads what an earlier step of the same program wrote, through global memory, so the loops must not be
 software-pipelined (num_stages=1). fp32, bf16 and fp16 inputs run in fp32, fp64 in fp64.
 
