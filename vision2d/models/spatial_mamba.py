@@ -199,7 +199,8 @@ class StructureAwareSSM(nn.Module):
         batch, H, W, _ = x.shape
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         # in_proj as its x and z halves: both contiguous, so the conv reads x in place (channels-last memory format)
-        x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
+        weight_x, weight_z = self.in_proj.weight.chunk(2)  # (one concatenation in the backward)
+        x, z = F.linear(x, weight_x), F.linear(x, weight_z)
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))

@@ -90,27 +90,22 @@ def _(u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate, de
 
 
 def _norm_and_gate_backward(dout, y, norm_weight, norm_bias, norm_eps, gate):
-    """(dy, dnorm_weight, dnorm_bias, dgate) of `_norm_and_gate` at y (batch, L, E), written out (state dtype)."""
-    g, dnorm_weight, dnorm_bias, dgate = dout, None, None, None
-    normed = y
+    """(dy, dnorm_weight, dnorm_bias, dgate) of `_norm_and_gate` at y (batch, L, E) (state dtype; None for what is
+    absent), by ATen's LayerNorm and SiLU backward kernels."""
+    E, cast = y.shape[-1], (lambda t: None if t is None else t.to(y.dtype))
+    norm_weight, norm_bias = cast(norm_weight), cast(norm_bias)
+    normed, g, dnorm_weight, dnorm_bias, dgate = y, dout, None, None, None
     if norm_eps is not None:
-        mean = y.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(y.var(-1, unbiased=False, keepdim=True) + norm_eps)
-        x_hat = (y - mean) * rstd
-        normed = x_hat if norm_weight is None else x_hat * norm_weight.to(y.dtype)
-        normed = normed if norm_bias is None else normed + norm_bias.to(y.dtype)
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(y, [E], norm_weight, norm_bias, norm_eps)
     if gate is not None:
         z = gate.to(y.dtype).view(y.shape)
-        sigmoid = torch.sigmoid(z)
-        dgate = g * normed * sigmoid * (1 + z * (1 - sigmoid))
-        g = g * z * sigmoid
+        dgate = torch.ops.aten.silu_backward(g * normed, z)
+        g = g * F.silu(z)
     if norm_eps is None:
         return g, dnorm_weight, dnorm_bias, dgate
-    if norm_weight is not None:
-        dnorm_weight = (g * x_hat).sum((0, 1))
-    dnorm_bias = g.sum((0, 1))
-    d_hat = g if norm_weight is None else g * norm_weight.to(y.dtype)
-    dy = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
+    mask = [True, norm_weight is not None, norm_bias is not None]
+    dy, dnorm_weight, dnorm_bias = torch.ops.aten.native_layer_norm_backward(g, y, [E], mean, rstd, norm_weight,
+                                                                             norm_bias, mask)
     return dy, dnorm_weight, dnorm_bias, dgate
 
 
