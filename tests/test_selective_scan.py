@@ -11,7 +11,8 @@ from selective_scan_cases import SHAPES, make_inputs, make_low_rank_inputs, rand
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 LOW_RANK_GRAD_NAMES = GRAD_NAMES + ("delta_proj_weight",)
-LOW_RANK_SHAPES = [(2, 7, 4, 5, 1, 2), (1, 9, 2, 18, 16, 3), (2, 6, 4, 33, 1, 1)]  # (batch, L, K, E, N, R)
+# (batch, L, K, E, N, R); K R <= 48 projects with the block-diagonal weight, the last (K R = 52) with batched products
+LOW_RANK_SHAPES = [(2, 7, 4, 5, 1, 2), (1, 9, 2, 18, 16, 3), (2, 6, 4, 33, 1, 1), (1, 5, 4, 7, 2, 13)]
 
 
 def with_delta_projection(scan):

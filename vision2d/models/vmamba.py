@@ -26,6 +26,7 @@ from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
+from ..ops.selective_scan_ref import project_delta
 
 __all__ = ["VMamba", "checkpoint_filter_fn", "released_checkpoint_globals"]
 
@@ -84,18 +85,10 @@ class GELU(nn.GELU):
 
 
 def direction_step_sizes(dts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Each direction's dt_proj: (batch, L, K, R) low-rank steps x (K, E, R) weights -> contiguous (batch, L, K, E).
-
-    Narrow projections (K R <= 48: VMamba's first two stages) run as one matmul with the block-diagonal weight, which
-    writes delta in its final layout; wider ones as a batched einsum. Measured on CPU (1 thread, K = 4): batch 16 at
-    56x56x96 49 ms vs 87 ms and at 28x28x192 28 ms vs 46 ms; batch 1 0.8 vs 0.6 ms and 0.6 vs 0.3 ms.
-    """
-    weight = weight.to(dts.dtype)  # dtype as the activations under autocast
-    batch, L, K, R = dts.shape
-    if K * R <= 48:
-        block_diagonal = torch.block_diag(*weight.transpose(1, 2).unbind(0))  # (K R, K E)
-        return (dts.reshape(batch * L, K * R) @ block_diagonal).view(batch, L, K, weight.shape[1])
-    return torch.einsum("blkr,ker->blke", dts, weight)
+    """Each direction's dt_proj: (batch, L, K, R) low-rank steps x (K, E, R) weights -> contiguous (batch, L, K, E) in
+    dts' dtype (the activations' under autocast); `selective_scan` does this inside its kernel when given the weight
+    (`delta_proj_weight`), the 2pass scan takes the projected steps."""
+    return project_delta(dts, weight, dts.dtype)
 
 
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size

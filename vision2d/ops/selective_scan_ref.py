@@ -37,22 +37,46 @@ def check_orders(order: Tensor):
             raise ValueError(ORDER_ERROR)
 
 
+# K R up to which the delta projection runs as one product with the block-diagonal weight (K R, K E) rather than K
+# batched ones: it writes the (batch, L, K, E) layout directly, and its backward needs no copies of the (batch, L, K, E)
+# gradient (1 thread, batch 2, L 3136, K 4, E 192, R 6: forward 4.7 vs 7.2 ms, backward 11 vs 39 ms; at R 24, E 768
+# the batched products win)
+BLOCK_DIAGONAL_MAX = 48
+
+
+def _block_diagonal(delta_proj_weight: Tensor) -> Tensor:
+    """(K, E, R) -> the block-diagonal (K R, K E) matrix of the K transposed weights."""
+    return torch.block_diag(*delta_proj_weight.transpose(1, 2).unbind(0))
+
+
 def project_delta(delta: Tensor, delta_proj_weight: Optional[Tensor], dtype: torch.dtype) -> Tensor:
     """delta in `dtype`, (batch, L, K, E): as given, or each direction's projection of the low-rank delta
-    (batch, L, K, R) by delta_proj_weight (K, E, R) (contiguous)."""
+    (batch, L, K, R) by delta_proj_weight (K, E, R) (contiguous; differentiable)."""
     delta = delta.to(dtype)
     if delta_proj_weight is None:
         return delta
-    return torch.einsum("blkr,ker->blke", delta, delta_proj_weight.to(dtype)).contiguous()
+    weight = delta_proj_weight.to(dtype)
+    (batch, L, K, R), E = delta.shape, weight.shape[1]
+    if K * R <= BLOCK_DIAGONAL_MAX:
+        return (delta.reshape(batch * L, K * R) @ _block_diagonal(weight)).view(batch, L, K, E)
+    return torch.einsum("blkr,ker->blke", delta, weight).contiguous()
 
 
 def project_delta_backward(ddelta: Tensor, delta: Tensor, delta_proj_weight: Tensor):
-    """Gradients of `project_delta` for the low-rank delta and delta_proj_weight, in their dtypes, from the gradient
-    ddelta (batch, L, K, E) of the projected delta (in the state dtype)."""
+    """Gradients of `project_delta` for the low-rank delta and delta_proj_weight, in their dtypes (contiguous), from
+    the gradient ddelta (batch, L, K, E) of the projected delta (in the state dtype)."""
     sd = ddelta.dtype
-    d_low = torch.einsum("blke,ker->blkr", ddelta, delta_proj_weight.to(sd))
-    d_weight = torch.einsum("blke,blkr->ker", ddelta, delta.to(sd))
-    return d_low.to(delta.dtype), d_weight.to(delta_proj_weight.dtype)
+    weight, low = delta_proj_weight.to(sd), delta.to(sd)
+    (batch, L, K, E), R = ddelta.shape, weight.shape[2]
+    if K * R <= BLOCK_DIAGONAL_MAX:
+        flat = ddelta.reshape(batch * L, K * E)
+        d_low = (flat @ _block_diagonal(weight).t()).view(batch, L, K, R)
+        blocks = (low.reshape(batch * L, K * R).t() @ flat).view(K, R, K, E)  # [k, r, k', e]; k = k' needed
+        d_weight = blocks.diagonal(dim1=0, dim2=2).permute(2, 1, 0)  # (K, E, R)
+    else:
+        d_low = torch.einsum("blke,ker->blkr", ddelta, weight)
+        d_weight = torch.einsum("blke,blkr->ker", ddelta, low)
+    return d_low.to(delta.dtype).contiguous(), d_weight.to(delta_proj_weight.dtype).contiguous()
 
 
 def _step_sizes(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool, dtype: torch.dtype,
