@@ -16,17 +16,12 @@ import torch.nn.functional as F
 
 import vision2d  # noqa: F401  (registers the models)
 from vision2d.models import grootv
+from parity_helpers import rel_err  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_grootv_parity.pt"
 OFFICIAL_COMMIT = "0857f0a12f6e46873d05e4b9a73d987e97b149c3"
 REL_TOL = 1e-4
 OFFICIAL_PARAMS = {"grootv_tiny": 29_958_600, "grootv_small": 51_331_624, "grootv_base": 90_597_096}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,12 @@ import vision2d  # noqa: F401  (registers the models)
 from test_vmamba import _convert_checkpoint_tool
 from vision2d.models import localmamba
 from vision2d.ops.scan_orders import local_scan_orders
+from parity_helpers import rel_err, save  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_localmamba_parity.pt"
 OFFICIAL_COMMIT = "75e5d1f007c303509c77d179df38f7fa19c0d05c"
 REL_TOL = 1e-4
 OFFICIAL_PARAMS = {"localmamba_tiny": 25_527_160, "localmamba_small": 49_748_536}  # official local_vssm_tiny / small
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +33,6 @@ def fixture():
 
 def official_state_dict(fixture) -> dict:
     return {k: v.float() for k, v in fixture["state_dict"].items()}
-
-
-def save(obj, path: Path) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def create(path: str, **kwargs):

@@ -19,17 +19,12 @@ import vision2d  # noqa: F401  (registers the models)
 from test_vmamba import _convert_checkpoint_tool, _fake_yacs_module
 from vision2d.models import msvmamba
 from vision2d.ops.scan_orders import multiscale_scan_order
+from parity_helpers import rel_err, save  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_msvmamba_parity.pt"
 OFFICIAL_COMMIT = "c39401918e94f11eb29e4932b901b3fd139f1377"
 REL_TOL = 1e-4
 OFFICIAL_PARAMS = {"msvmamba_nano": 6_864_136, "msvmamba_micro": 11_879_272, "msvmamba_tiny": 33_046_312}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +34,6 @@ def fixture():
 
 def official_state_dict(fixture) -> dict:
     return {k: v.float() for k, v in fixture["state_dict"].items()}
-
-
-def save(obj, path: Path) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def create(path: str, **kwargs):

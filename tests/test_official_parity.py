@@ -14,15 +14,10 @@ import torch
 
 import vision2d  # noqa: F401  (registers the models)
 from vision2d.ops import resolve_backend
+from parity_helpers import rel_err  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_mamba2d_parity.pt"
 REL_TOL = 1e-4
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import vision2d  # noqa: F401  (registers the models)
 from vision2d.models import plainmamba
 from vision2d.ops.scan_orders import MOVE_DOWN, MOVE_LEFT, MOVE_RIGHT, MOVE_START, MOVE_UP, scan_moves, \
     zigzag_scan_orders
+from parity_helpers import rel_err, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "data" / "official_plainmamba_parity.pt"
@@ -31,20 +32,9 @@ OFFICIAL_PARAMS = {"plainmamba_l1": (7_358_656, 7_551_656), "plainmamba_l2": (25
 OFFICIAL_DROP_PATH = {"plainmamba_l1": 0.2, "plainmamba_l2": 0.2, "plainmamba_l3": 0.4}
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
-
-
 @pytest.fixture(scope="module")
 def fixture():
     return torch.load(FIXTURE, weights_only=True)
-
-
-def save(obj, path: Path) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def create(path: str, name: str = "test_plainmamba", **kwargs):

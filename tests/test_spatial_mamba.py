@@ -22,6 +22,7 @@ from vision2d.ops import state_fusion
 from vision2d.ops.state_scan_fusion import compose_state_scan_fusion
 from vision2d.ops.state_scan_ref import state_scan_ref
 from test_vmamba import _fake_yacs_module
+from parity_helpers import rel_err, save  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_spatial_mamba_parity.pt"
 OFFICIAL_COMMIT = "71221ebfaa5fe797445be0292f0ec7048fe457c1"
@@ -29,12 +30,6 @@ REL_TOL = 1e-4
 OFFICIAL_PARAMS = {"spatial_mamba_tiny": 26_748_862, "spatial_mamba_small": 43_074_280,
                    "spatial_mamba_base": 95_745_592}
 OFFICIAL_DROP_PATH = {"spatial_mamba_tiny": 0.2, "spatial_mamba_small": 0.3, "spatial_mamba_base": 0.5}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +40,6 @@ def fixture():
 @pytest.fixture(scope="module")
 def official_sd(fixture):
     return {k: v.float() if v.is_floating_point() else v for k, v in fixture["state_dict"].items()}
-
-
-def save(obj, path: Path) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def create(path: str, **kwargs):

@@ -13,18 +13,13 @@ import torch.nn.functional as F
 import vision2d  # noqa: F401  (registers the models)
 from vision2d.models import v2dmamba, vmamba
 from vision2d.models.vmamba import released_checkpoint_globals
+from parity_helpers import rel_err, save  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_v2dmamba_parity.pt"
 REL_TOL = 1e-4
 OFFICIAL_PARAMS = {"v2dmamba_tiny": 30_249_064, "v2dmamba_small": 50_147_752}  # docs/specs/v2dmamba.md
 OFFICIAL_DROP_PATH = {"v2dmamba_tiny": 0.2, "v2dmamba_small": 0.3}
 FIXTURE_MODEL = dict(dims=(8, 16, 32, 64))  # test_v2dmamba with these arguments: the fixture's model
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +31,6 @@ def fixture():
 def official(fixture):
     """The official state dict in fp32."""
     return {k: v.float() for k, v in fixture["state_dict"].items()}
-
-
-def save(obj, path: Path) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def create(path: str):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import vision2d  # noqa: F401  (registers the models)
 from vision2d.models import vmamba
+from parity_helpers import rel_err, save  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "official_vmamba_parity.pt"
 OFFICIAL_COMMIT = "2ed52ead062a51a64521ed3871d52914bf532876"
@@ -27,12 +28,6 @@ OFFICIAL_PARAMS = {"vmamba_tiny": 30_249_064, "vmamba_small": 50_147_752, "vmamb
 OFFICIAL_DROP_PATH = {"vmamba_tiny": 0.2, "vmamba_small": 0.3, "vmamba_base": 0.6}
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
-
-
 @pytest.fixture(scope="module")
 def fixture():
     return torch.load(FIXTURE, weights_only=True)
@@ -41,11 +36,6 @@ def fixture():
 def official_state_dict(entry) -> dict:
     """The official state dict in fp32 (the fixture stores the fp16-representable weights as fp16)."""
     return {k: v.float() for k, v in entry["checkpoint"]["model"].items()}
-
-
-def save(obj, path: Path) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def create(entry, path: str, **kwargs):
