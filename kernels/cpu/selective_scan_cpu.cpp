@@ -10,14 +10,14 @@
 // Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
 // A vector holds kLanes consecutive channels (channels-last: contiguous at every position), so y, du and ddelta need
-// no horizontal sums. The forward runs tasks (batch item, tile of up to kMaxWidth channel blocks); a task scans all K
-// directions step by step (K x width independent recurrences in flight, one position lookup per direction and step
-// for the whole tile), keeps K x N x width state vectors and adds the directions' outputs into its own channels of
-// y, so merging needs no synchronisation. The backward runs tasks (batch item, group of channel blocks):
-// it recomputes a block's states (all of them when they fit state_budget_bytes, else segments of >= sqrt(L) steps
-// restarted from checkpointed states) and runs the adjoint sweep from the last step. dB and dC sum over channels:
-// each group adds into its own slice, dA, dD and delta_bias are written per batch item; the caller sums the slices,
-// so results do not depend on timing.
+// no horizontal sums. The forward runs tasks (batch item, tile of up to kMaxWidth channel blocks, and the direction
+// when outputs are not merged); a task scans its directions step by step (N x width independent recurrences per
+// direction in flight, one position lookup per direction and step for the whole tile), keeps their N x width state
+// vectors each and writes or adds the outputs into its own channels of y, so merging needs no synchronisation. The
+// backward runs tasks (batch item, group of channel blocks): it recomputes a block's states (all of them when they
+// fit state_budget_bytes, else segments of >= sqrt(L) steps restarted from checkpointed states) and runs the adjoint
+// sweep from the last step. dB and dC sum over channels: each group adds into its own slice, dA, dD and delta_bias
+// are written per batch item; the caller sums the slices, so results do not depend on timing.
 #include <omp.h>
 
 #include <algorithm>
@@ -43,6 +43,22 @@ struct ScanArgs {
   bool delta_softplus, merge;
   const Real* delta_proj = nullptr;  // (K, R, E) or null
   int64_t rank = 0;                  // R
+  int64_t stored_directions = directions;  // K of the per-pixel tensors' layout (`directions`: those scanned)
+
+  // the arguments of direction k alone: its parameters, order row and per-pixel inputs (offsets keep the K layout)
+  ScanArgs direction(int64_t k) const {
+    ScanArgs d = *this;
+    d.directions = 1;
+    d.order += k * length;
+    d.A += k * channels * state;
+    if (D) d.D += k * channels;
+    if (delta_bias) d.delta_bias += k * channels;
+    if (delta_proj) d.delta_proj += k * rank * channels;
+    d.delta += k * (delta_proj ? rank : channels);
+    d.B += k * state;
+    d.C += k * state;
+    return d;
+  }
 
   int64_t blocks() const { return (channels + kLanes<Real> - 1) / kLanes<Real>; }
   int64_t position(int64_t k, int64_t t) const { return order[k * length + t]; }
@@ -50,12 +66,14 @@ struct ScanArgs {
   // of (b, p, k, 0) in a (batch, L, K, N) tensor
   int64_t sequence_offset(int64_t b, int64_t p, int64_t first) const { return (b * length + p) * channels + first; }
   int64_t direction_offset(int64_t b, int64_t p, int64_t k, int64_t first) const {
-    return ((b * length + p) * directions + k) * channels + first;
+    return ((b * length + p) * stored_directions + k) * channels + first;
   }
-  int64_t state_offset(int64_t b, int64_t p, int64_t k) const { return ((b * length + p) * directions + k) * state; }
+  int64_t state_offset(int64_t b, int64_t p, int64_t k) const {
+    return ((b * length + p) * stored_directions + k) * state;
+  }
   // offset of the step size's first input: delta[b, p, k, first], or the low-rank delta[b, p, k, 0]
   int64_t delta_offset(int64_t b, int64_t p, int64_t k, int64_t first) const {
-    return delta_proj ? ((b * length + p) * directions + k) * rank : direction_offset(b, p, k, first);
+    return delta_proj ? ((b * length + p) * stored_directions + k) * rank : direction_offset(b, p, k, first);
   }
 };
 
@@ -258,16 +276,20 @@ void advance(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0,
 }
 
 template <typename Real>
-int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
-  const int64_t K = a.directions, N = a.state, L = a.length, blocks = a.blocks();
-  // tiles of up to kMaxWidth blocks per batch item, as many as keep every thread busy (a multiple of the threads an
-  // item needs)
-  const int64_t per_item = std::max<int64_t>(1, (num_threads + a.batch - 1) / std::max<int64_t>(1, a.batch));
+int forward(const ScanArgs<Real>& all, Real* y, int num_threads) {
+  // an unmerged output gives every direction its own tasks (each writes its own slice of y): more, smaller tasks
+  // for the threads to share at batch 1. Merged directions add into the same y: a task scans them all.
+  const int64_t split = !all.merge && all.directions > 1 ? all.directions : 1;
+  const int64_t K = all.directions / split, N = all.state, L = all.length, blocks = all.blocks();
+  // tiles of up to kMaxWidth blocks per item (batch index and direction), as many as keep every thread busy (a
+  // multiple of the threads an item needs)
+  const int64_t items = all.batch * split;
+  const int64_t per_item = std::max<int64_t>(1, (num_threads + items - 1) / std::max<int64_t>(1, items));
   int64_t tiles = std::max(per_item, (blocks + kMaxWidth - 1) / kMaxWidth);
   tiles = std::min(blocks, (tiles + per_item - 1) / per_item * per_item);
   const int width = int(std::max<int64_t>(1, (blocks + tiles - 1) / std::max<int64_t>(1, tiles)));
   tiles = (blocks + width - 1) / width;
-  const int64_t tasks = a.batch * tiles;
+  const int64_t tasks = items * tiles;
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads, tasks)));
   const int64_t tile_vectors = ChannelBlock<Real>::vectors(K, N, width);
   const int64_t per_thread = tile_vectors + (K * N + 2 * kChunk * K) * width;  // tile, states, step sizes
@@ -286,14 +308,16 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
     Vec<Real>* dtu = dt + kChunk * K * width;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t first_block = (task % tiles) * width;
-      const ChannelBlock<Real> blk(a, task / tiles, first_block, int(std::min<int64_t>(width, blocks - first_block)),
+      const int64_t item = task / tiles, k = item % split, first_block = (task % tiles) * width;
+      const ScanArgs<Real> a = split > 1 ? all.direction(k) : all;
+      Real* y_a = split > 1 ? y + k * all.channels : y;  // y[b, p, k] is the direction's y[b, p, 0]
+      const ChannelBlock<Real> blk(a, item / split, first_block, int(std::min<int64_t>(width, blocks - first_block)),
                                    tile_buffer);
       if (a.merge) {  // y starts as the skip term, sum_k D_k u
         for (int64_t p = 0; p < L; ++p) {
           for (int j = 0; j < blk.width; ++j) {
             const int64_t offset = blk.sequence_offset(a, p, j);
-            store(y + offset, blk.D_sum[j] * load(a.u + offset, blk.channels(j)), blk.channels(j));
+            store(y_a + offset, blk.D_sum[j] * load(a.u + offset, blk.channels(j)), blk.channels(j));
           }
         }
       }
@@ -301,7 +325,7 @@ int forward(const ScanArgs<Real>& a, Real* y, int num_threads) {
       for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
         const int64_t t1 = std::min(L, t0 + kChunk);
         step_sizes(a, blk, t0, t1, dt, dtu, static_cast<Vec<Real>*>(nullptr));
-        advance(a, blk, t0, t1, dt, dtu, h, static_cast<Vec<Real>*>(nullptr), y);
+        advance(a, blk, t0, t1, dt, dtu, h, static_cast<Vec<Real>*>(nullptr), y_a);
       }
     }
   }
