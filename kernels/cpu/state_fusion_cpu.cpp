@@ -5,7 +5,8 @@
 //   state fusion       depthwise k x k cross-correlation over border-replicated input (forward and backward); math in
 //                      state_fusion_ref.py
 //   state scan fusion  the forward of both with the C read-out, D skip, LayerNorm and SiLU gate, the states held in a
-//                      buffer of one image's states; math in state_scan_fusion.py (its backward composes the above)
+//                      buffer of one channel block's states; math in state_scan_fusion.py (its backward composes the
+//                      above)
 // Every tensor is contiguous and channels-last, in the state type Real (float, or double for float64 inputs):
 // u, delta (batch, L, E); A (E, N); B (batch, L, N); delta_bias (E) or null; states h (batch, L, N, E); fusion input
 // and output (batch, H, W, C); fusion weight transposed to (k * k, C). Build: g++ -O3 -march=native -fopenmp
@@ -172,7 +173,9 @@ std::vector<int64_t> active_taps(const FusionShape& s, const Real* weight) {
   std::vector<int64_t> taps;
   for (int64_t tap = 0; tap < s.taps(); ++tap) {
     const Real* w = weight + tap * s.channels;
-    if (std::any_of(w, w + s.channels, [](Real v) { return v != Real(0); })) taps.push_back(tap);
+    int nonzero = 0;  // (no early exit: the loop vectorises)
+    for (int64_t c = 0; c < s.channels; ++c) nonzero |= w[c] != Real(0);
+    if (nonzero) taps.push_back(tap);
   }
   return taps;
 }
@@ -251,12 +254,13 @@ int fusion_backward(const FusionShape& s, const Real* dout, const Real* x, const
 }
 
 
-// Spatial-Mamba's SSM core in one pass, image by image: y = sum_n C[n] fusion(h[n]) + D u, then optionally
-// LayerNorm over the channels (norm_weight / norm_bias may be null: 1 / 0) and the gate out = y * silu(gate).
-// Phase 1 (tasks: channel blocks) scans the image's states into a buffer of the image's states (L x N x blocks
-// vectors, the only copy of them: it stays in cache, and neither h nor the fused states reach the output); phase 2
-// (tasks: rows) fuses and reads out every channel of a pixel, normalises and gates it, and stores it once.
-// `f` is the (batch, H, W, E) map of the sequence.
+// Spatial-Mamba's SSM core in two passes: y = sum_n C[n] fusion(h[n]) + D u, then optionally LayerNorm over the
+// channels (norm_weight / norm_bias may be null: 1 / 0) and the gate out = y * silu(gate).
+// Image by image, pass 1 (tasks: channel blocks) scans a block's states into the thread's buffer (L x N vectors, the
+// only copy of them: it stays in cache, and neither h nor the fused states reach memory), fuses them pixel by pixel
+// with the block's tap weights held in a small array, reads them out by C, adds D u and stores y in `out`; pass 2
+// (tasks: pixels) normalises and gates every pixel's channels in place while the image's y is in cache. Both passes
+// split across threads at batch 1. `f` is the (batch, H, W, E) map of the sequence.
 template <typename Real>
 struct CoreParams {
   const Real *D, *norm_weight, *norm_bias, *gate;
@@ -264,16 +268,16 @@ struct CoreParams {
   bool norm;
 };
 
-// acc[q] = sum over taps of w[t][blk + q] * states[source pixel of tap t][n][blk + q], q < G
-template <typename Real, int G>
-inline void fuse_blocks(const Vec<Real>* w, const Vec<Real>* states, const int64_t* rows, const int64_t* cols,
-                        int64_t T, int64_t blocks, int64_t offset, Vec<Real>* acc) {
-  for (int q = 0; q < G; ++q) acc[q] = Vec<Real>{};
-  for (int64_t t = 0; t < T; ++t) {
-    const Vec<Real>* source = states + rows[t] + cols[t] + offset;
-    const Vec<Real>* wt = w + t * blocks + offset % blocks;
-    for (int q = 0; q < G; ++q) acc[q] += wt[q] * source[q];
-  }
+// y[q] += c[q] sum over taps of w[t] * states[rows[t] + cols[q][t]] for kGroup pixels q of a row (state n's offset
+// added to states); cols[q] holds pixel q's T source columns
+template <typename Real>
+inline void fuse_pixels(const Vec<Real>* w, const Vec<Real>* states, const int64_t* rows,
+                        const int64_t* const* cols, int64_t T, const Real* c, Vec<Real>* y) {
+  Vec<Real> acc[kGroup];
+  for (int q = 0; q < kGroup; ++q) acc[q] = Vec<Real>{};
+  for (int64_t t = 0; t < T; ++t)
+    for (int q = 0; q < kGroup; ++q) acc[q] += w[t] * states[rows[t] + cols[q][t]];
+  for (int q = 0; q < kGroup; ++q) y[q] += acc[q] * c[q];
 }
 
 template <typename Real>
@@ -281,95 +285,99 @@ int scan_fusion_forward(const ScanShape& s, const FusionShape& f, const Real* u,
                         const Real* B, const Real* C, const Real* delta_bias, const Real* weight,
                         const CoreParams<Real>& p, Real* out, int num_threads) {
   const int64_t N = s.state, L = s.length, H = f.height, W = f.width, K = f.kernel, E = s.channels;
-  const int64_t blocks = s.blocks<Real>(), stride = N * blocks;  // vectors per pixel in the states buffer
+  const int64_t blocks = s.blocks<Real>();
   constexpr int lanes = kLanes<Real>;
-  const int threads = threads_for(num_threads, std::max(blocks, H));
+  const int threads = threads_for(num_threads, std::max(blocks, L));
   std::vector<int64_t> taps, source_cols, source_rows;
-  std::vector<Vec<Real>> states, params, scratch;
+  std::vector<Vec<Real>> params, scratch;
+  int64_t T = 0, per_thread = 0;
   try {
     taps = active_taps(f, weight);
-    source_cols.resize(W * taps.size());
-    source_rows.resize(threads * taps.size());
-    states.resize(L * stride);
-    params.resize((taps.size() + 3) * blocks);
-    scratch.resize(threads * (blocks + N));
+    T = int64_t(taps.size());
+    per_thread = L * N + N + T;  // the block's states, the scan's state, the block's tap weights
+    source_cols.resize(W * T);
+    source_rows.resize(H * T);
+    params.resize(2 * blocks);
+    scratch.resize(threads * per_thread);
   } catch (const std::bad_alloc&) {
     return 1;
   }
-  const int64_t T = int64_t(taps.size());
   auto count = [&](int64_t blk) { return int(std::min<int64_t>(lanes, E - blk * lanes)); };
-  // per active tap and channel block: the weights; then D, the norm's weight and bias (zero on padded lanes)
-  Vec<Real>* const w = params.data();
-  Vec<Real>* const d = w + T * blocks;
-  Vec<Real>* const gamma = d + blocks;
+  // the norm's weight and bias per channel block (zero on padded lanes)
+  Vec<Real>* const gamma = params.data();
   Vec<Real>* const beta = gamma + blocks;
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    for (int64_t t = 0; t < T; ++t) w[t * blocks + blk] = load(weight + taps[t] * E + blk * lanes, count(blk));
-    d[blk] = p.D ? load(p.D + blk * lanes, count(blk)) : Vec<Real>{};
     gamma[blk] = p.norm_weight ? load(p.norm_weight + blk * lanes, count(blk)) : splat<Real>(1);
     beta[blk] = p.norm_bias ? load(p.norm_bias + blk * lanes, count(blk)) : Vec<Real>{};
   }
   Vec<Real> last_lanes{};  // 1 on the lanes of the last block that hold channels
   for (int l = 0; l < count(blocks - 1); ++l) last_lanes[l] = 1;
-  for (int64_t j = 0; j < W; ++j)  // the clamped source column of every (column, tap)
-    for (int64_t t = 0; t < T; ++t) source_cols[j * T + t] = f.col(j, taps[t] % K) * stride;
+  // the clamped source pixel of every (row, tap) and (column, tap), as offsets in a block's states buffer
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t t = 0; t < T; ++t) source_rows[i * T + t] = f.row(i, taps[t] / K) * W * N;
+  for (int64_t j = 0; j < W; ++j)
+    for (int64_t t = 0; t < T; ++t) source_cols[j * T + t] = f.col(j, taps[t] % K) * N;
 #pragma omp parallel num_threads(threads)
   {
     const FlushDenormals flush;
-    const int thread = omp_get_thread_num();
-    Vec<Real>* const y = scratch.data() + thread * (blocks + N);
-    Vec<Real>* const state = y + blocks;
-    int64_t* const rows = source_rows.data() + thread * T;
-    for (int64_t b = 0; b < s.batch; ++b) {
+    Vec<Real>* const states = scratch.data() + omp_get_thread_num() * per_thread;
+    Vec<Real>* const state = states + L * N;
+    Vec<Real>* const w = state + N;
+    for (int64_t b = 0; b < s.batch; ++b) {  // image by image: its y stays in cache for pass 2
 #pragma omp for schedule(dynamic, 1)
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const ScanBlock<Real> sb(s, b * blocks + blk, A, delta_bias);
         scan_block(s, sb, u, delta, B, state,
-                   [&](int64_t t, int64_t n, Vec<Real> h_t) { states[t * stride + n * blocks + blk] = h_t; });
-      }  // (implicit barrier: every state of the image is in the buffer)
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < H; ++i) {
-        for (int64_t t = 0; t < T; ++t) rows[t] = f.row(i, taps[t] / K) * W * stride;
-        for (int64_t j = 0; j < W; ++j) {
-          const int64_t pixel = (b * L + i * W + j), *cols = source_cols.data() + j * T;
-          const Real* const Cp = C + pixel * N;
-          for (int64_t blk = 0; blk < blocks; ++blk)
-            y[blk] = p.D ? d[blk] * load(u + pixel * E + blk * lanes, count(blk)) : Vec<Real>{};
-          for (int64_t n = 0; n < N; ++n) {
-            const Real c = Cp[n];
-            Vec<Real> acc[4];
-            int64_t blk = 0;
-            for (; blk + 4 <= blocks; blk += 4) {
-              fuse_blocks<Real, 4>(w, states.data(), rows, cols, T, blocks, n * blocks + blk, acc);
-              for (int q = 0; q < 4; ++q) y[blk + q] += acc[q] * c;
+                   [&](int64_t t, int64_t n, Vec<Real> h_t) { states[t * N + n] = h_t; });
+        for (int64_t t = 0; t < T; ++t) w[t] = load(weight + taps[t] * E + sb.first, sb.count);
+        const Vec<Real> d = p.D ? load(p.D + sb.first, sb.count) : Vec<Real>{};
+        for (int64_t i = 0; i < H; ++i) {
+          const int64_t* const rows = source_rows.data() + i * T;
+          for (int64_t j = 0; j < W; j += kGroup) {
+            const int G = int(std::min<int64_t>(kGroup, W - j));  // a row's tail repeats its last pixel
+            const int64_t pixel = b * L + i * W + j;
+            const int64_t* cols[kGroup];
+            Vec<Real> y[kGroup];
+            Real c[kGroup];
+            for (int q = 0; q < kGroup; ++q) {
+              const int64_t column = std::min(q, G - 1);
+              cols[q] = source_cols.data() + (j + column) * T;
+              y[q] = p.D ? d * load(u + (pixel + column) * E + sb.first, sb.count) : Vec<Real>{};
             }
-            for (; blk < blocks; ++blk) {
-              fuse_blocks<Real, 1>(w, states.data(), rows, cols, T, blocks, n * blocks + blk, acc);
-              y[blk] += acc[0] * c;
+            for (int64_t n = 0; n < N; ++n) {
+              for (int q = 0; q < kGroup; ++q) c[q] = C[(pixel + std::min(q, G - 1)) * N + n];
+              fuse_pixels(w, states + n, rows, cols, T, c, y);
             }
-          }
-          if (p.norm) {  // two passes over the pixel's channels, as LayerNorm's mean and biased variance
-            Vec<Real> sum{}, squares{};
-            for (int64_t blk = 0; blk < blocks; ++blk) sum += y[blk];
-            const Real mean = hsum<Real>(sum) / Real(E);
-            for (int64_t blk = 0; blk < blocks; ++blk) {
-              Vec<Real> centred = y[blk] - mean;
-              if (blk == blocks - 1) centred *= last_lanes;
-              squares += centred * centred;
-            }
-            const Real rstd = Real(1) / std::sqrt(hsum<Real>(squares) / Real(E) + p.eps);
-            for (int64_t blk = 0; blk < blocks; ++blk) y[blk] = (y[blk] - mean) * rstd * gamma[blk] + beta[blk];
-          }
-          for (int64_t blk = 0; blk < blocks; ++blk) {
-            Vec<Real> v = y[blk];
-            if (p.gate) {  // v * silu(z) = v * z / (1 + exp(-z))
-              const Vec<Real> z = load(p.gate + pixel * E + blk * lanes, count(blk));
-              v = v * z / (Real(1) + vexp2(z * Real(-kLog2e)));
-            }
-            store(out + pixel * E + blk * lanes, v, count(blk));
+            for (int q = 0; q < G; ++q) store(out + (pixel + q) * E + sb.first, y[q], sb.count);
           }
         }
-      }  // (implicit barrier: the next image's scan may overwrite the buffer)
+      }  // (implicit barrier: the image's y is complete)
+      if (!p.norm && !p.gate) continue;
+#pragma omp for schedule(static)
+      for (int64_t pixel = b * L; pixel < (b + 1) * L; ++pixel) {
+        Real* const o = out + pixel * E;
+        Real mean = 0, rstd = 1;
+        if (p.norm) {  // two passes over the pixel's channels, as LayerNorm's mean and biased variance
+          Vec<Real> sum{}, squares{};
+          for (int64_t blk = 0; blk < blocks; ++blk) sum += load(o + blk * lanes, count(blk));
+          mean = hsum<Real>(sum) / Real(E);
+          for (int64_t blk = 0; blk < blocks; ++blk) {
+            Vec<Real> centred = load(o + blk * lanes, count(blk)) - mean;
+            if (blk == blocks - 1) centred *= last_lanes;
+            squares += centred * centred;
+          }
+          rstd = Real(1) / std::sqrt(hsum<Real>(squares) / Real(E) + p.eps);
+        }
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          Vec<Real> v = load(o + blk * lanes, count(blk));
+          if (p.norm) v = (v - mean) * rstd * gamma[blk] + beta[blk];
+          if (p.gate) {  // v * silu(z) = v * z / (1 + exp(-z))
+            const Vec<Real> z = load(p.gate + pixel * E + blk * lanes, count(blk));
+            v = v * z / (Real(1) + vexp2(z * Real(-kLog2e)));
+          }
+          store(o + blk * lanes, v, count(blk));
+        }
+      }  // (implicit barrier)
     }
   }
   return 0;

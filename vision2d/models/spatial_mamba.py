@@ -5,12 +5,12 @@ code is described in docs/specs/spatial_mamba.md.
 
 Tensors inside stages are channels-last (B, H, W, C); the stem, the downsampling convs and returned features are NCHW.
 The scan, the fusion of its states, the C read-out, the LayerNorm and the SiLU gate run as one op
-(`state_scan_fusion`; on CPU one kernel pass in which the states never leave a buffer of one image's states), the
-fusion with one depthwise 11x11 kernel merged from the three dilated 3x3 kernels (`merge_dilated_kernels`), as the
-official eval path does. Unlike the official
-module, which merges once on its first eval call and keeps that kernel forever, the merged kernel is rebuilt from the
-current parameters in every forward (121 x E numbers): loading weights, training or moving the model after an eval
-call can never serve a stale kernel. Training uses the same merged kernel (the sum of the three convolutions is one
+(`state_scan_fusion`; on CPU one kernel call in which the states never leave a buffer of one channel block's
+states), the fusion with one depthwise 11x11 kernel merged from the three dilated 3x3 kernels
+(`merge_dilated_kernels`), as the official eval path does. Unlike the official module, which merges once on its
+first eval call and keeps that kernel forever, the merged kernel is rebuilt from the current parameters in every
+forward (121 x E numbers): loading weights, training or moving the model after an eval call can never serve a stale
+kernel. Training uses the same merged kernel (the sum of the three convolutions is one
 convolution; its gradient flows back to the three kernels and alpha).
 """
 import math

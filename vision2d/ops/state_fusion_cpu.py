@@ -76,8 +76,8 @@ def backward(dout, x, weight):
 
 def scan_fusion_forward(u, delta, A, B, C, D, delta_bias, weight, delta_softplus, norm_weight, norm_bias, norm_eps,
                         gate):
-    """`state_scan_fusion`'s output (batch, H, W, E) in u's dtype from one kernel pass (the states stay in a buffer of
-    one image's states); arguments as in `state_scan_fusion`."""
+    """`state_scan_fusion`'s output (batch, H, W, E) in u's dtype from one kernel call (the states stay in a buffer of
+    one channel block's states); arguments as in `state_scan_fusion`."""
     sd = state_dtype(u.dtype)
     (batch, H, W, E), N, k = u.shape, A.shape[1], weight.shape[-1]
     out = torch.empty(u.shape, dtype=sd)

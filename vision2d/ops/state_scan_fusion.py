@@ -9,8 +9,8 @@ the SiLU gate that follow it in Spatial-Mamba:
     y = y * silu(gate)                                                          if gate is not None
 
 Backends (the names of `state_scan` / `state_fusion`, resolved by `STATE_SCAN_BACKENDS`): "cpu" runs one fused kernel
-pass (`state_fusion_cpu.scan_fusion_forward`) that keeps one image's states in a buffer (in cache), so neither the
-states nor the fused states nor y before the norm and gate are ever materialised; "reference" and "triton" compose
+call (`state_fusion_cpu.scan_fusion_forward`) that keeps one channel block's states in a buffer (in cache), so
+neither the states nor the fused states are ever materialised; "reference" and "triton" compose
 those backends of the two ops with the read-out, norm and gate in PyTorch. The backward (every backend) recomputes the
 states from the saved inputs and runs the two ops' backwards: only the inputs are saved, less than the official module
 holds (its states).
