@@ -62,15 +62,17 @@ SMALL_DIRECTIONS = (
 def pixel_mean_of_layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Mean over pixels of LayerNorm(x) without its affine, (B, L, K, E) -> (B, K, E), from each pixel's mean mu and
     1 / std r: sum_p r_p (x_p - mu_p) / L. x is read three times and the normalised map never written: the r-weighted
-    sum is one batched matmul over the (L, K E) view of each sample, of which the K diagonal blocks are kept (K times
-    the few flops needed, but no copy of x and no loop over the batch). Statistics in float32 at least."""
+    sum is, per sample, one batched row-vector product over the K directions of x's strided (K, L, E) view (no copy
+    of x; one product per sample, as a product over (B, K) would copy x). 1 thread, K = 4: 56x56x192 at batch 1
+    0.70 ms, at batch 16 27 ms (one (L, K E) product per sample keeping the K diagonal blocks: 0.86 / 29 ms).
+    Statistics in float32 at least."""
     batch, length, directions, channels = x.shape
     stats_dtype = torch.promote_types(x.dtype, torch.float32)
     mean = x.mean(-1, dtype=stats_dtype)  # (B, L, K)
     mean_square = torch.linalg.vector_norm(x, dim=-1, dtype=stats_dtype).square() / channels
     rstd = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + eps)
-    weighted = torch.bmm(rstd.to(x.dtype).transpose(1, 2), x.reshape(batch, length, directions * channels))
-    weighted = weighted.view(batch, directions, directions, channels).diagonal(dim1=1, dim2=2).transpose(1, 2)
+    row_weights = rstd.to(x.dtype).transpose(1, 2).unsqueeze(2)  # (B, K, 1, L)
+    weighted = torch.stack([torch.bmm(w, sample.transpose(0, 1)) for w, sample in zip(row_weights, x)]).squeeze(2)
     return (weighted - (mean * rstd).sum(1).unsqueeze(-1).to(x.dtype)) / length
 
 
