@@ -46,8 +46,9 @@ def _check_against_reference(shape, dtype=torch.float32, merge=True, order=None,
 @pytest.mark.parametrize("num_threads", [1, 2, 3, 5])
 @pytest.mark.parametrize("shape", [(1, 30, 4, 40, 1), (3, 12, 2, 20, 4), (2, 9, 4, 70, 16), (1, 13, 4, 150, 2)])
 def test_channel_blocks_and_groups_across_threads(threads, num_threads, shape):
-    # E = 40, 20, 70, 150 leave a partial block, and tiles of up to 4 blocks a partial tile in the forward; batch 1
-    # and 3 split an item's blocks into groups with their own dB / dC in the backward
+    # E = 40, 20, 70, 150 leave a partial block, and tiles of up to 4 blocks a partial tile in the forward (unmerged
+    # outputs, even thread counts: one task per direction and tile); batch 1 and 3 split an item's blocks into groups
+    # with their own dB / dC in the backward
     threads(num_threads)
     _check_against_reference(shape, merge=num_threads % 2 == 1)
 
@@ -55,7 +56,8 @@ def test_channel_blocks_and_groups_across_threads(threads, num_threads, shape):
 @pytest.mark.parametrize("num_threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 30, 4, 70, 1, 5), (2, 9, 4, 40, 16, 3)])
 def test_delta_projection_across_tiles(threads, num_threads, shape):
-    # the forward kernel projects the low-rank delta per tile of up to 4 channel blocks (E = 70, 40: partial blocks)
+    # the forward kernel projects the low-rank delta per tile of up to 4 channel blocks (E = 70, 40: partial blocks),
+    # per direction when outputs are not merged (even thread counts)
     threads(num_threads)
     u, delta, A, B, C, D, bias, weight = make_low_rank_inputs(*shape)
     order = random_orders(shape[2], shape[1])
