@@ -71,7 +71,7 @@ def pixel_mean_of_layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     mean = x.mean(-1, dtype=stats_dtype)  # (B, L, K)
     mean_square = torch.linalg.vector_norm(x, dim=-1, dtype=stats_dtype).square() / channels
     rstd = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + eps)
-    row_weights = rstd.to(x.dtype).transpose(1, 2).unsqueeze(2)  # (B, K, 1, L)
+    row_weights = rstd.to(x.dtype).transpose(1, 2).contiguous().unsqueeze(2)  # (B, K, 1, L), dense rows for bmm
     weighted = torch.stack([torch.bmm(w, sample.transpose(0, 1)) for w, sample in zip(row_weights, x)]).squeeze(2)
     return (weighted - (mean * rstd).sum(1).unsqueeze(-1).to(x.dtype)) / length
 
@@ -148,8 +148,10 @@ class LocalSS2D(SS2D):
         # in-place activations and products on fresh results: fewer large allocations (each one page-faults anew)
         u = F.silu(self.conv(x.permute(0, 3, 1, 2)), inplace=True).permute(0, 2, 3, 1).reshape(batch, H * W, E)
         order = local_scan_orders(H, W, self.directions, device=u.device)
-        if order.shape[1] > H * W:  # window padding: zero pixels after the map's, so u = 0 and, projected from it
-            u = F.pad(u, (0, 0, 0, order.shape[1] - H * W))  # (no biases), delta before its bias = B = C = 0
+        # window padding: zero pixels after the map's, so u = 0 and, projected from it (no biases), delta before its
+        # bias = B = C = 0. Compiled graphs pad always (by 0 if need be): no branch on sizes that may be symbolic
+        if torch.compiler.is_compiling() or order.shape[1] > H * W:
+            u = F.pad(u, (0, 0, 0, order.shape[1] - H * W))
         L = u.shape[1]
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, L, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
