@@ -4,9 +4,10 @@
 // The math is vision2d/ops/selective_scan_ref.py. Every tensor is contiguous, in the state type Real (float, or double
 // for float64 inputs): u (batch, L, E); delta (batch, L, K, E); A (K, E, N); B, C (batch, L, K, N); D, delta_bias
 // (K, E) or null; order int64 (K, L), row k a permutation of 0..L-1; y (batch, L, E) when merging, else
-// (batch, L, K, E). The forward also takes a delta projection (K, R, E) (each direction's dt_proj weight, transposed
-// so that a vector of channels is contiguous): delta is then the low-rank (batch, L, K, R) input, projected as the
-// step sizes are computed (the (batch, L, K, E) delta is never stored); the backward takes the projected delta.
+// (batch, L, K, E). The forward also takes a delta projection (K, E, R) (each direction's dt_proj weight; copied as
+// rows (K, R, E), so that a vector of channels is contiguous): delta is then the low-rank (batch, L, K, R) input,
+// projected as the step sizes are computed (the (batch, L, K, E) delta is never stored); the backward takes the
+// projected delta.
 // Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
 // A vector holds kLanes consecutive channels (channels-last: contiguous at every position), so y, du and ddelta need
@@ -44,7 +45,7 @@ struct ScanArgs {
   const int64_t* order;
   int64_t batch, length, directions, channels, state;
   bool delta_softplus, merge;
-  const Real* delta_proj = nullptr;  // (K, R, E) or null
+  const Real* delta_proj = nullptr;  // rows (K, R, E) or null
   int64_t rank = 0;                  // R
   int64_t stored_directions = directions;  // K of the per-pixel tensors' layout (`directions`: those scanned)
 
@@ -278,6 +279,24 @@ void advance(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0,
   }
 }
 
+// The delta projection weight (K, E, R) as rows (K, R, E): kLanes x kLanes blocks transposed in registers
+template <typename Real>
+void projection_rows(const Real* weight, int64_t K, int64_t E, int64_t R, Real* rows) {
+  constexpr int lanes = kLanes<Real>;
+  Vec<Real> v[lanes];
+  for (int64_t k = 0; k < K; ++k, weight += E * R, rows += R * E) {
+    for (int64_t e0 = 0; e0 < E; e0 += lanes) {
+      const int channels = int(std::min<int64_t>(lanes, E - e0));
+      for (int64_t r0 = 0; r0 < R; r0 += lanes) {
+        const int ranks = int(std::min<int64_t>(lanes, R - r0));
+        for (int i = 0; i < lanes; ++i) v[i] = i < channels ? load(weight + (e0 + i) * R + r0, ranks) : Vec<Real>{};
+        transpose<Real>(v);
+        for (int i = 0; i < ranks; ++i) store(rows + (r0 + i) * E + e0, v[i], channels);
+      }
+    }
+  }
+}
+
 template <typename Real>
 int forward(const ScanArgs<Real>& all, Real* y, int num_threads) {
   // an unmerged output gives every direction its own tasks (each writes its own slice of y): more, smaller tasks
@@ -333,6 +352,23 @@ int forward(const ScanArgs<Real>& all, Real* y, int num_threads) {
     }
   }
   return 0;
+}
+
+// forward() with the delta projection weight (K, E, R) of rank R, or null: the weight is copied as rows first
+template <typename Real>
+int forward(ScanArgs<Real> args, const Real* delta_proj, int64_t rank, Real* y, int num_threads) {
+  std::vector<Real> rows;
+  if (delta_proj) {
+    try {
+      rows.resize(args.directions * rank * args.channels);
+    } catch (const std::bad_alloc&) {
+      return 1;
+    }
+    projection_rows(delta_proj, args.directions, args.channels, rank, rows.data());
+    args.delta_proj = rows.data();
+    args.rank = rank;
+  }
+  return forward(args, y, num_threads);
 }
 
 template <typename Real>
@@ -583,7 +619,7 @@ extern "C" int selective_scan_orders_are_permutations(const int64_t* order, int6
   return 1;
 }
 
-// C entry points: 0 on success, 1 when scratch memory could not be allocated. The forward's delta_proj (K, R, E) may
+// C entry points: 0 on success, 1 when scratch memory could not be allocated. The forward's delta_proj (K, E, R) may
 // be null (then delta is (batch, L, K, E) and rank is ignored). The backward adds dB / dC into
 // (groups, batch, L, K, N) slices (zeroed by the caller) and writes dA (batch, K, E, N) and dD, ddelta_bias
 // (batch, K, E) per batch item.
@@ -593,11 +629,9 @@ extern "C" int selective_scan_orders_are_permutations(const int64_t* order, int6
                                                  const Real* delta_proj, int64_t rank, const int64_t* order, Real* y, \
                                                  int64_t batch, int64_t length, int64_t directions, int64_t channels, \
                                                  int64_t state, int delta_softplus, int merge, int num_threads) {     \
-    ScanArgs<Real> args = make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions, channels,    \
-                                    state, delta_softplus, merge);                                                    \
-    args.delta_proj = delta_proj;                                                                                     \
-    args.rank = rank;                                                                                                 \
-    return forward(args, y, num_threads);                                                                             \
+    const ScanArgs<Real> args = make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions,         \
+                                          channels, state, delta_softplus, merge);                                    \
+    return forward(args, delta_proj, rank, y, num_threads);                                                           \
   }                                                                                                                   \
   extern "C" int selective_scan_backward_##suffix(                                                                    \
       const Real* dy, const Real* u, const Real* delta, const Real* A, const Real* B, const Real* C, const Real* D,   \

@@ -160,6 +160,30 @@ inline Vec<Real> transposed_sums(Vec<Real>* v) {
   return reverse_lane_bits<Real>(v[0], std::make_integer_sequence<int, kLanes<Real>>());
 }
 
+// One level of `transpose`: rows i and i + W (i with bit W clear) exchange their lanes with bit W set and clear:
+// lane l of row i takes lane l ^ W of row i + W where l has bit W set, and conversely
+template <typename Real, int W, int... l>
+inline void exchange_lanes(Vec<Real>& a, Vec<Real>& b, std::integer_sequence<int, l...>) {
+  constexpr int L = kLanes<Real>;
+  const Vec<Real> low = __builtin_shufflevector(a, b, (l & W ? L + (l ^ W) : l)...);
+  b = __builtin_shufflevector(a, b, (l & W ? L + l : l ^ W)...);
+  a = low;
+}
+
+template <typename Real, int W>
+inline void transpose_level(Vec<Real>* v) {
+  for (int i = 0; i < kLanes<Real>; ++i) {
+    if (!(i & W)) exchange_lanes<Real, W>(v[i], v[i + W], std::make_integer_sequence<int, kLanes<Real>>());
+  }
+  if constexpr (W > 1) transpose_level<Real, W / 2>(v);
+}
+
+// Transposes the kLanes x kLanes matrix of kLanes vectors v (rows) in place: log2(kLanes) levels of lane exchanges
+template <typename Real>
+inline void transpose(Vec<Real>* v) {
+  transpose_level<Real, kLanes<Real> / 2>(v);
+}
+
 // load / store the first `count` lanes (the rest load as 0); full vectors take the fast path
 template <typename Real>
 inline Vec<Real> load(const Real* p, int count) {

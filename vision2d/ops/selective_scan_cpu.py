@@ -64,12 +64,10 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delt
     order = _checked_order(order)
     y = torch.empty((batch, L, E) if merge else (batch, L, K, E), dtype=sd)
     if y.numel() > 0:
-        inputs = _in_state_dtype(sd, u, delta, A, B, C, D, delta_bias)
-        # (K, R, E): a vector of channels contiguous
-        projection = None if delta_proj_weight is None else delta_proj_weight.to(sd).transpose(1, 2).contiguous()
-        rank = 0 if projection is None else projection.shape[1]
+        inputs = _in_state_dtype(sd, u, delta, A, B, C, D, delta_bias, delta_proj_weight)  # weight (K, E, R)
+        rank = 0 if delta_proj_weight is None else delta_proj_weight.shape[2]
         LIBRARY.call(f"selective_scan_forward_{'f64' if sd == torch.float64 else 'f32'}", *map(_pointer, inputs),
-                     _pointer(projection), rank, order.data_ptr(), y.data_ptr(), batch, L, K, E, N,
+                     rank, order.data_ptr(), y.data_ptr(), batch, L, K, E, N,
                      int(delta_softplus), int(merge), torch.get_num_threads())
     return y.to(u.dtype)
 
