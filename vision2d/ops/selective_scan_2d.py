@@ -47,14 +47,15 @@ def _scan_backward_op(dy: Tensor, u: Tensor, delta_t: Tensor, delta_l: Tensor, A
                       backend: str) -> list[Tensor]:
     grads = SCAN2D_BACKENDS.backward(backend, dy.contiguous(), u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
                                      delta_softplus, reverse)
-    # a custom op cannot return None: a missing D gets an empty placeholder that autograd drops
-    return [g if g is not None else u.new_empty(0) for g in grads]
+    # a custom op cannot return None: a missing D gets an empty placeholder that autograd drops. Contiguous, as the
+    # fake promises (Inductor checks the strides of what a custom op returns)
+    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_backward_op.register_fake
 def _(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse, backend):
     like = (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)
-    return [torch.empty_like(t) for t in like] + [torch.empty_like(D) if D is not None else u.new_empty(0)]
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0) for t in (*like, D)]
 
 
 def _setup_context(ctx, inputs, output):

@@ -33,12 +33,13 @@ def _(x, weight, backend):
 
 @torch.library.custom_op("vision2d::state_fusion_backward", mutates_args=())
 def _state_fusion_backward_op(dout: Tensor, x: Tensor, weight: Tensor, backend: str) -> list[Tensor]:
-    return list(STATE_FUSION_BACKENDS.backward(backend, dout.contiguous(), x, weight))
+    # contiguous, as the fake promises (Inductor checks the strides of what a custom op returns; weight may be a view)
+    return [g.contiguous() for g in STATE_FUSION_BACKENDS.backward(backend, dout.contiguous(), x, weight)]
 
 
 @_state_fusion_backward_op.register_fake
 def _(dout, x, weight, backend):
-    return [torch.empty_like(x), torch.empty_like(weight)]
+    return [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)]
 
 
 def _setup_context(ctx, inputs, output):

@@ -37,13 +37,14 @@ def _(u, delta, A, B, delta_bias, delta_softplus, backend):
 def _state_scan_backward_op(dh: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor],
                             h: Tensor, delta_softplus: bool, backend: str) -> list[Tensor]:
     grads = STATE_SCAN_BACKENDS.backward(backend, dh.contiguous(), u, delta, A, B, delta_bias, delta_softplus, h)
-    # a custom op cannot return None: an absent delta_bias gets an empty placeholder that autograd drops
-    return [g if g is not None else u.new_empty(0) for g in grads]
+    # a custom op cannot return None: an absent delta_bias gets an empty placeholder that autograd drops.
+    # Contiguous, as the fake promises (Inductor checks the strides of what a custom op returns)
+    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
 
 
 @_state_scan_backward_op.register_fake
 def _(dh, u, delta, A, B, delta_bias, h, delta_softplus, backend):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, delta_bias)]
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0) for t in (u, delta, A, B, delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):

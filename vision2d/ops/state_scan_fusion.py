@@ -142,13 +142,15 @@ def _state_scan_fusion_backward_op(dout: Tensor, u: Tensor, delta: Tensor, A: Te
              dweight.view(N, E, *weight.shape[1:]).sum(0).to(weight.dtype), dD, d_bias]
     grads += [dnorm_weight, dnorm_bias, None if dgate is None else dgate.view(gate.shape)]
     inputs = (u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)
-    return [u.new_empty(0) if grad is None or t is None else grad.to(t.dtype) for grad, t in zip(grads, inputs)]
+    # contiguous, as the fake promises (Inductor checks the strides of what a custom op returns; weight may be a view)
+    return [u.new_empty(0) if grad is None or t is None else grad.to(t.dtype).contiguous()
+            for grad, t in zip(grads, inputs)]
 
 
 @_state_scan_fusion_backward_op.register_fake
 def _(dout, u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate, delta_softplus, norm_eps,
       backend):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0)
             for t in (u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)]
 
 

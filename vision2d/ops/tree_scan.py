@@ -54,12 +54,13 @@ def _(x, decay, order, parent, backend):
 @torch.library.custom_op("vision2d::tree_scan_backward", mutates_args=())
 def _scan_backward_op(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor,
                       backend: str) -> Tuple[Tensor, Tensor]:
-    return TREE_SCAN.backward(backend, dy.contiguous(), x, decay, order, parent, y)
+    dx, ddecay = TREE_SCAN.backward(backend, dy.contiguous(), x, decay, order, parent, y)
+    return dx.contiguous(), ddecay.contiguous()  # as the fake promises (Inductor checks a custom op's strides)
 
 
 @_scan_backward_op.register_fake
 def _(dy, x, decay, order, parent, y, backend):
-    return torch.empty_like(x), torch.empty_like(decay)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(decay, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
