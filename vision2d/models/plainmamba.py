@@ -48,17 +48,28 @@ def check_input(x: torch.Tensor, in_chans: int):
         raise TypeError(f"PlainMamba expects a floating-point image batch, got dtype {x.dtype}")
 
 
+def _zigzag_scan_indices(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    orders = zigzag_scan_orders(H, W)
+    steps = orders.argsort(dim=1)
+    moves = scan_moves(orders, H, W).gather(1, steps)
+    return orders.to(device), steps.to(device), moves.to(device)
+
+
 @lru_cache(maxsize=32)
+def _stored_zigzag_scan_indices(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    with torch.inference_mode(False):  # ordinary tensors, usable by autograd after an inference-mode call
+        return _zigzag_scan_indices(H, W, device)
+
+
 def zigzag_scan_indices(H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The scan indices of an H x W map, each (4, H * W) int64: `orders` (step t of direction k visits pixel
     orders[k, t]), `steps` (the step at which direction k visits pixel p: the inverse permutation) and `moves` (the
-    move code of that step, indexing `direction_Bs`). Cached: made outside inference mode, so that they serve
-    autograd too."""
-    with torch.inference_mode(False):
-        orders = zigzag_scan_orders(H, W)
-        steps = orders.argsort(dim=1)
-        moves = scan_moves(orders, H, W).gather(1, steps)
-        return orders.to(device), steps.to(device), moves.to(device)
+    move code of that step, indexing `direction_Bs`). Built once per size and device; afresh while compiling (sizes
+    may be symbolic, and the graph should not break on a cache) and on the meta device."""
+    if torch.compiler.is_compiling() or device.type == "meta":
+        return _zigzag_scan_indices(H, W, device)
+    return _stored_zigzag_scan_indices(H, W, device)
 
 
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps it whole: it reads the map's shape

@@ -61,9 +61,11 @@ def scan_moves(orders: Tensor, H: int, W: int) -> Tensor:
     matched = torch.zeros(steps.shape[:2], dtype=torch.bool, device=orders.device)
     for code, step in ((MOVE_RIGHT, (0, 1)), (MOVE_LEFT, (0, -1)), (MOVE_UP, (-1, 0)), (MOVE_DOWN, (1, 0))):
         hit = (steps == torch.tensor(step, device=orders.device)).all(-1)
-        moves[:, 1:][hit] = code
+        moves[:, 1:].masked_fill_(hit, code)  # no boolean indexing: traceable with symbolic sizes
         matched |= hit
-    if not matched.all():
+    if torch.compiler.is_compiling():  # a graph cannot branch on values: the check runs inside it
+        torch._assert_async(matched.all(), "scan_moves: a step jumps between pixels that are not neighbours")
+    elif not matched.all():
         k, t = (~matched).nonzero()[0].tolist()
         raise ValueError(f"scan_moves: step {t + 1} of order {k} jumps from pixel {orders[k, t].item()} to "
                          f"{orders[k, t + 1].item()}, which is not a neighbour on the {H}x{W} map")
@@ -82,14 +84,22 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     """
     if H < 0 or W < 0:
         raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
-    H, W = int(H), int(W)
-    sequences = [_direction_sequence(H, W, name) for name in directions]
-    length = max((len(s) for s in sequences), default=H * W)
+    # the length from the sizes, not the sequences: with symbolic sizes (torch.compile, export) a max would guard
+    length = functools.reduce(torch.sym_max, [_sequence_length(H, W, name) for name in directions], H * W)
     # each row built on the host once per map size, direction and length (cached), stacked into a new tensor, then
     # moved: meta and CUDA alike
     rows = [_order_row(H, W, name, length) for name in directions]
     orders = torch.stack(rows) if rows else torch.empty(0, length, dtype=torch.int64, device="cpu")
     return orders.to(device)
+
+
+def _sequence_length(H: int, W: int, name: str) -> int:
+    """The length of direction `name`'s sequence: H * W, or more with window padding."""
+    base = name[:-len("_flip")] if name.endswith("_flip") else name
+    if base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
+        k = int(base[1:])
+        return -(-H // k) * k * (-(-W // k) * k)
+    return H * W
 
 
 @_host_cached(maxsize=64)
@@ -117,10 +127,10 @@ def _direction_sequence(H: int, W: int, name: str) -> Tensor:
 def _order_row(H: int, W: int, name: str, length: int) -> Tensor:
     """Direction `name`'s row of a (K, length) order on the host: its padding steps at positions H * W, H * W + 1,
     ... in scan order, then the rest of the padding positions up to `length`."""
-    sequence = _direction_sequence(H, W, name).clone()
-    padding = sequence < 0
-    sequence[padding] = torch.arange(H * W, H * W + int(padding.sum()), device="cpu")
-    return torch.cat([sequence, torch.arange(H * W + int(padding.sum()), length, device="cpu")])
+    sequence = _direction_sequence(H, W, name)
+    padding = sequence < 0  # numbered in scan order by a running count: no sizes that depend on values
+    sequence = torch.where(padding, H * W - 1 + padding.cumsum(0), sequence)
+    return torch.cat([sequence, torch.arange(_sequence_length(H, W, name), length, device="cpu")])
 
 
 def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
@@ -130,7 +140,7 @@ def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
     pixel of one segment."""
     if H < 0 or W < 0:
         raise ValueError(f"multiscale_scan_order: H and W must be >= 0, got H={H}, W={W}")
-    return _multiscale_scan_order_on_host(int(H), int(W)).to(device, copy=True)  # built once per size
+    return _multiscale_scan_order_on_host(H, W).to(device, copy=True)  # built once per size
 
 
 @_host_cached(maxsize=32)
