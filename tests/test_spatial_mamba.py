@@ -116,6 +116,32 @@ def test_merged_kernel_follows_the_weights_after_eval(fixture, official_sd, tmp_
         assert rel_err(changed, case["logits"]) > 1e-3
 
 
+def test_eval_kernels_kept_between_calls_follow_every_change(official_sd):
+    """Without autograd the merged kernel, A, the identity-added cpe kernels and the folded BatchNorms are kept between
+    calls (`spatial_mamba.derived`): in-place updates, load_state_dict and dtype moves after such calls give what a
+    fresh model with the same weights gives, and inference_mode / no_grad calls share them."""
+    x = torch.randn(1, 3, 40, 56)
+    model = timm.create_model("test_spatial_mamba").eval()
+    model.load_state_dict(spatial_mamba.checkpoint_filter_fn(official_sd, model))
+    with torch.inference_mode():
+        model(x)
+    with torch.no_grad():
+        before = model(x)
+        block = model.stages[1].blocks[0]
+        block.cpe1.weight[:, :, 0, 1] += 0.5
+        block.mixer.A_logs.sub_(0.3)
+        model.stem.conv1.norm.running_var.mul_(2.0)
+        model.stages[2].downsample.conv[2].norm.bias.add_(0.1)
+        changed = model(x)
+    fresh = timm.create_model("test_spatial_mamba").eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(changed, fresh(x), rtol=0, atol=0)
+        assert rel_err(changed, before) > 1e-3
+        model.double()
+        torch.testing.assert_close(model(x.double()), fresh.double()(x.double()), rtol=0, atol=0)
+
+
 def test_training_mode_fusion_is_the_official_three_convolutions(official_sd):
     """In training mode the official fusion sums three replicate-padded dilated convolutions scaled by alpha; the
     merged kernel gives the same output and the same gradients for the kernels and alpha."""

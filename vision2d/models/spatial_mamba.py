@@ -3,19 +3,23 @@
 classifiers (github EdwardChasel/Spatial-Mamba @ 71221eb, `classification/models/spatialmamba.py`); the official
 code is described in docs/specs/spatial_mamba.md.
 
-Tensors inside stages are channels-last (B, H, W, C); the stem, the downsampling convs and returned features are NCHW.
+Tensors inside stages are contiguous channels-last (B, H, W, C); the stem (computed in channels-last memory) and
+returned features are NCHW; the downsamplings' and the stem's 1x1 convs run as matrix products over the channels.
 The scan, the fusion of its states, the C read-out, the LayerNorm and the SiLU gate run as one op
 (`state_scan_fusion`; on CPU one kernel call in which the states never leave a buffer of one channel block's
 states), the fusion with one depthwise 11x11 kernel merged from the three dilated 3x3 kernels
 (`merge_dilated_kernels`), as the official eval path does. Unlike the official module, which merges once on its
-first eval call and keeps that kernel forever, the merged kernel is rebuilt from the current parameters in every
-forward (121 x E numbers): loading weights, training or moving the model after an eval call can never serve a stale
-kernel. Training uses the same merged kernel (the sum of the three convolutions is one
-convolution; its gradient flows back to the three kernels and alpha).
+first eval call and keeps that kernel forever, the merged kernel is built from the current parameters (121 x E
+numbers), in every forward where autograd records; without autograd it is kept between calls only while every
+parameter it reads keeps its storage and version counter (`derived`; so are A, the identity-added cpe kernels and the
+folded BatchNorms): loading weights, training or moving the model after an eval call can never serve a stale kernel.
+Training uses the same merged kernel (the sum of the three convolutions is one convolution; its gradient flows back
+to the three kernels and alpha).
 """
 import math
 import re
-from typing import Dict, Final, List, Optional, Tuple
+import weakref
+from typing import Callable, Dict, Final, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,28 @@ from .vmamba import ChannelsLastStagesMixin, check_input, released_checkpoint_gl
 __all__ = ["SpatialMamba", "checkpoint_filter_fn"]
 
 
+_DERIVED: "weakref.WeakKeyDictionary[nn.Module, Dict[str, tuple]]" = weakref.WeakKeyDictionary()
+
+
+@torch.jit.unused
+def derived(module: nn.Module, name: str, build: Callable[[], tuple], *sources: torch.Tensor) -> tuple:
+    """build(): tensors computed from the parameters / buffers `sources` (a merged or folded kernel). Where no autograd
+    graph is recorded (no_grad / inference_mode, eager) the result is kept per module and reused while every source
+    keeps its storage, device, dtype, shape and version counter, which in-place updates (optimizer steps,
+    load_state_dict, `p[...] = ...` under no_grad) advance and `.to()` replaces: an eval forward then skips a dozen
+    small ops per block. (Writes through `p.data` bypass the version counter, as they bypass autograd.) Training,
+    compiled and traced graphs build every time."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or any(isinstance(t, torch.fx.Proxy) or t.is_inference() for t in sources)):
+        return build()
+    key = tuple((t.data_ptr(), t.device, t.dtype, t.shape, t._version) for t in sources)
+    cache = _DERIVED.setdefault(module, {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, build())
+    return hit[1]
+
+
 def check_pool_type(global_pool: str):
     if global_pool not in ("avg", ""):
         raise ValueError(f"SpatialMamba supports global_pool 'avg' or '' (no pooling), got {global_pool!r}")
@@ -40,7 +66,7 @@ def check_pool_type(global_pool: str):
 
 class ConvNormAct(nn.Module):
     """conv -> optional BatchNorm -> optional ReLU (the official ConvLayer; keys conv.*, norm.*); NCHW. In eval mode
-    the BatchNorm is folded into the conv's weight and bias (from the current statistics, every call); the ReLU works
+    the BatchNorm is folded into the conv's weight and bias (from the current statistics, `derived`); the ReLU works
     in place (neither conv nor BatchNorm needs its output for the backward). Both spare a pass over a full-size map."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
@@ -56,11 +82,17 @@ class ConvNormAct(nn.Module):
     def folded_weight_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The conv's weight and bias with the eval-mode BatchNorm folded in (from the current statistics)."""
         conv, norm = self.conv, self.norm
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        shift = norm.bias - norm.running_mean * scale
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        return conv.weight * scale[:, None, None, None], shift
+
+        def fold():
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            return conv.weight * scale[:, None, None, None], shift
+
+        sources = [t for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+                   if t is not None]
+        return derived(self, "folded", fold, *sources)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting() or self.training or not isinstance(self.norm, nn.BatchNorm2d):
@@ -220,11 +252,25 @@ class StructureAwareSSM(nn.Module):
         u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))
+        if torch.jit.is_scripting():
+            A, kernel = self.scan_constants()
+        else:
+            A, kernel = self.eval_scan_constants()
         # every state (row-major scan, softplus(delta + bias)), fused, read out by C, plus D u, out_norm, * silu(z)
-        y = state_scan_fusion(u, delta, -torch.exp(self.A_logs.float()), Bs, Cs, self.state_fusion.merged_kernel(),
-                              self.Ds, self.dt_projs_bias.float(), True, self.out_norm.weight, self.out_norm.bias,
-                              self.out_norm.eps, z, None)
+        y = state_scan_fusion(u, delta, A, Bs, Cs, kernel, self.Ds, self.dt_projs_bias.float(), True,
+                              self.out_norm.weight, self.out_norm.bias, self.out_norm.eps, z, None)
         return self.out_proj(y)
+
+    def scan_constants(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(A = -exp(A_logs) in float32 (E, N), the merged fusion kernel (E, 11, 11)) from the current parameters."""
+        return -torch.exp(self.A_logs.float()), self.state_fusion.merged_kernel()
+
+    @torch.jit.unused
+    def eval_scan_constants(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`scan_constants`, kept while the parameters are unchanged where no gradient is recorded (`derived`)."""
+        fusion = self.state_fusion
+        return derived(self, "scan_constants", self.scan_constants, self.A_logs, fusion.alpha, fusion.kernel_3,
+                       fusion.kernel_3_1, fusion.kernel_3_2)
 
 
 class SpatialMambaBlock(nn.Module):
@@ -245,15 +291,28 @@ class SpatialMambaBlock(nn.Module):
 
     @staticmethod
     def plus_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """x + DWConv3x3(x) as one depthwise 3x3 conv, the identity added to the kernel's centre tap; (B, H, W, C)."""
-        identity = F.pad(weight.new_ones(1, 1), (1, 1, 1, 1))  # (3, 3): 1 at the centre
-        return F.conv2d(x.permute(0, 3, 1, 2), weight + identity, bias, padding=1,
-                        groups=x.shape[-1]).permute(0, 2, 3, 1)
+        """x + DWConv3x3(x) as one depthwise 3x3 conv whose kernel `weight` has the identity added to its centre tap
+        (`plus_identity_kernels`); (B, H, W, C)."""
+        return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=x.shape[-1]).permute(0, 2, 3, 1)
+
+    def plus_identity_kernels(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """cpe1's and cpe2's kernels with 1 added to the centre tap."""
+        identity = F.pad(self.cpe1.weight.new_ones(1, 1), (1, 1, 1, 1))  # (3, 3): 1 at the centre
+        return self.cpe1.weight + identity, self.cpe2.weight + identity
+
+    @torch.jit.unused
+    def eval_plus_identity_kernels(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`plus_identity_kernels`, kept while the kernels are unchanged where no gradient is recorded (`derived`)."""
+        return derived(self, "plus_identity", self.plus_identity_kernels, self.cpe1.weight, self.cpe2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.plus_conv(x, self.cpe1.weight, self.cpe1.bias)
+        if torch.jit.is_scripting() or torch.is_grad_enabled():
+            kernel1, kernel2 = self.plus_identity_kernels()
+        else:
+            kernel1, kernel2 = self.eval_plus_identity_kernels()
+        x = self.plus_conv(x, kernel1, self.cpe1.bias)
         x = x + self.drop_path1(self.mixer(self.norm1(x)))
-        x = self.plus_conv(x, self.cpe2.weight, self.cpe2.bias)
+        x = self.plus_conv(x, kernel2, self.cpe2.bias)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
