@@ -47,8 +47,8 @@ def derived(module: nn.Module, name: str, build: Callable[[], tuple], *sources: 
     keeps its storage, device, dtype, shape and version counter, which in-place updates (optimizer steps,
     load_state_dict, `p[...] = ...` under no_grad) advance and `.to()` replaces: an eval forward then skips a dozen
     small ops per block. (Writes through `p.data` bypass the version counter, as they bypass autograd.) Training,
-    compiled and traced graphs build every time."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
+    compiled and traced (torch.jit.trace, torch.fx) graphs build every time."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
             or any(isinstance(t, torch.fx.Proxy) or t.is_inference() for t in sources)):
         return build()
     key = tuple((t.data_ptr(), t.device, t.dtype, t.shape, t._version) for t in sources)
