@@ -191,7 +191,8 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * in_chs, out_chs, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] % 2 or x.shape[2] % 2:  # (F.pad copies the map even when it pads nothing)
+        # F.pad copies the map even when it pads nothing; compiled graphs pad always (no branch on symbolic sizes)
+        if torch.compiler.is_compiling() or x.shape[1] % 2 or x.shape[2] % 2:
             x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
