@@ -190,8 +190,10 @@ def add_pos_embed(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], new_grid: Tuple[int, int]) -> torch.Tensor:
     """(1, h * w, C) position embedding of a (h, w) grid -> (1, H' * W', C) for `new_grid`, bicubic
-    (align_corners=False) as the official `resize_pos_embed`; unchanged when the grids are equal."""
-    if tuple(grid) == tuple(new_grid):
+    (align_corners=False) as the official `resize_pos_embed`; unchanged when the grids are equal. Compiled graphs
+    always resample (at equal grids bicubic weights are exactly 0, 1, 0, 0: the same values), so that symbolic sizes
+    need no guard on the grid."""
+    if tuple(grid) == tuple(new_grid) and not torch.compiler.is_compiling():
         return pos_embed
     C = pos_embed.shape[-1]
     pos_embed = pos_embed.reshape(1, *grid, C).permute(0, 3, 1, 2)

@@ -114,8 +114,10 @@ def _direction_sequence(H: int, W: int, name: str) -> Tensor:
     elif base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
         k = int(base[1:])
         rows, columns = -(-H // k), -(-W // k)
-        padded = torch.full((rows * k, columns * k), -1, dtype=torch.int64, device="cpu")
-        padded[:H, :W] = grid
+        # the padded grid by arithmetic, not by copying into a slice: with symbolic sizes a slice guards on its end
+        row = torch.arange(rows * k, device="cpu").view(-1, 1)
+        column = torch.arange(columns * k, device="cpu").view(1, -1)
+        padded = torch.where((row < H) & (column < W), row * W + column, -1)
         sequence = padded.view(rows, k, columns, k).permute(0, 2, 1, 3).reshape(-1)
     else:
         raise ValueError(f"local_scan_orders: unknown direction {name!r}; expected h, v or w<k> (k >= 1), "

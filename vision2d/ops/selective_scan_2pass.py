@@ -89,7 +89,7 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias, height, width):
     if u.dim() != 3:
         raise ValueError(f"selective_scan_2pass: u must be 3-D (batch, H * W, E), got shape {tuple(u.shape)}")
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)) or value < 0:  # SymInt: compiling
             raise ValueError(f"selective_scan_2pass: {name} must be an int >= 0, got {value!r}")
     if height * width != u.shape[1]:
         raise ValueError(f"selective_scan_2pass: u has {u.shape[1]} pixels but height * width = {height} * {width} "
@@ -124,4 +124,4 @@ def selective_scan_2pass(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     backend = SCAN_2PASS_BACKENDS.check_name(backend)
     args = [t.contiguous() for t in (u, delta, A, B, C)]
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
-    return _scan_op(*args, *optional, bool(delta_softplus), int(height), int(width), bool(merge), backend)
+    return _scan_op(*args, *optional, bool(delta_softplus), height, width, bool(merge), backend)  # may be symbolic
