@@ -38,8 +38,9 @@ def train_step(forward, model, x):
     return out.detach(), grads
 
 
-def relative_error(actual, expected):
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+def relative_error(actual, expected, floor=1e-30):
+    """Largest error relative to the expected tensor's largest magnitude (at least `floor`)."""
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(floor)).item()
 
 
 def assert_step_equals_eager(compiled, model, size, tolerance):
@@ -48,8 +49,11 @@ def assert_step_equals_eager(compiled, model, size, tolerance):
     expected, expected_grads = train_step(model, model, x)
     assert relative_error(out, expected) <= tolerance, f"output at {size}"
     assert grads.keys() == expected_grads.keys()
+    # a gradient that is zero in exact arithmetic (e.g. of an attention key norm's bias: softmax ignores a shift
+    # shared by all keys) is rounding noise in both: measured against 1e-4 of the largest gradient instead
+    floor = 1e-4 * max(grad.abs().max().item() for grad in expected_grads.values())
     for name, grad in expected_grads.items():
-        assert relative_error(grads[name], grad) <= tolerance, f"gradient of {name} at {size}"
+        assert relative_error(grads[name], grad, floor) <= tolerance, f"gradient of {name} at {size}"
 
 
 class FakeContract(TorchDispatchMode):
