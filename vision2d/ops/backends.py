@@ -13,7 +13,7 @@ raises with the reason.
 import importlib
 import os
 import warnings
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -85,3 +85,17 @@ class OpBackends:
 
     def backward(self, backend: str, *args):
         return self.module(self.resolve(args[0].device, backend)).backward(*args)
+
+
+def backward_op_grads(grads: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> List[torch.Tensor]:
+    """What a backward custom op returns for `grads`: each gradient contiguous, as `backward_op_fake` promises
+    (Inductor checks the strides a custom op returns), and an absent one (a custom op cannot return None) as an empty
+    tensor like `like` that autograd drops."""
+    return [like.new_empty(0) if g is None else g.contiguous() for g in grads]
+
+
+def backward_op_fake(inputs: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> List[torch.Tensor]:
+    """The fake of a backward custom op: a contiguous gradient shaped as each of `inputs`, `backward_op_grads`'s empty
+    placeholder for an absent one."""
+    return [like.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+            for t in inputs]

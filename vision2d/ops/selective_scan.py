@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends
+from .backends import OpBackends, backward_op_fake, backward_op_grads
 from .selective_scan_ref import identity_orders
 
 SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
@@ -39,16 +39,12 @@ def _scan_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor
                       backend: str, delta_proj_weight: Optional[Tensor] = None) -> list[Tensor]:
     grads = SELECTIVE_SCAN_BACKENDS.backward(backend, dy.contiguous(), u, delta, A, B, C, D, delta_bias,
                                              delta_softplus, order, merge, delta_proj_weight)
-    # a custom op cannot return None: an absent D / delta_bias / delta_proj_weight gets an empty placeholder that
-    # autograd drops. Contiguous, as the fake promises (Inductor checks the strides; the low-rank delta gradient of
-    # an einsum is not)
-    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+    return backward_op_grads(grads, u)  # the low-rank delta gradient of an einsum is not contiguous
 
 
 @_scan_backward_op.register_fake
 def _(dy, u, delta, A, B, C, D, delta_bias, order, delta_softplus, merge, backend, delta_proj_weight=None):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0)
-            for t in (u, delta, A, B, C, D, delta_bias, delta_proj_weight)]
+    return backward_op_fake((u, delta, A, B, C, D, delta_bias, delta_proj_weight), u)
 
 
 def _setup_context(ctx, inputs, output):

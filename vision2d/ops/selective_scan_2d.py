@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from .backends import OpBackends
+from .backends import OpBackends, backward_op_fake, backward_op_grads
 
 SCAN2D_BACKENDS = OpBackends("selective_scan_2d", {"reference": "vision2d.ops.scan2d_ref",
                                                    "cpu": "vision2d.ops.scan2d_cpu",
@@ -47,15 +47,12 @@ def _scan_backward_op(dy: Tensor, u: Tensor, delta_t: Tensor, delta_l: Tensor, A
                       backend: str) -> list[Tensor]:
     grads = SCAN2D_BACKENDS.backward(backend, dy.contiguous(), u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
                                      delta_softplus, reverse)
-    # a custom op cannot return None: a missing D gets an empty placeholder that autograd drops. Contiguous, as the
-    # fake promises (Inductor checks the strides of what a custom op returns)
-    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+    return backward_op_grads(grads, u)
 
 
 @_scan_backward_op.register_fake
 def _(dy, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse, backend):
-    like = (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0) for t in (*like, D)]
+    return backward_op_fake((u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D), u)
 
 
 def _setup_context(ctx, inputs, output):

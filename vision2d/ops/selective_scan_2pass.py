@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends
+from .backends import OpBackends, backward_op_fake, backward_op_grads
 from .selective_scan_2pass_ref import NUM_DIRECTIONS
 
 SCAN_2PASS_BACKENDS = OpBackends("selective_scan_2pass", {"reference": "vision2d.ops.selective_scan_2pass_ref",
@@ -46,15 +46,12 @@ def _scan_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor
                       backend: str) -> list[Tensor]:
     grads = SCAN_2PASS_BACKENDS.backward(backend, dy.contiguous(), u, delta, A, B, C, D, delta_bias, delta_softplus,
                                          height, width, merge)
-    # a custom op cannot return None: an absent D / delta_bias gets an empty placeholder that autograd drops.
-    # Contiguous, as the fake promises (Inductor checks the strides of what a custom op returns)
-    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+    return backward_op_grads(grads, u)
 
 
 @_scan_backward_op.register_fake
 def _(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, height, width, merge, backend):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0)
-            for t in (u, delta, A, B, C, D, delta_bias)]
+    return backward_op_fake((u, delta, A, B, C, D, delta_bias), u)
 
 
 def _setup_context(ctx, inputs, output):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import OpBackends
+from .backends import OpBackends, backward_op_fake, backward_op_grads
 
 STATE_FUSION_BACKENDS = OpBackends("state_fusion", {"reference": "vision2d.ops.state_fusion_ref",
                                                     "cpu": "vision2d.ops.state_fusion_cpu",
@@ -33,13 +33,13 @@ def _(x, weight, backend):
 
 @torch.library.custom_op("vision2d::state_fusion_backward", mutates_args=())
 def _state_fusion_backward_op(dout: Tensor, x: Tensor, weight: Tensor, backend: str) -> list[Tensor]:
-    # contiguous, as the fake promises (Inductor checks the strides of what a custom op returns; weight may be a view)
-    return [g.contiguous() for g in STATE_FUSION_BACKENDS.backward(backend, dout.contiguous(), x, weight)]
+    # weight may be a view: its gradient is returned contiguous
+    return backward_op_grads(STATE_FUSION_BACKENDS.backward(backend, dout.contiguous(), x, weight), x)
 
 
 @_state_fusion_backward_op.register_fake
 def _(dout, x, weight, backend):
-    return [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)]
+    return backward_op_fake((x, weight), x)
 
 
 def _setup_context(ctx, inputs, output):

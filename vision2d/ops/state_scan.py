@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends
+from .backends import OpBackends, backward_op_fake, backward_op_grads
 from .scan2d_ref import state_dtype
 
 STATE_SCAN_BACKENDS = OpBackends("state_scan", {"reference": "vision2d.ops.state_scan_ref",
@@ -37,14 +37,12 @@ def _(u, delta, A, B, delta_bias, delta_softplus, backend):
 def _state_scan_backward_op(dh: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor],
                             h: Tensor, delta_softplus: bool, backend: str) -> list[Tensor]:
     grads = STATE_SCAN_BACKENDS.backward(backend, dh.contiguous(), u, delta, A, B, delta_bias, delta_softplus, h)
-    # a custom op cannot return None: an absent delta_bias gets an empty placeholder that autograd drops.
-    # Contiguous, as the fake promises (Inductor checks the strides of what a custom op returns)
-    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+    return backward_op_grads(grads, u)
 
 
 @_state_scan_backward_op.register_fake
 def _(dh, u, delta, A, B, delta_bias, h, delta_softplus, backend):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0) for t in (u, delta, A, B, delta_bias)]
+    return backward_op_fake((u, delta, A, B, delta_bias), u)
 
 
 def _setup_context(ctx, inputs, output):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import state_fusion_cpu
+from .backends import backward_op_fake, backward_op_grads
 from .scan2d_ref import state_dtype
 from .state_fusion import STATE_FUSION_BACKENDS
 from .state_fusion_ref import state_fusion_ref
@@ -142,16 +143,15 @@ def _state_scan_fusion_backward_op(dout: Tensor, u: Tensor, delta: Tensor, A: Te
              dweight.view(N, E, *weight.shape[1:]).sum(0).to(weight.dtype), dD, d_bias]
     grads += [dnorm_weight, dnorm_bias, None if dgate is None else dgate.view(gate.shape)]
     inputs = (u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)
-    # contiguous, as the fake promises (Inductor checks the strides of what a custom op returns; weight may be a view)
-    return [u.new_empty(0) if grad is None or t is None else grad.to(t.dtype).contiguous()
-            for grad, t in zip(grads, inputs)]
+    # weight may be a view: its gradient is returned contiguous
+    grads = [None if grad is None or t is None else grad.to(t.dtype) for grad, t in zip(grads, inputs)]
+    return backward_op_grads(grads, u)
 
 
 @_state_scan_fusion_backward_op.register_fake
 def _(dout, u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate, delta_softplus, norm_eps,
       backend):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty(0)
-            for t in (u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate)]
+    return backward_op_fake((u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bias, gate), u)
 
 
 def _setup_context(ctx, inputs, output):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import tree_scan_ref
-from .backends import OpBackends
+from .backends import OpBackends, backward_op_fake, backward_op_grads
 
 TREE_SCAN = OpBackends("tree_scan", {"reference": "vision2d.ops.tree_scan_ref", "cpu": "vision2d.ops.tree_scan_cpu",
                                      "triton": "vision2d.ops.tree_scan_triton"})
@@ -54,13 +54,12 @@ def _(x, decay, order, parent, backend):
 @torch.library.custom_op("vision2d::tree_scan_backward", mutates_args=())
 def _scan_backward_op(dy: Tensor, x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, y: Tensor,
                       backend: str) -> Tuple[Tensor, Tensor]:
-    dx, ddecay = TREE_SCAN.backward(backend, dy.contiguous(), x, decay, order, parent, y)
-    return dx.contiguous(), ddecay.contiguous()  # as the fake promises (Inductor checks a custom op's strides)
+    return tuple(backward_op_grads(TREE_SCAN.backward(backend, dy.contiguous(), x, decay, order, parent, y), x))
 
 
 @_scan_backward_op.register_fake
 def _(dy, x, decay, order, parent, y, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(decay, memory_format=torch.contiguous_format)
+    return tuple(backward_op_fake((x, decay), x))
 
 
 def _setup_context(ctx, inputs, output):
