@@ -3,6 +3,7 @@
 Pixels are stored row-major (position p = i * W + j of an H x W map).
 """
 import functools
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -93,26 +94,29 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     return orders.to(device)
 
 
+def _parse_direction(name: str) -> Tuple[str, bool, int]:
+    """(base name, flipped, window size k for w<k> with k >= 1, else 0) of direction `name`."""
+    base, flip = (name[:-len("_flip")], True) if name.endswith("_flip") else (name, False)
+    window = int(base[1:]) if base[:1] == "w" and base[1:].isdigit() else 0
+    return base, flip, window
+
+
 def _sequence_length(H: int, W: int, name: str) -> int:
     """The length of direction `name`'s sequence: H * W, or more with window padding."""
-    base = name[:-len("_flip")] if name.endswith("_flip") else name
-    if base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
-        k = int(base[1:])
-        return -(-H // k) * k * (-(-W // k) * k)
-    return H * W
+    k = _parse_direction(name)[2]
+    return -(-H // k) * k * (-(-W // k) * k) if k > 0 else H * W
 
 
 @_host_cached(maxsize=64)
 def _direction_sequence(H: int, W: int, name: str) -> Tensor:
     """Direction `name`'s storage positions in scan order on the host, -1 at window padding."""
     grid = torch.arange(H * W, device="cpu").view(H, W)
-    base, flip = (name[:-len("_flip")], True) if name.endswith("_flip") else (name, False)
+    base, flip, k = _parse_direction(name)
     if base == "h":
         sequence = grid.reshape(-1)
     elif base == "v":
         sequence = grid.t().reshape(-1)
-    elif base[:1] == "w" and base[1:].isdigit() and int(base[1:]) > 0:
-        k = int(base[1:])
+    elif k > 0:
         rows, columns = -(-H // k), -(-W // k)
         # the padded grid by arithmetic, not by copying into a slice: with symbolic sizes a slice guards on its end
         row = torch.arange(rows * k, device="cpu").view(-1, 1)
