@@ -306,7 +306,7 @@ class SpatialMambaBlock(nn.Module):
         return derived(self, "plus_identity", self.plus_identity_kernels, self.cpe1.weight, self.cpe2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting() or torch.is_grad_enabled():
+        if torch.jit.is_scripting():
             kernel1, kernel2 = self.plus_identity_kernels()
         else:
             kernel1, kernel2 = self.eval_plus_identity_kernels()
