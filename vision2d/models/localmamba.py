@@ -160,7 +160,9 @@ class LocalSS2D(SS2D):
         # the scan projects dts by dt_proj as it runs (delta (batch, L, K, E) is never stored)
         y = selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order, merge=False,
                            delta_proj_weight=self.dt_projs_weight)
-        y = self.attn(y[:, :H * W])
+        # the map's positions: a view in eager; compiled graphs copy them, as a view's strides are contiguous only
+        # without padding, a relation of the sizes symbolic shapes would fix at the traced size
+        y = self.attn(y.narrow_copy(1, 0, H * W) if torch.compiler.is_compiling() else y[:, :H * W])
         return self.out_proj(self.out_norm(y).view(batch, H, W, E).mul_(F.silu(z, inplace=True)))
 
 
@@ -191,9 +193,12 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * in_chs, out_chs, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.pad copies the map even when it pads nothing; compiled graphs pad always (no branch on symbolic sizes)
-        if torch.compiler.is_compiling() or x.shape[1] % 2 or x.shape[2] % 2:
-            x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
+        H, W = x.shape[1:3]
+        # F.pad copies the map even when it pads nothing; compiled graphs pad always (no branch on symbolic sizes),
+        # to 2 ((H + 1) // 2), not H + H % 2: both halves of the padded map are then plainly (H + 1) // 2 tall, and
+        # symbolic shapes (export, dynamic compile) carry no nested floor divisions with relations to decide
+        if torch.compiler.is_compiling() or H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, (W + 1) // 2 * 2 - W, 0, (H + 1) // 2 * 2 - H))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 

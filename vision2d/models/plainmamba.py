@@ -193,7 +193,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], new_grid: T
     (align_corners=False) as the official `resize_pos_embed`; unchanged when the grids are equal. Compiled graphs
     always resample (at equal grids bicubic weights are exactly 0, 1, 0, 0: the same values), so that symbolic sizes
     need no guard on the grid."""
-    if tuple(grid) == tuple(new_grid) and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and tuple(grid) == tuple(new_grid):  # no size comparison while tracing
         return pos_embed
     C = pos_embed.shape[-1]
     pos_embed = pos_embed.reshape(1, *grid, C).permute(0, 3, 1, 2)

@@ -25,12 +25,13 @@ def zigzag_scan_orders(H: int, W: int, device=None) -> Tensor:
     top to bottom, odd columns bottom to top), and that snake reversed. Consecutive steps are always neighbours."""
     if H < 0 or W < 0:
         raise ValueError(f"zigzag_scan_orders: H and W must be >= 0, got H={H}, W={W}")
-    grid = torch.arange(H * W, device=device).view(H, W)
-    rows = grid.clone()
-    rows[1::2] = rows[1::2].flip(1)
-    columns = grid.t().clone()
-    columns[1::2] = columns[1::2].flip(1)
-    row_snake, column_snake = rows.reshape(-1), columns.reshape(-1)
+    # each step's pixel by arithmetic on the step number, not by flipping every other row of a grid: symbolic sizes
+    # (torch.compile, export) then carry no strides of strided slices, whose relations a Dim range cannot prove
+    step = torch.arange(H * W, device=device)
+    row, column = step // W, step % W  # of the row snake's step
+    row_snake = row * W + torch.where(row % 2 == 1, W - 1 - column, column)
+    column, row = step // H, step % H  # of the column snake's step
+    column_snake = torch.where(column % 2 == 1, H - 1 - row, row) * W + column
     return torch.stack([row_snake, row_snake.flip(0), column_snake, column_snake.flip(0)])
 
 
@@ -85,8 +86,10 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
     """
     if H < 0 or W < 0:
         raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
-    # the length from the sizes, not the sequences: with symbolic sizes (torch.compile, export) a max would guard
-    length = functools.reduce(torch.sym_max, [_sequence_length(H, W, name) for name in directions], H * W)
+    # the length from the sizes, not the sequences, and a max only between different windows (a padded length is
+    # never below H * W): symbolic sizes (torch.compile, export) then have fewer relations to decide
+    window_lengths = {k: _sequence_length(H, W, name) for name in directions for k in [_parse_direction(name)[2]] if k}
+    length = functools.reduce(torch.sym_max, window_lengths.values()) if window_lengths else H * W
     # each row built on the host once per map size, direction and length (cached), stacked into a new tensor, then
     # moved: meta and CUDA alike
     rows = [_order_row(H, W, name, length) for name in directions]
@@ -117,12 +120,14 @@ def _direction_sequence(H: int, W: int, name: str) -> Tensor:
     elif base == "v":
         sequence = grid.t().reshape(-1)
     elif k > 0:
-        rows, columns = -(-H // k), -(-W // k)
-        # the padded grid by arithmetic, not by copying into a slice: with symbolic sizes a slice guards on its end
-        row = torch.arange(rows * k, device="cpu").view(-1, 1)
-        column = torch.arange(columns * k, device="cpu").view(1, -1)
-        padded = torch.where((row < H) & (column < W), row * W + column, -1)
-        sequence = padded.view(rows, k, columns, k).permute(0, 2, 1, 3).reshape(-1)
+        # each step's pixel by arithmetic on the step number (window, then place in the window), not by copying
+        # into a slice nor viewing a padded grid as windows: with symbolic sizes a slice guards on its end, and a
+        # dimension of one window (a map of at most k pixels) would be specialised to one
+        columns = -(-W // k)
+        step = torch.arange(_sequence_length(H, W, name), device="cpu")
+        window, place = step // (k * k), step % (k * k)
+        row, column = window // columns * k + place // k, window % columns * k + place % k
+        sequence = torch.where((row < H) & (column < W), row * W + column, -1)
     else:
         raise ValueError(f"local_scan_orders: unknown direction {name!r}; expected h, v or w<k> (k >= 1), "
                          f"each optionally with '_flip'")
@@ -136,7 +141,10 @@ def _order_row(H: int, W: int, name: str, length: int) -> Tensor:
     sequence = _direction_sequence(H, W, name)
     padding = sequence < 0  # numbered in scan order by a running count: no sizes that depend on values
     sequence = torch.where(padding, H * W - 1 + padding.cumsum(0), sequence)
-    return torch.cat([sequence, torch.arange(_sequence_length(H, W, name), length, device="cpu")])
+    # the row as one piece of `length` steps, not the sequence and the rest of the padding concatenated: symbolic
+    # shapes specialise a piece 0 or 1 long (e.g. LocalMamba's exported program then held only at the traced size)
+    steps = torch.arange(length, device="cpu")
+    return torch.where(steps < sequence.shape[0], sequence[steps.clamp(max=sequence.shape[0] - 1)], steps)
 
 
 def multiscale_scan_order(H: int, W: int, device=None) -> Tensor:
