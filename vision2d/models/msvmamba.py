@@ -95,11 +95,12 @@ class MultiScaleSS2D(SS2D):
         # in_proj's two halves as two products: x dense, as the convolutions read it (a strided half is copied)
         x, z = F.linear(x, self.in_proj.weight[:E]).permute(0, 3, 1, 2), F.linear(x, self.in_proj.weight[E:])
         # in-place activations and sums on fresh results: fewer large allocations (each one page-faults anew)
-        full = F.silu(self.conv(x), inplace=True).permute(0, 2, 3, 1).reshape(batch, H * W, E)
-        low = F.silu(self.conv_low(x), inplace=True)
-        h, w = low.shape[2:]
-        y_low = self._scan(low.permute(0, 2, 3, 1).reshape(batch, h * w, E), LOW,
-                           multiscale_scan_order(h, w, device=x.device), segments=3)
+        # (activations on the convolutions' channels-last outputs as (B, H, W, E): the same memory, and symbolic
+        # shapes need not order the strides of a permuted tensor, which a Dim range in torch.export cannot prove)
+        full = F.silu(self.conv(x).permute(0, 2, 3, 1), inplace=True).reshape(batch, H * W, E)
+        low = F.silu(self.conv_low(x).permute(0, 2, 3, 1), inplace=True)
+        h, w = low.shape[1:3]
+        y_low = self._scan(low.reshape(batch, h * w, E), LOW, multiscale_scan_order(h, w, device=x.device), segments=3)
         # the shared LayerNorm per token of both branches (the low branch's functionally: each module runs once)
         y = self.out_norm(self._scan(full, FULL)).view(batch, H, W, E)
         y_low = F.layer_norm(y_low, (E,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
