@@ -49,9 +49,11 @@ def assert_step_equals_eager(compiled, model, size, tolerance):
     expected, expected_grads = train_step(model, model, x)
     assert relative_error(out, expected) <= tolerance, f"output at {size}"
     assert grads.keys() == expected_grads.keys()
-    # a gradient that is zero in exact arithmetic (e.g. of an attention key norm's bias: softmax ignores a shift
-    # shared by all keys) is rounding noise in both: measured against 1e-4 of the largest gradient instead
-    floor = 1e-4 * max(grad.abs().max().item() for grad in expected_grads.values())
+    # a gradient that is zero in exact arithmetic (an attention key norm's bias: softmax ignores a shift shared by all
+    # keys; a conv bias before BatchNorm or a norm's bias before another norm) is rounding noise in both: measured
+    # against 1e-2 of the largest gradient instead (Inductor's fused reductions: such noise up to 2.6e-7 of the largest
+    # gradient, docs/timm.md), so that its error may be up to 1e-6 of the largest gradient
+    floor = 1e-2 * max(grad.abs().max().item() for grad in expected_grads.values())
     for name, grad in expected_grads.items():
         assert relative_error(grads[name], grad, floor) <= tolerance, f"gradient of {name} at {size}"
 

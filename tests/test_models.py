@@ -147,16 +147,6 @@ def test_torch_compile_fullgraph(test_model):
     torch.testing.assert_close(compiled(x), test_model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_torch_export_with_dynamic_height_and_width(test_model):
-    """Dynamic sizes start at 35 pixels: the stride-32 map is then at least 2x2 (PyTorch specialises sizes 0 and 1)."""
-    Dim = torch.export.Dim
-    sizes = {0: Dim("batch", max=64), 2: Dim("height", min=35), 3: Dim("width", min=35)}
-    exported = torch.export.export(test_model, (torch.randn(2, 3, 40, 48),), dynamic_shapes=(sizes,))
-    for size in [(40, 48), (35, 67), (96, 64)]:
-        x = torch.randn(3, 3, *size)
-        torch.testing.assert_close(exported.module()(x), test_model(x), rtol=1e-4, atol=1e-5)
-
-
 def test_safetensors_round_trip_through_timm_pretrained_path(test_model, tmp_path):
     path = tmp_path / "weights.safetensors"
     safetensors.torch.save_file(test_model.state_dict(), str(path))
