@@ -162,6 +162,23 @@ def test_backend_with_delta_projection_matches_reference(backend, dtype, shape, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", [True, False])
+def test_rank_zero_delta_projection(backend, merge):
+    """An empty delta projection (R = 0) projects to 0, so delta is the bias alone (the cpu kernel once read the empty
+    weight as no projection and crashed)."""
+    _require(backend)
+    u, delta, A, B, C, D, bias = make_inputs(2, 5, 2, 3, 4)
+    args = [t.requires_grad_() for t in (u, delta.new_zeros(2, 5, 2, 0), A, B, C, D, bias, A.new_zeros(2, 3, 0))]
+    order = random_orders(2, 5)
+    y = selective_scan(*args[:7], True, order, merge, backend, delta_proj_weight=args[7])
+    y_ref = selective_scan_ref(*args[:7], True, order, merge, delta_proj_weight=args[7])
+    torch.testing.assert_close(y, y_ref)
+    grads, grads_ref = (torch.autograd.grad(out.square().sum(), args) for out in (y, y_ref))
+    for grad, grad_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(grad, grad_ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_sequence(backend):
     _require(backend)
     args = [a.requires_grad_() for a in make_inputs(2, 0, 4, 3, 1)]
