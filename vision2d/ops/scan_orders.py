@@ -88,8 +88,9 @@ def local_scan_orders(H: int, W: int, directions, device=None) -> Tensor:
         raise ValueError(f"local_scan_orders: H and W must be >= 0, got H={H}, W={W}")
     # the length from the sizes, not the sequences, and a max only between different windows (a padded length is
     # never below H * W): symbolic sizes (torch.compile, export) then have fewer relations to decide
-    window_lengths = {k: _sequence_length(H, W, name) for name in directions for k in [_parse_direction(name)[2]] if k}
-    length = functools.reduce(torch.sym_max, window_lengths.values()) if window_lengths else H * W
+    windows = sorted({_parse_direction(name)[2] for name in directions} - {0})
+    lengths = [_sequence_length(H, W, f"w{k}") for k in windows]
+    length = functools.reduce(torch.sym_max, lengths) if lengths else H * W
     # each row built on the host once per map size, direction and length (cached), stacked into a new tensor, then
     # moved: meta and CUDA alike
     rows = [_order_row(H, W, name, length) for name in directions]

@@ -64,8 +64,9 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delt
     sd = state_dtype(u.dtype)
     (batch, L, E), (K, _, N) = u.shape, A.shape
     order = _checked_order(order)
-    if delta_proj_weight is not None and delta_proj_weight.shape[2] == 0:  # rank 0: the projected delta is 0 (the
-        delta, delta_proj_weight = delta.new_zeros(batch, L, K, E), None  # kernel reads a null weight as none given)
+    if delta_proj_weight is not None and delta_proj_weight.shape[2] == 0:
+        # rank 0 projects to 0; the kernel would read the empty weight's null pointer as no projection
+        delta, delta_proj_weight = delta.new_zeros(batch, L, K, E), None
     y = torch.empty((batch, L, E) if merge else (batch, L, K, E), dtype=sd)
     if y.numel() > 0:
         inputs = _in_state_dtype(sd, u, delta, A, B, C, D, delta_bias, delta_proj_weight)  # weight (K, E, R)
