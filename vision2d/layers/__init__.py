@@ -1,5 +1,6 @@
 """Blocks shared by model families."""
+from .depthwise_conv import DepthwiseConv2d
 from .rope import apply_rope_2d, rope_2d_angles
 from .star_relu import StarReLU
 
-__all__ = ["StarReLU", "apply_rope_2d", "rope_2d_angles"]
+__all__ = ["DepthwiseConv2d", "StarReLU", "apply_rope_2d", "rope_2d_angles"]

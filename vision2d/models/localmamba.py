@@ -145,10 +145,7 @@ class LocalSS2D(SS2D):
         K, E, R, N = len(self.directions), self.d_inner, self.dt_rank, self.d_state
         # in_proj's two halves as two products: x dense, as the convolution reads it (a strided half is copied)
         x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
-        # in-place activations and products on fresh results: fewer large allocations (each one page-faults anew);
-        # the activation on the convolution's channels-last output as (B, H, W, E): the same memory, and symbolic
-        # shapes need not order the strides of a permuted tensor, which a Dim range in torch.export cannot prove
-        u = F.silu(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), inplace=True).reshape(batch, H * W, E)
+        u = self.conv(x).view(batch, H * W, E)  # SiLU(DWConv3x3(x))
         order = local_scan_orders(H, W, self.directions, device=u.device)
         # window padding: zero pixels after the map's, so u = 0 and, projected from it (no biases), delta before its
         # bias = B = C = 0. Compiled graphs pad always (by 0 if need be): no branch on sizes that may be symbolic

@@ -19,11 +19,12 @@ from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._registry import generate_default_cfgs
 
+from ..layers import DepthwiseConv2d
 from ..ops import selective_scan
 from ..ops.scan_orders import multiscale_scan_order
 from .localmamba import MergingVMamba, block_dims_and_rates, convert_state_dict, residual_add
 from .localmamba import _rename_official_key as _rename_v1_skeleton_key
-from .vmamba import SS2D, gelu, overwritable, released_checkpoint_globals
+from .vmamba import SS2D, overwritable, released_checkpoint_globals
 
 __all__ = ["MSVMamba", "checkpoint_filter_fn"]
 
@@ -69,7 +70,7 @@ class MultiScaleSS2D(SS2D):
         dd = dict(device=device, dtype=dtype)
         E = self.d_inner
         self.in_proj = nn.Linear(dim, 2 * E, bias=False, **dd)  # x and the gate z
-        self.conv_low = nn.Conv2d(E, E, 7, stride=2, padding=3, groups=E, bias=conv_bias, **dd)
+        self.conv_low = DepthwiseConv2d(E, 7, stride=2, bias=conv_bias, activation="silu", **dd)
         self.se = SqueezeExcite(E, se_reduction, **dd)
 
     def _scan(self, u: torch.Tensor, index: int, order: torch.Tensor = None, segments: int = 1) -> torch.Tensor:
@@ -93,12 +94,11 @@ class MultiScaleSS2D(SS2D):
         batch, H, W, _ = x.shape
         E = self.d_inner
         # in_proj's two halves as two products: x dense, as the convolutions read it (a strided half is copied)
-        x, z = F.linear(x, self.in_proj.weight[:E]).permute(0, 3, 1, 2), F.linear(x, self.in_proj.weight[E:])
-        # in-place activations and sums on fresh results: fewer large allocations (each one page-faults anew)
-        # (activations on the convolutions' channels-last outputs as (B, H, W, E): the same memory, and symbolic
-        # shapes need not order the strides of a permuted tensor, which a Dim range in torch.export cannot prove)
-        full = F.silu(self.conv(x).permute(0, 2, 3, 1), inplace=True).reshape(batch, H * W, E)
-        low = F.silu(self.conv_low(x).permute(0, 2, 3, 1), inplace=True)
+        x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
+        # SiLU(DWConv3x3(x)) and SiLU(DWConv7x7/2(x)); in-place sums on fresh results: fewer large allocations (each
+        # one page-faults anew)
+        full = self.conv(x).view(batch, H * W, E)
+        low = self.conv_low(x)
         h, w = low.shape[1:3]
         y_low = self._scan(low.reshape(batch, h * w, E), LOW, multiscale_scan_order(h, w, device=x.device), segments=3)
         # the shared LayerNorm per token of both branches (the low branch's functionally: each module runs once)
@@ -117,14 +117,12 @@ class ConvFFN(nn.Module):
         dd = dict(device=device, dtype=dtype)
         hidden = dim * expansion
         self.fc1 = nn.Linear(dim, hidden, **dd)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, **dd)
+        self.dwconv = DepthwiseConv2d(hidden, 3, activation="gelu", residual=True, **dd)  # GELU(t + DWConv3x3(t))
         self.fc2 = nn.Linear(hidden, dim, **dd)
         self.drop1, self.drop2 = nn.Dropout(drop), nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop1(self.fc1(x))
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)  # x + dwconv(x), into the conv's output
-        return self.drop2(self.fc2(gelu(x)))  # in place where autograd does not need x
+        return self.drop2(self.fc2(self.dwconv(self.drop1(self.fc1(x)))))
 
 
 class MSVSSBlock(nn.Module):

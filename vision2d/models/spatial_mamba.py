@@ -11,10 +11,10 @@ states), the fusion with one depthwise 11x11 kernel merged from the three dilate
 (`merge_dilated_kernels`), as the official eval path does. Unlike the official module, which merges once on its
 first eval call and keeps that kernel forever, the merged kernel is built from the current parameters (121 x E
 numbers), in every forward where autograd records; without autograd it is kept between calls only while every
-parameter it reads keeps its storage and version counter (`derived`; so are A, the identity-added cpe kernels and the
-folded BatchNorms): loading weights, training or moving the model after an eval call can never serve a stale kernel.
+parameter it reads keeps its storage and version counter (`derived`; so are A and the folded BatchNorms): loading weights, training or moving the model after an eval call can never serve a stale kernel.
 Training uses the same merged kernel (the sum of the three convolutions is one convolution; its gradient flows back
-to the three kernels and alpha).
+to the three kernels and alpha). The depthwise convolutions run with their residual or activation fused
+(`DepthwiseConv2d`: x + cpe(x), SiLU(conv(x)), the downsampling's ReLU(DWConv3x3/2(x))).
 """
 import math
 import re
@@ -31,7 +31,8 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..ops import merge_dilated_kernels, state_scan_fusion
+from ..layers import DepthwiseConv2d
+from ..ops import depthwise_conv2d, merge_dilated_kernels, state_scan_fusion
 from .vmamba import ChannelsLastStagesMixin, check_input, released_checkpoint_globals
 
 __all__ = ["SpatialMamba", "checkpoint_filter_fn"]
@@ -165,8 +166,9 @@ class Downsample(nn.Module):
                                   ConvNormAct(wide, 2 * dim, 1, act=False, **dd))
 
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv[0].forward_pointwise(x)  # contiguous (B, H, W, 8 dim): the depthwise conv runs channels-last
-        x = self.conv[1](x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.conv[0].forward_pointwise(x)  # contiguous (B, H, W, 8 dim)
+        depthwise = self.conv[1].conv  # ReLU(DWConv3x3/2(x)) on the channels-last map
+        x = depthwise_conv2d(x, depthwise.weight, depthwise.bias, stride=2, activation="relu")
         return self.conv[2].forward_pointwise(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,7 +220,7 @@ class StructureAwareSSM(nn.Module):
         self.d_inner, self.d_state, self.dt_rank = inner, d_state, math.ceil(dim / 16)
         R, N = self.dt_rank, d_state
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False, **dd)
-        self.conv = nn.Conv2d(inner, inner, 3, padding=1, groups=inner, **dd)
+        self.conv = DepthwiseConv2d(inner, 3, activation="silu", **dd)  # SiLU(DWConv3x3(x))
         self.x_proj_weight = nn.Parameter(torch.empty(R + 2 * N, inner, **dd))
         self.dt_projs_weight = nn.Parameter(torch.empty(inner, R, **dd))
         self.dt_projs_bias = nn.Parameter(torch.empty(inner, **dd))
@@ -246,10 +248,10 @@ class StructureAwareSSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         E, R, N = self.d_inner, self.dt_rank, self.d_state
-        # in_proj as its x and z halves: both contiguous, so the conv reads x in place (channels-last memory format)
+        # in_proj as its x and z halves: both contiguous, so the conv reads x in place
         weight_x, weight_z = self.in_proj.weight.chunk(2)  # (one concatenation in the backward)
         x, z = F.linear(x, weight_x), F.linear(x, weight_z)
-        u = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        u = self.conv(x)
         dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
         delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))
         if torch.jit.is_scripting():
@@ -280,39 +282,19 @@ class SpatialMambaBlock(nn.Module):
                  dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.cpe1 = DepthwiseConv2d(dim, 3, residual=True, **dd)  # x + DWConv3x3(x) in one pass
         self.norm1 = nn.LayerNorm(dim, **dd)
         self.mixer = StructureAwareSSM(dim, d_state=d_state, **dd)
-        self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.cpe2 = DepthwiseConv2d(dim, 3, residual=True, **dd)
         self.norm2 = nn.LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    @staticmethod
-    def plus_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """x + DWConv3x3(x) as one depthwise 3x3 conv whose kernel `weight` has the identity added to its centre tap
-        (`plus_identity_kernels`); (B, H, W, C)."""
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=x.shape[-1]).permute(0, 2, 3, 1)
-
-    def plus_identity_kernels(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """cpe1's and cpe2's kernels with 1 added to the centre tap."""
-        identity = F.pad(self.cpe1.weight.new_ones(1, 1), (1, 1, 1, 1))  # (3, 3): 1 at the centre
-        return self.cpe1.weight + identity, self.cpe2.weight + identity
-
-    @torch.jit.unused
-    def eval_plus_identity_kernels(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`plus_identity_kernels`, kept while the kernels are unchanged where no gradient is recorded (`derived`)."""
-        return derived(self, "plus_identity", self.plus_identity_kernels, self.cpe1.weight, self.cpe2.weight)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            kernel1, kernel2 = self.plus_identity_kernels()
-        else:
-            kernel1, kernel2 = self.eval_plus_identity_kernels()
-        x = self.plus_conv(x, kernel1, self.cpe1.bias)
+        x = self.cpe1(x)
         x = x + self.drop_path1(self.mixer(self.norm1(x)))
-        x = self.plus_conv(x, kernel2, self.cpe2.bias)
+        x = self.cpe2(x)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 

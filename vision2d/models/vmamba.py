@@ -25,6 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
+from ..layers import DepthwiseConv2d
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
 from ..ops.selective_scan_ref import project_delta
 
@@ -113,7 +114,7 @@ class SS2D(nn.Module):
         self.d_inner, self.d_state, self.dt_rank = inner, d_state, math.ceil(dim / 16)
         K, R, N = num_directions, self.dt_rank, d_state
         self.in_proj = nn.Linear(dim, inner, bias=False, **dd)
-        self.conv = nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=conv_bias, **dd)
+        self.conv = DepthwiseConv2d(inner, 3, bias=conv_bias, activation="silu", **dd)  # SiLU(DWConv3x3(x))
         self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, inner, **dd))
         self.dt_projs_weight = nn.Parameter(torch.empty(K, inner, R, **dd))
         self.dt_projs_bias = nn.Parameter(torch.empty(K, inner, **dd))
@@ -140,9 +141,7 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         K, E, R, N = NUM_DIRECTIONS, self.d_inner, self.dt_rank, self.d_state
-        x = self.in_proj(x).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
-        u = self.conv(x)
-        u = F.silu(u, inplace=overwritable(u)).permute(0, 2, 3, 1).reshape(batch, H * W, E)
+        u = self.conv(self.in_proj(x)).view(batch, H * W, E)
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)

@@ -5,8 +5,9 @@ Each op has backend modules with the same interface (`unavailable_reason(device)
     "reference"  pure PyTorch, any device (the math; the fallback)
     "cpu"        compiled C++/OpenMP kernel from `kernels/cpu/` (CPU tensors)
     "triton"     Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
-An op picks one with its `backend=` argument, else the environment variable VISION2D_SCAN_BACKEND (for every op),
-else "auto": the fastest backend the tensor's device has, with a warning (once per message) when it has to fall back
+An op picks one with its `backend=` argument, else the environment variable VISION2D_SCAN_BACKEND (for every op that
+has that backend; an op without it, such as `depthwise_conv2d` without "triton", takes "auto"), else "auto": the
+fastest backend the tensor's device has, with a warning (once per message) when it has to fall back
 to the slow reference. `OpBackends.resolve(device)` reports the choice; an explicitly requested backend that cannot run
 raises with the reason.
 """
@@ -19,6 +20,7 @@ import torch
 
 ENV_VAR = "VISION2D_SCAN_BACKEND"
 AUTO = "auto"
+BACKEND_KINDS = ("reference", "cpu", "triton")
 _PREFERRED = {"cuda": "triton", "cpu": "cpu"}  # device type -> fastest backend kind
 _warned = set()
 
@@ -63,7 +65,10 @@ class OpBackends:
         device = torch.device(device)
         requested = self.check_name(backend)
         if requested == AUTO:
-            requested = self.check_name(os.environ.get(ENV_VAR) or AUTO)
+            from_env = os.environ.get(ENV_VAR) or AUTO
+            if from_env != AUTO and from_env not in BACKEND_KINDS:
+                raise ValueError(f"${ENV_VAR}={from_env!r} names no backend; expected one of {BACKEND_KINDS} or 'auto'")
+            requested = from_env if from_env in self.modules else AUTO
         if requested != AUTO:
             reason = self.unavailable_reason(requested, device)
             if reason is not None:
