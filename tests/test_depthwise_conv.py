@@ -148,3 +148,26 @@ def test_scan_backend_variable_for_a_backend_the_op_lacks(monkeypatch):
     monkeypatch.setenv("VISION2D_SCAN_BACKEND", "trition")
     with pytest.raises(ValueError, match="names no backend"):
         depthwise_conv2d(x, weight, bias)
+
+
+def test_custom_op_is_skipped_only_where_nothing_observes_it():
+    """Eager calls without autograd run the op's function directly (`backends.call_op`); a dispatch mode and autograd
+    see the custom op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, weight, bias = make_inputs(1, 5, 6, 8, 3)
+    with torch.no_grad(), Record() as record:
+        y = depthwise_conv2d(x, weight, bias, activation="silu")
+    assert any("vision2d.depthwise_conv2d" in call for call in record.calls), record.calls
+    torch.testing.assert_close(y, depthwise_conv2d(x, weight, bias, activation="silu"))
+    leaf = x.clone().requires_grad_()
+    assert "depthwise_conv2d" in type(depthwise_conv2d(leaf, weight, bias).grad_fn).__name__.lower()

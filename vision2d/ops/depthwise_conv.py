@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 from .depthwise_conv_ref import ACTIVATIONS
 
 DEPTHWISE_CONV_BACKENDS = OpBackends("depthwise_conv2d", {"reference": "vision2d.ops.depthwise_conv_ref",
@@ -22,7 +22,7 @@ DEPTHWISE_CONV_BACKENDS = OpBackends("depthwise_conv2d", {"reference": "vision2d
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.library.custom_op("vision2d::depthwise_conv2d", mutates_args=())
+@custom_op("vision2d::depthwise_conv2d")
 def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, activation: str, residual: bool,
              backend: str) -> Tensor:
     return DEPTHWISE_CONV_BACKENDS.forward(backend, x, weight, bias, stride, activation, residual)
@@ -99,4 +99,4 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     """
     _check_inputs(x, weight, bias, stride, activation, residual)
     backend = DEPTHWISE_CONV_BACKENDS.check_name(backend)
-    return _conv_op(x.contiguous(), weight, bias, stride, activation, bool(residual), backend)
+    return call_op(_conv_op, x.contiguous(), weight, bias, stride, activation, bool(residual), backend)

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 from .selective_scan_ref import identity_orders
 
 SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
@@ -20,7 +20,7 @@ SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.o
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.library.custom_op("vision2d::selective_scan", mutates_args=())
+@custom_op("vision2d::selective_scan")
 def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              delta_bias: Optional[Tensor], order: Tensor, delta_softplus: bool, merge: bool, backend: str,
              delta_proj_weight: Optional[Tensor] = None) -> Tensor:
@@ -125,4 +125,4 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     args = [t.contiguous() for t in (u, delta, A, B, C)]
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
     weight = None if delta_proj_weight is None else delta_proj_weight.contiguous()
-    return _scan_op(*args, *optional, order.contiguous(), bool(delta_softplus), bool(merge), backend, weight)
+    return call_op(_scan_op, *args, *optional, order.contiguous(), bool(delta_softplus), bool(merge), backend, weight)

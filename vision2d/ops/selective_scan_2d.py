@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 
 SCAN2D_BACKENDS = OpBackends("selective_scan_2d", {"reference": "vision2d.ops.scan2d_ref",
                                                    "cpu": "vision2d.ops.scan2d_cpu",
@@ -30,7 +30,7 @@ def resolve_backend(device, backend: Optional[str] = None) -> str:
     return SCAN2D_BACKENDS.resolve(device, backend)
 
 
-@torch.library.custom_op("vision2d::selective_scan_2d", mutates_args=())
+@custom_op("vision2d::selective_scan_2d")
 def _scan_op(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
              C: Tensor, D: Optional[Tensor], delta_softplus: bool, reverse: bool, backend: str) -> Tensor:
     return SCAN2D_BACKENDS.forward(backend, u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_softplus, reverse)
@@ -127,4 +127,4 @@ def selective_scan_2d(u: Tensor, delta_t: Tensor, delta_l: Tensor, A_t: Tensor, 
     _refuse_forward_mode_ad(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D)
     name = SCAN2D_BACKENDS.check_name(backend)  # resolved inside the op (untraced): compile sees a constant
     args = [t.contiguous() for t in (u, delta_t, delta_l, A_t, A_l, B_t, B_l, C)]
-    return _scan_op(*args, None if D is None else D.contiguous(), bool(delta_softplus), bool(reverse), name)
+    return call_op(_scan_op, *args, None if D is None else D.contiguous(), bool(delta_softplus), bool(reverse), name)

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 from .selective_scan_2pass_ref import NUM_DIRECTIONS
 
 SCAN_2PASS_BACKENDS = OpBackends("selective_scan_2pass", {"reference": "vision2d.ops.selective_scan_2pass_ref",
@@ -28,7 +28,7 @@ SCAN_2PASS_BACKENDS = OpBackends("selective_scan_2pass", {"reference": "vision2d
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.library.custom_op("vision2d::selective_scan_2pass", mutates_args=())
+@custom_op("vision2d::selective_scan_2pass")
 def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              delta_bias: Optional[Tensor], delta_softplus: bool, height: int, width: int, merge: bool,
              backend: str) -> Tensor:
@@ -121,4 +121,5 @@ def selective_scan_2pass(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     backend = SCAN_2PASS_BACKENDS.check_name(backend)
     args = [t.contiguous() for t in (u, delta, A, B, C)]
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
-    return _scan_op(*args, *optional, bool(delta_softplus), height, width, bool(merge), backend)  # may be symbolic
+    # height, width may be symbolic
+    return call_op(_scan_op, *args, *optional, bool(delta_softplus), height, width, bool(merge), backend)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 
 STATE_FUSION_BACKENDS = OpBackends("state_fusion", {"reference": "vision2d.ops.state_fusion_ref",
                                                     "cpu": "vision2d.ops.state_fusion_cpu",
@@ -21,7 +21,7 @@ STATE_FUSION_BACKENDS = OpBackends("state_fusion", {"reference": "vision2d.ops.s
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.library.custom_op("vision2d::state_fusion", mutates_args=())
+@custom_op("vision2d::state_fusion")
 def _state_fusion_op(x: Tensor, weight: Tensor, backend: str) -> Tensor:
     return STATE_FUSION_BACKENDS.forward(backend, x, weight)
 
@@ -78,7 +78,7 @@ def state_fusion(x: Tensor, weight: Tensor, backend: Optional[str] = None) -> Te
         raise ValueError(f"state_fusion: weight must be (C, k, k) with C = {C} (from x {tuple(x.shape)}) and k odd, "
                          f"got {tuple(weight.shape)}")
     backend = STATE_FUSION_BACKENDS.check_name(backend)
-    return _state_fusion_op(x.contiguous(), weight, backend)  # the backends take any weight layout
+    return call_op(_state_fusion_op, x.contiguous(), weight, backend)  # the backends take any weight layout
 
 
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 from .scan2d_ref import state_dtype
 
 STATE_SCAN_BACKENDS = OpBackends("state_scan", {"reference": "vision2d.ops.state_scan_ref",
@@ -21,7 +21,7 @@ STATE_SCAN_BACKENDS = OpBackends("state_scan", {"reference": "vision2d.ops.state
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.library.custom_op("vision2d::state_scan", mutates_args=())
+@custom_op("vision2d::state_scan")
 def _state_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor],
                    delta_softplus: bool, backend: str) -> Tensor:
     return STATE_SCAN_BACKENDS.forward(backend, u, delta, A, B, delta_bias, delta_softplus)
@@ -100,5 +100,5 @@ def state_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optio
     _check_inputs(u, delta, A, B, delta_bias)
     backend = STATE_SCAN_BACKENDS.check_name(backend)
     args = [t.contiguous() for t in (u, delta, A, B)]
-    return _state_scan_op(*args, None if delta_bias is None else delta_bias.contiguous(), bool(delta_softplus),
-                          backend)
+    return call_op(_state_scan_op, *args, None if delta_bias is None else delta_bias.contiguous(),
+                   bool(delta_softplus), backend)

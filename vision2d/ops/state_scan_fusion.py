@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import state_fusion_cpu
-from .backends import backward_op_fake, backward_op_grads
+from .backends import backward_op_fake, backward_op_grads, call_op, custom_op
 from .scan2d_ref import state_dtype
 from .state_fusion import STATE_FUSION_BACKENDS
 from .state_fusion_ref import state_fusion_ref
@@ -71,7 +71,7 @@ def state_scan_fusion_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
                                      delta_softplus, norm_weight, norm_bias, norm_eps, gate)
 
 
-@torch.library.custom_op("vision2d::state_scan_fusion", mutates_args=())
+@custom_op("vision2d::state_scan_fusion")
 def _state_scan_fusion_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, weight: Tensor,
                           D: Optional[Tensor], delta_bias: Optional[Tensor], norm_weight: Optional[Tensor],
                           norm_bias: Optional[Tensor], gate: Optional[Tensor], delta_softplus: bool,
@@ -224,6 +224,6 @@ def state_scan_fusion(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         raise ValueError("state_scan_fusion: norm_weight / norm_bias given without norm_eps (the LayerNorm's eps)")
     backend = STATE_SCAN_BACKENDS.check_name(backend)
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias, norm_weight, norm_bias, gate)]
-    return _state_scan_fusion_op(*[t.contiguous() for t in (u, delta, A, B, C)], weight, *optional,
-                                 bool(delta_softplus), None if norm_eps is None else float(norm_eps),
-                                 backend)  # the backends take any weight layout
+    return call_op(_state_scan_fusion_op, *[t.contiguous() for t in (u, delta, A, B, C)], weight, *optional,
+                   bool(delta_softplus), None if norm_eps is None else float(norm_eps),
+                   backend)  # the backends take any weight layout

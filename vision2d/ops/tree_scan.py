@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import tree_scan_ref
-from .backends import OpBackends, backward_op_fake, backward_op_grads
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 
 TREE_SCAN = OpBackends("tree_scan", {"reference": "vision2d.ops.tree_scan_ref", "cpu": "vision2d.ops.tree_scan_cpu",
                                      "triton": "vision2d.ops.tree_scan_triton"})
@@ -30,7 +30,7 @@ BACKENDS = TREE_SCAN.names
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.library.custom_op("vision2d::tree_build", mutates_args=())
+@custom_op("vision2d::tree_build")
 def _build_op(guide: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
     return TREE_SCAN.module(TREE_SCAN.resolve(guide.device, backend)).build_tree(guide)
 
@@ -41,7 +41,7 @@ def _(guide, backend):
     return guide.new_empty(shape, dtype=torch.int64), guide.new_empty(shape, dtype=torch.int64)
 
 
-@torch.library.custom_op("vision2d::tree_scan", mutates_args=())
+@custom_op("vision2d::tree_scan")
 def _scan_op(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: str) -> Tensor:
     return TREE_SCAN.forward(backend, x, decay, order, parent)
 
@@ -77,7 +77,7 @@ def _backward(ctx, dy):
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("vision2d::selective_tree_scan", mutates_args=())
+@custom_op("vision2d::selective_tree_scan")
 def _selective_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Optional[Tensor], order: Tensor,
                   parent: Tensor, backend: str) -> Tensor:
     module = TREE_SCAN.module(TREE_SCAN.resolve(x.device, backend))
@@ -107,7 +107,7 @@ def _selective_backward(ctx, dy):
 _selective_op.register_autograd(_selective_backward, setup_context=_selective_setup_context)
 
 
-@torch.library.custom_op("vision2d::tree_scan_readout", mutates_args=())
+@custom_op("vision2d::tree_scan_readout")
 def _readout_op(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
                 h_norm_eps: float, out_norm_weight: Tensor, out_norm_bias: Tensor, out_norm_eps: float,
                 backend: str) -> Tensor:
@@ -136,7 +136,7 @@ def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
         raise TypeError(f"build_tree: guide has dtype {guide.dtype}; expected one of {_FLOAT_DTYPES}")
     if guide.shape[1] == 0:
         raise ValueError("build_tree: guide has no channels, so no similarities to build a tree from")
-    return _build_op(guide.detach(), TREE_SCAN.check_name(backend))  # any layout (channels-last: no copy)
+    return call_op(_build_op, guide.detach(), TREE_SCAN.check_name(backend))  # any layout (channels-last: no copy)
 
 
 def _check_scan_inputs(x, decay, order, parent, op="tree_scan", decay_name="decay"):
@@ -169,8 +169,8 @@ def tree_scan(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, backend: 
     Returns y (B, L, D) in x's dtype. Differentiable in x and decay.
     """
     _check_scan_inputs(x, decay, order, parent)
-    return _scan_op(x.contiguous(), decay.contiguous(), order.contiguous(), parent.contiguous(),
-                    TREE_SCAN.check_name(backend))
+    return call_op(_scan_op, x.contiguous(), decay.contiguous(), order.contiguous(), parent.contiguous(),
+                   TREE_SCAN.check_name(backend))
 
 
 def selective_tree_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, order: Tensor, parent: Tensor,
@@ -195,9 +195,9 @@ def selective_tree_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, order: T
                             f"{t.dtype} on {t.device}")
         if tuple(t.shape) != shape:
             raise ValueError(f"selective_tree_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
-    return _selective_op(x.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
-                         None if delta_bias is None else delta_bias.contiguous(), order.contiguous(),
-                         parent.contiguous(), TREE_SCAN.check_name(backend))
+    return call_op(_selective_op, x.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
+                   None if delta_bias is None else delta_bias.contiguous(), order.contiguous(), parent.contiguous(),
+                   TREE_SCAN.check_name(backend))
 
 
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
@@ -257,4 +257,4 @@ def tree_scan_readout(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_n
             float(out_norm_eps))
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
         return tree_scan_ref.readout_ref(*args).to(y.dtype)
-    return _readout_op(*args, TREE_SCAN.check_name(backend))
+    return call_op(_readout_op, *args, TREE_SCAN.check_name(backend))
