@@ -210,6 +210,27 @@ def test_direction_attention_equals_the_official_formula(dtype, tol):
         assert rel_err(g_ours, g_official) < tol
 
 
+@pytest.mark.parametrize("name", ["test_localmamba", "test_msvmamba", "test_vmamba"])
+def test_eval_scan_constants_follow_every_change(name):
+    """Without autograd SS2D's A = -exp(A_logs), D and delta_bias are kept between calls (`vision2d.layers.derived`);
+    in-place updates and load_state_dict after an eval call give what a fresh model with the same weights gives."""
+    x = torch.randn(1, 3, 40, 48)
+    model = timm.create_model(name).eval()
+    with torch.inference_mode():
+        before = model(x)
+    mixer = model.stages[1].blocks[0].mixer
+    with torch.no_grad():
+        mixer.A_logs.sub_(0.5)
+        mixer.Ds.mul_(3.0)
+        mixer.dt_projs_bias.add_(1.0)
+        changed = model(x)
+    fresh = timm.create_model(name).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(changed, fresh(x), rtol=0, atol=0)
+    assert not torch.equal(changed, before)
+
+
 def test_residual_add_keeps_the_sums_dtype():
     """The blocks' residual sum goes into the branch's buffer only when that buffer has the sum's dtype (CUDA autocast:
     a float16 branch on a float32 stream gets a new float32 sum, as x + branch)."""

@@ -117,9 +117,9 @@ def test_merged_kernel_follows_the_weights_after_eval(fixture, official_sd, tmp_
 
 
 def test_eval_kernels_kept_between_calls_follow_every_change(official_sd):
-    """Without autograd the merged kernel, A, the identity-added cpe kernels and the folded BatchNorms are kept between
-    calls (`spatial_mamba.derived`): in-place updates, load_state_dict and dtype moves after such calls give what a
-    fresh model with the same weights gives, and inference_mode / no_grad calls share them."""
+    """Without autograd the merged kernel, A and the folded BatchNorms are kept between calls
+    (`vision2d.layers.derived`): in-place updates, load_state_dict and dtype moves after such calls give what a fresh
+    model with the same weights gives, and inference_mode / no_grad calls share them."""
     x = torch.randn(1, 3, 40, 56)
     model = timm.create_model("test_spatial_mamba").eval()
     model.load_state_dict(spatial_mamba.checkpoint_filter_fn(official_sd, model))

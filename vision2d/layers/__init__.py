@@ -1,6 +1,7 @@
 """Blocks shared by model families."""
 from .depthwise_conv import DepthwiseConv2d
+from .derived import derived
 from .rope import apply_rope_2d, rope_2d_angles
 from .star_relu import StarReLU
 
-__all__ = ["DepthwiseConv2d", "StarReLU", "apply_rope_2d", "rope_2d_angles"]
+__all__ = ["DepthwiseConv2d", "StarReLU", "derived", "apply_rope_2d", "rope_2d_angles"]

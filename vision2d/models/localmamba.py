@@ -154,8 +154,7 @@ class LocalSS2D(SS2D):
         L = u.shape[1]
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, L, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
-            self.dt_projs_bias.float()
+        A, D, delta_bias = self.scan_constants() if torch.jit.is_scripting() else self.eval_scan_constants()
         # the scan projects dts by dt_proj as it runs (delta (batch, L, K, E) is never stored)
         y = selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order, merge=False,
                            delta_proj_weight=self.dt_projs_weight)

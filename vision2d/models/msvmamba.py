@@ -77,18 +77,17 @@ class MultiScaleSS2D(SS2D):
         """Scan with the parameters of branch `index`: u (batch, L, E) repeated `segments` times along the sequence
         (copy c at positions c L .. (c + 1) L - 1), along `order` (1, segments L) (None: storage order). Returns
         (batch, segments L, E) by storage position."""
-        batch, length, E = u.shape
         R, N = self.dt_rank, self.d_state
         x_dbl = F.linear(u, self.x_proj_weight[index])  # (batch, L, R + 2N), once per pixel
         if segments > 1:
             u = u.repeat(1, segments, 1)
             x_dbl = x_dbl.repeat(1, segments, 1)
         dts, Bs, Cs = x_dbl.unsqueeze(2).split([R, N, N], dim=-1)
-        A = -torch.exp(self.A_logs[index * E:(index + 1) * E].float()).unsqueeze(0)
+        A, D, delta_bias = self.scan_constants() if torch.jit.is_scripting() else self.eval_scan_constants()
+        i, j = index, index + 1
         # the scan projects dts by dt_proj as it runs (delta (batch, L, 1, E) is never stored)
-        return selective_scan(u, dts, A, Bs, Cs, self.Ds[index * E:(index + 1) * E].float().unsqueeze(0),
-                              self.dt_projs_bias[index:index + 1].float(), delta_softplus=True, order=order,
-                              delta_proj_weight=self.dt_projs_weight[index:index + 1])
+        return selective_scan(u, dts, A[i:j], Bs, Cs, D[i:j], delta_bias[i:j], delta_softplus=True, order=order,
+                              delta_proj_weight=self.dt_projs_weight[i:j])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape

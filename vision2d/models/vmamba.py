@@ -25,7 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..layers import DepthwiseConv2d
+from ..layers import DepthwiseConv2d, derived
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
 from ..ops.selective_scan_ref import project_delta
 
@@ -138,6 +138,16 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32, device=device)).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
+    def scan_constants(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A = -exp(A_logs) (K, E, N), D (K, E), delta_bias (K, E)) in float32 from the current parameters."""
+        K, E = self.dt_projs_bias.shape
+        return -torch.exp(self.A_logs.float()).view(K, E, -1), self.Ds.float().view(K, E), self.dt_projs_bias.float()
+
+    @torch.jit.unused
+    def eval_scan_constants(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`scan_constants`, kept while the parameters are unchanged where no gradient is recorded (`derived`)."""
+        return derived(self, "scan_constants", self.scan_constants, self.A_logs, self.Ds, self.dt_projs_bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         K, E, R, N = NUM_DIRECTIONS, self.d_inner, self.dt_rank, self.d_state
@@ -145,8 +155,7 @@ class SS2D(nn.Module):
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
         x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
-        A, D, delta_bias = -torch.exp(self.A_logs.float()).view(K, E, N), self.Ds.float().view(K, E), \
-            self.dt_projs_bias.float()
+        A, D, delta_bias = self.scan_constants() if torch.jit.is_scripting() else self.eval_scan_constants()
         if self.scan == "2pass":
             delta = direction_step_sizes(dts, self.dt_projs_weight)
             y = selective_scan_2pass(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, height=H, width=W)
