@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import vision2d  # noqa: F401  (registers the models)
 from test_vmamba import _convert_checkpoint_tool
 from vision2d.models import localmamba
+from vision2d.ops import direction_readout
 from vision2d.ops.scan_orders import local_scan_orders
 from parity_helpers import rel_err, save  # noqa: E402
 
@@ -189,20 +190,24 @@ def official_direction_attention(attn, y):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 def test_direction_attention_equals_the_official_formula(dtype, tol):
-    """Forward (with and without autograd) and gradients (input and every parameter) of the gate-and-sum against the
-    official per-direction LayerNorm -> pixel mean -> gate -> product, then sum; channel means far from zero test the
-    statistics of the inference path."""
+    """Forward and gradients (input and every parameter) of the gate-and-sum against the official per-direction
+    LayerNorm -> pixel mean -> gate -> product, then sum; and the mixer's inference path (`inference_gate`, then
+    `direction_readout` with out_norm and the SiLU gate) against the official formula; channel means far from zero
+    test the statistics of the inference path."""
     torch.manual_seed(0)
     attn = localmamba.DirectionAttention(24).to(dtype)
+    out_norm = torch.nn.LayerNorm(24).to(dtype)
     with torch.no_grad():
-        for p in attn.parameters():
+        for p in [*attn.parameters(), *out_norm.parameters()]:
             p.add_(torch.randn_like(p) * 0.5)
     y = (torch.randn(3, 37, 4, 24, dtype=dtype) * 2 + 3 * torch.randn(3, 37, 4, 1, dtype=dtype)).requires_grad_()
+    z = torch.randn(3, 37, 24, dtype=dtype)
     ours, official = attn(y), official_direction_attention(attn, y)
-    with torch.no_grad():  # the inference path: LayerNorm statistics per pixel, the gated sum in place
-        inference = attn(y)
-    assert ours.shape == inference.shape == (3, 37, 24)
-    assert rel_err(ours, official) < tol and rel_err(inference, official) < tol
+    with torch.no_grad():
+        inference = direction_readout(y, attn.inference_gate(y), z, out_norm.weight, out_norm.bias, out_norm.eps)
+        expected = out_norm(official) * F.silu(z)
+    assert ours.shape == (3, 37, 24) and inference.shape == (3, 37, 24)
+    assert rel_err(ours, official) < tol and rel_err(inference, expected) < tol
     inputs = [y, *attn.parameters()]
     grad_out = torch.randn_like(ours)
     for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad_out),

@@ -25,7 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..ops import selective_scan
+from ..ops import direction_readout, selective_scan
 from ..ops.scan_orders import local_scan_orders
 from .vmamba import SS2D, VMamba, check_pool_type, _NOT_BACKBONE, _strip_prefixes
 
@@ -90,11 +90,8 @@ class DirectionAttention(nn.Module):
     reduce(mean over pixels of LN(t_k))))).
 
     (B, L, K, E) in, (B, L, E) out: one gate of E channels per sample and direction, from the same weights for all K.
-    Without autograd (inference) the LayerNorm's pixel mean comes from per-pixel statistics
-    (`pixel_mean_of_layer_norm`, `norm`'s affine applied after the mean; float32 / float64 outside autocast) and the
-    gated sum reads each direction in place: CPU time at 56x56x192, K = 4, 1 thread, batch 16: 83 ms vs 275 ms.
-    With autograd the plain composition runs, whose backward writes fewer full-size gradients (batch 2, forward +
-    backward: 26 vs 43 ms).
+    Without autograd (inference) the mixer calls `inference_gate` and `vision2d.ops.direction_readout` instead, which
+    sums, normalises and gates in one pass (`LocalSS2D.forward`).
     """
 
     def __init__(self, dim: int, reduce_ratio: float = 0.125, device=None, dtype=None):
@@ -104,20 +101,20 @@ class DirectionAttention(nn.Module):
         self.global_reduce = nn.Linear(dim, int(dim * reduce_ratio), **dd)
         self.channel_select = nn.Linear(int(dim * reduce_ratio), dim, **dd)
 
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, K, E) gates from the pixel means of LN(t_k)."""
+        return torch.sigmoid(self.channel_select(F.gelu(self.global_reduce(pooled))))
+
+    def inference_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """`gate` of x (B, L, K, E) without writing LN(x): the pixel means from per-pixel statistics
+        (`pixel_mean_of_layer_norm`, the affine applied after the mean; float32 / float64 outside autocast, which the
+        statistics' weighted sum needs), else the plain composition."""
+        if x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
+            return self.gate(self.norm(x).mean(1))
+        return self.gate(pixel_mean_of_layer_norm(x, self.norm.eps) * self.norm.weight + self.norm.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        training = torch.is_grad_enabled()
-        # the statistics' weighted sum needs float32 products (not bf16 / fp16 inputs, nor autocast's bmm)
-        if training or x.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled(x.device.type):
-            pooled = self.norm(x).mean(1)
-        else:
-            pooled = pixel_mean_of_layer_norm(x, self.norm.eps) * self.norm.weight + self.norm.bias  # (B, K, E)
-        gate = torch.sigmoid(self.channel_select(F.gelu(self.global_reduce(pooled)))).unsqueeze(1)  # (B, 1, K, E)
-        if training:
-            return (x * gate).sum(2)
-        out = x[:, :, 0] * gate[:, :, 0]
-        for k in range(1, x.shape[2]):
-            out = out.addcmul_(x[:, :, k], gate[:, :, k])
-        return out
+        return (x * self.gate(self.norm(x).mean(1)).unsqueeze(1)).sum(2)
 
 
 @register_notrace_module  # torch.fx (timm's feature extraction) keeps the mixer whole: it reshapes by input size
@@ -160,8 +157,13 @@ class LocalSS2D(SS2D):
                            delta_proj_weight=self.dt_projs_weight)
         # the map's positions: a view in eager; compiled graphs copy them, as a view's strides are contiguous only
         # without padding, a relation of the sizes symbolic shapes would fix at the traced size
-        y = self.attn(y.narrow_copy(1, 0, H * W) if torch.compiler.is_compiling() else y[:, :H * W])
-        return self.out_proj(self.out_norm(y).view(batch, H, W, E).mul_(F.silu(z, inplace=True)))
+        y = y.narrow_copy(1, 0, H * W) if torch.compiler.is_compiling() else y[:, :H * W]
+        if torch.is_grad_enabled():  # the composition, whose backward writes fewer full-size gradients
+            return self.out_proj(self.out_norm(self.attn(y)).view(batch, H, W, E) * F.silu(z))
+        # inference: the gates, then the gated sum, out_norm and the SiLU gate in one pass
+        norm = self.out_norm
+        return self.out_proj(direction_readout(y, self.attn.inference_gate(y), z.view(batch, H * W, E), norm.weight,
+                                               norm.bias, norm.eps).view(batch, H, W, E))
 
 
 class LocalVSSBlock(nn.Module):
