@@ -70,6 +70,11 @@ def test_benchmark_reports_only_measured_numbers_with_progress(capsys):
     assert "nan" not in out.lower() and "peak mem" not in out
     assert re.search(r"\| test_mamba2d \| 0\.3 \| [\d.]+ \| 1\.00x \| [\d.]+ \| [\d.]+ \|", out), out
     assert "round 2/2" in err and "building test_mamba2d" in err
+    benchmark.main(["test_mamba2d", "--img-size", "32", "--rounds", "1", "--warmup", "1", "--no-memory", "--threads",
+                    "1", "--latency-only"])
+    out, err = capsys.readouterr()
+    assert re.search(r"\| test_mamba2d \| 0\.3 \| [\d.]+ \| 1\.00x \|\n", out) and "img/s" not in out, out
+    assert "'eval'" not in err and "'train'" not in err
     benchmark.main(["--op", "--shapes", "1x3x4x2x2", "--rounds", "1", "--threads", "1"])
     out, err = capsys.readouterr()
     assert "| 1x3x4x2x2 | float32 | reference |" in out and "nan" not in out.lower()

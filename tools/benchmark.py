@@ -7,7 +7,8 @@
 
 Models: eval latency (batch --latency-batch), eval throughput (batch --batch-size) and train step throughput, measured
 round-robin (model A, model B, A, B, ...) and reported as medians so machine noise hits every model alike (the
-latency of a round is the median of --latency-calls back-to-back calls: steady state, warm caches). Peak memory
+latency of a round is the median of --latency-calls back-to-back calls: steady state, warm caches; --latency-only
+times nothing else, so no batch eval or train step runs between two models' latency calls). Peak memory
 is how far the resident set of a fresh process rises above its size after the imports while it builds the model and
 runs one eval and one train step (CPU, Linux), or torch.cuda.max_memory_allocated (CUDA).
 """
@@ -140,10 +141,11 @@ def bench_models(args) -> str:
         except ValueError as error:
             raise SystemExit(f"error: {error}")
     params, tasks = {}, {}
+    kinds = ("latency",) if args.latency_only else ("latency", "eval", "train")
     for name in args.models:
         progress(f"building {name}")
         params[name], model_tasks = _make_model_tasks(name, args, device)
-        tasks.update({(name, kind): fn for kind, fn in model_tasks.items()})
+        tasks.update({(name, kind): fn for kind, fn in model_tasks.items() if kind in kinds})
     latency_calls = {(name, "latency"): args.latency_calls for name in args.models}
     medians = _round_robin(tasks, args.rounds, args.warmup, device, latency_calls)
     memory = {}
@@ -152,14 +154,15 @@ def bench_models(args) -> str:
             progress(f"peak memory of {name} (a fresh process)")
             memory[name] = peak_memory_mib(name, args)
     ref = args.models[-1]
-    columns = ["model", "params (M)", f"latency b={args.latency_batch} (ms)", "ratio",
-               f"eval img/s b={args.batch_size}", f"train img/s b={args.batch_size}"]
+    columns = ["model", "params (M)", f"latency b={args.latency_batch} (ms)", "ratio"]
+    columns += [] if args.latency_only else [f"eval img/s b={args.batch_size}", f"train img/s b={args.batch_size}"]
     columns += ["peak mem (MiB)"] if memory else []  # only what was measured
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name in args.models:
         lat = medians[(name, "latency")]
-        cells = [name, f"{params[name]:.1f}", f"{lat * 1e3:.1f}", f"{lat / medians[(ref, 'latency')]:.2f}x",
-                 f"{args.batch_size / medians[(name, 'eval')]:.1f}", f"{args.batch_size / medians[(name, 'train')]:.1f}"]
+        cells = [name, f"{params[name]:.1f}", f"{lat * 1e3:.1f}", f"{lat / medians[(ref, 'latency')]:.2f}x"]
+        if not args.latency_only:
+            cells += [f"{args.batch_size / medians[(name, kind)]:.1f}" for kind in ("eval", "train")]
         cells += [f"{memory[name]:.0f}"] if memory else []
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nScan backend on {device.type}: `{resolve_backend(device)}`; ratio = latency / latency of "
@@ -266,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="back-to-back latency calls per model and round (their median counts): steady-state "
                              "latency, not the first call after another model's work")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size of the eval and train throughput")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="time only the latency: the rounds then alternate the models' latency calls alone, "
+                             "without the batch eval and train steps (and their cache and allocator churn) between "
+                             "them, and take a fraction of the time")
     parser.add_argument("--rounds", type=int, default=10, help="timed round-robin rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each task before timing")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
