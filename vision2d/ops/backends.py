@@ -25,6 +25,12 @@ AUTO = "auto"
 BACKEND_KINDS = ("reference", "cpu", "triton")
 _PREFERRED = {"cuda": "triton", "cpu": "cpu"}  # device type -> fastest backend kind
 _warned = set()
+_generation = [0]  # advanced by `forget_resolutions`
+
+
+def forget_resolutions():
+    """Make every op resolve its backend anew (after a native library was reset, so its availability may differ)."""
+    _generation[0] += 1
 
 
 def _warn_once(message: str):
@@ -42,6 +48,9 @@ class OpBackends:
         self.op_name = op_name
         self.modules = dict(modules)
         self.names = tuple(modules)
+        self._resolved: Dict[tuple, str] = {}
+        self._generation = _generation[0]
+        self._loaded = {}  # backend name -> its imported module
 
     def check_name(self, backend: Optional[str]) -> str:
         """`backend` (None means "auto") if it names a backend of this op or "auto"; else a ValueError."""
@@ -51,7 +60,10 @@ class OpBackends:
         return backend
 
     def module(self, name: str):
-        return importlib.import_module(self.modules[self.check_name(name)])
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            loaded = self._loaded[name] = importlib.import_module(self.modules[self.check_name(name)])
+        return loaded
 
     def unavailable_reason(self, name: str, device) -> Optional[str]:
         """None when backend `name` can run on `device`, else why not."""
@@ -63,8 +75,19 @@ class OpBackends:
         return module.unavailable_reason(torch.device(device))
 
     def resolve(self, device, backend: Optional[str] = None) -> str:
-        """The backend that runs this op on `device`: `backend`, else $VISION2D_SCAN_BACKEND, else the fastest."""
+        """The backend that runs this op on `device`: `backend`, else $VISION2D_SCAN_BACKEND, else the fastest. The
+        choice is kept per (device type, backend, variable) until `forget_resolutions` (which a native library's
+        reset calls): ops resolve on every call."""
         device = torch.device(device)
+        key = (device.type, backend, os.environ.get(ENV_VAR))
+        if self._generation != _generation[0]:
+            self._resolved, self._generation = {}, _generation[0]
+        chosen = self._resolved.get(key)
+        if chosen is None:
+            chosen = self._resolved[key] = self._resolve(device, backend)
+        return chosen
+
+    def _resolve(self, device: torch.device, backend: Optional[str]) -> str:
         requested = self.check_name(backend)
         if requested == AUTO:
             from_env = os.environ.get(ENV_VAR) or AUTO

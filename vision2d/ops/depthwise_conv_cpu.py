@@ -34,22 +34,26 @@ def _in_state_dtype(dtype, t):
     return t if t is None or (t.dtype == dtype and t.is_contiguous()) else t.to(dtype).contiguous()
 
 
+_ENTRY = {torch.float32: "depthwise_conv_forward_f32", torch.float64: "depthwise_conv_forward_f64"}
+
+
 def _forward(x, weight, bias, stride, activation, residual):
     """act(z) (or z for activation "none") in the state dtype, (batch, Ho, Wo, C)."""
     sd = state_dtype(x.dtype)
     (batch, H, W, C), k = x.shape, weight.shape[-1]
     out = torch.empty(batch, (H - 1) // stride + 1, (W - 1) // stride + 1, C, dtype=sd)
     if out.numel() > 0:
-        inputs = [_in_state_dtype(sd, t) for t in (x, weight, bias)]  # referenced until the call returns
-        LIBRARY.call(f"depthwise_conv_forward_{'f64' if sd == torch.float64 else 'f32'}",
-                     *(None if t is None else t.data_ptr() for t in inputs), out.data_ptr(), batch, H, W, C, k,
-                     stride, ACTIVATIONS.index(activation), int(residual), torch.get_num_threads())
+        x, weight, bias = (_in_state_dtype(sd, t) for t in (x, weight, bias))  # referenced until the call returns
+        LIBRARY.call(_ENTRY[sd], x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+                     out.data_ptr(), batch, H, W, C, k, stride, ACTIVATIONS.index(activation), int(residual),
+                     torch.get_num_threads())
     return out
 
 
 def forward(x, weight, bias, stride, activation, residual):
     """(batch, Ho, Wo, C) in x's dtype; see `depthwise_conv_ref`."""
-    return _forward(x, weight, bias, stride, activation, residual).to(x.dtype)
+    out = _forward(x, weight, bias, stride, activation, residual)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def backward(dout, x, weight, bias, stride, activation, residual):

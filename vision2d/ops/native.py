@@ -25,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+from .backends import forget_resolutions
+
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC")
 _PACKAGED_SOURCES = Path(__file__).resolve().parents[1] / "_kernels"
 _CHECKOUT_SOURCES = Path(__file__).resolve().parents[2] / "kernels"
@@ -142,11 +144,14 @@ class NativeLibrary:
         self._lock = threading.Lock()
         self._library: Optional[ctypes.CDLL] = None
         self._failure: Optional[str] = None
+        self._functions = {}  # name -> the loaded library's function
 
     def reset(self):
-        """Forget the loaded library or the failure, so the next `load()` tries again."""
+        """Forget the loaded library or the failure, so the next `load()` tries again (and ops choose anew)."""
         with self._lock:
             self._library, self._failure = None, None
+            self._functions = {}
+        forget_resolutions()
 
     def _load_uncached(self) -> ctypes.CDLL:
         source = self.source or kernel_source(self.relative)
@@ -180,5 +185,8 @@ class NativeLibrary:
 
     def call(self, function: str, *args):
         """Call `function` of the library; a non-zero return is the kernel's allocation failure."""
-        if getattr(self.load(), function)(*args) != 0:
+        entry = self._functions.get(function)
+        if entry is None:
+            entry = self._functions[function] = getattr(self.load(), function)
+        if entry(*args) != 0:
             raise MemoryError(f"{function}: could not allocate the kernel's scratch memory")
