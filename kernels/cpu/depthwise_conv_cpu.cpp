@@ -8,10 +8,12 @@
 // caller's) recomputes the pre-activation with it. Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17
 // -shared -fPIC.
 //
-// A vector holds kLanes consecutive channels. Tasks (batch item, channel block, band of output rows) hold the block's
-// k * k tap weights in a small array; each output pixel sums its taps in registers and is stored once, so the map is
-// read once per tap from cache and written once. Small maps run on one thread (a parallel region costs more than
-// their few thousand vector operations).
+// A vector holds kLanes consecutive channels. The weights are first laid out as one vector per channel block and tap.
+// Tasks are output rows (split into groups of channel blocks when rows are few); a row runs pixel by pixel and, within
+// a pixel, channel block by channel block, so the input is read along its contiguous channels (a task per channel
+// block strided through the map by C and ran at the memory's latency); each output pixel sums its taps in registers
+// and is stored once. Small maps run on one thread (a parallel region costs more than their few thousand vector
+// operations).
 #include <omp.h>
 
 #include <algorithm>
@@ -75,52 +77,62 @@ inline Vec<Real> activate(Vec<Real> z, int activation) {
 // interleaves (one pixel at a time waits on the multiply-add latency at every tap)
 constexpr int kPixels = 4;
 
-// One task: output rows [row_begin, row_end) of batch item b for the channels [first, first + count); Full: count is
-// kLanes (plain vector loads and stores)
+// Output row i of batch item b for channel blocks [block_begin, block_end): pixel by pixel (kPixels at a time in the
+// interior), channel block by channel block within a pixel, so the input is read along its contiguous channels.
+// wt: the weights as (blocks, k * k) vectors, biases (blocks) vectors. Full: every block has kLanes channels.
 template <typename Real, int K, bool Full>
-void conv_rows(const ConvShape& s, const Real* x, const Vec<Real>* w, Vec<Real> bias, Real* out, int64_t b,
-               int64_t row_begin, int64_t row_end, int64_t first, int count, int activation, bool residual) {
-  const int k = K > 0 ? K : int(s.kernel);
-  if (Full) count = kLanes<Real>;
+void conv_row(const ConvShape& s, const Real* x, const Vec<Real>* wt, const Vec<Real>* biases, Real* out, int64_t b,
+              int64_t i, int64_t block_begin, int64_t block_end, int activation, bool residual) {
+  constexpr int lanes = kLanes<Real>;
+  const int k = K > 0 ? K : int(s.kernel), taps = k * k;
   const int64_t H = s.height, W = s.width, C = s.channels, p = s.pad(), st = s.stride, Wo = s.out_width();
   // columns j whose taps are all inside the row: j st - p >= 0 and j st - p + k <= W
   const int64_t inner_begin = std::min(Wo, (p + st - 1) / st);
   const int64_t inner_end = W - k + p < 0 ? inner_begin : std::clamp<int64_t>((W - k + p) / st + 1, inner_begin, Wo);
-  const Real* image = x + b * H * W * C + first;
-  for (int64_t i = row_begin; i < row_end; ++i) {
-    const int64_t top = i * st - p;  // input row of tap row a = 0
-    const int a0 = int(std::max<int64_t>(0, -top)), a1 = int(std::min<int64_t>(k, H - top));
-    Real* target = out + (b * s.out_height() + i) * Wo * C + first;
-    auto finish = [&](int64_t j, Vec<Real> acc) {
-      if (residual) acc += load(image + (i * W + j) * C, count);
-      store(target + j * C, activate<Real>(acc, activation), count);
-    };
-    auto edge_pixel = [&](int64_t j) {
-      const int64_t left = j * st - p;  // input column of tap column d = 0
-      const int d0 = int(std::max<int64_t>(0, -left)), d1 = int(std::min<int64_t>(k, W - left));
-      Vec<Real> acc = bias;
+  const Real* image = x + b * H * W * C;
+  const int64_t top = i * st - p;  // input row of tap row a = 0
+  const int a0 = int(std::max<int64_t>(0, -top)), a1 = int(std::min<int64_t>(k, H - top));
+  Real* target = out + (b * s.out_height() + i) * Wo * C;
+  auto count_of = [&](int64_t block) { return Full ? lanes : int(std::min<int64_t>(lanes, C - block * lanes)); };
+  auto finish = [&](int64_t j, int64_t c, int count, Vec<Real> acc) {
+    if (residual) acc += load(image + (i * W + j) * C + c, count);
+    store(target + j * C + c, activate<Real>(acc, activation), count);
+  };
+  auto edge_pixel = [&](int64_t j) {
+    const int64_t left = j * st - p;  // input column of tap column d = 0
+    const int d0 = int(std::max<int64_t>(0, -left)), d1 = int(std::min<int64_t>(k, W - left));
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t c = block * lanes;
+      const int count = count_of(block);
+      const Vec<Real>* w = wt + block * taps;
+      Vec<Real> acc = biases[block];
       for (int a = a0; a < a1; ++a) {
-        const Real* source = image + ((top + a) * W + left) * C;
+        const Real* source = image + ((top + a) * W + left) * C + c;
         for (int d = d0; d < d1; ++d) acc += w[a * k + d] * load(source + d * C, count);
       }
-      finish(j, acc);
-    };
-    int64_t j = 0;
-    for (; j < inner_begin; ++j) edge_pixel(j);
-    for (; j + kPixels <= inner_end; j += kPixels) {
+      finish(j, c, count, acc);
+    }
+  };
+  int64_t j = 0;
+  for (; j < inner_begin; ++j) edge_pixel(j);
+  for (; j + kPixels <= inner_end; j += kPixels) {
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t c = block * lanes;
+      const int count = count_of(block);
+      const Vec<Real>* w = wt + block * taps;
       Vec<Real> acc[kPixels];
-      for (int q = 0; q < kPixels; ++q) acc[q] = bias;
+      for (int q = 0; q < kPixels; ++q) acc[q] = biases[block];
       for (int a = a0; a < a1; ++a) {
-        const Real* source = image + ((top + a) * W + j * st - p) * C;
+        const Real* source = image + ((top + a) * W + j * st - p) * C + c;
         for (int d = 0; d < k; ++d) {
           const Vec<Real> tap = w[a * k + d];
           for (int q = 0; q < kPixels; ++q) acc[q] += tap * load(source + (q * st + d) * C, count);
         }
       }
-      for (int q = 0; q < kPixels; ++q) finish(j + q, acc[q]);
+      for (int q = 0; q < kPixels; ++q) finish(j + q, c, count, acc[q]);
     }
-    for (; j < Wo; ++j) edge_pixel(j);
   }
+  for (; j < Wo; ++j) edge_pixel(j);
 }
 
 template <typename Real>
@@ -128,55 +140,60 @@ int conv_forward(const ConvShape& s, const Real* x, const Real* weight, const Re
                  bool residual, int num_threads) {
   constexpr int lanes = kLanes<Real>;
   const int64_t C = s.channels, taps = s.kernel * s.kernel, Ho = s.out_height(), Wo = s.out_width();
-  const int64_t blocks = (C + lanes - 1) / lanes;
-  const int64_t work = s.batch * Ho * Wo * C * taps;
+  const int64_t blocks = (C + lanes - 1) / lanes, rows = s.batch * Ho;
+  const int64_t work = rows * Wo * C * taps;
   const int threads = work < kMinParallelWork ? 1 : std::max(1, num_threads);
-  // bands of rows so that every thread has a few tasks at batch 1
-  const int64_t bands = std::clamp<int64_t>((4 * threads + s.batch * blocks - 1) / (s.batch * blocks), 1, Ho);
-  const int64_t band_rows = (Ho + bands - 1) / bands, tasks = s.batch * blocks * bands;
-  int failed = 0;
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t band = task % bands, block = task / bands % blocks, b = task / bands / blocks;
-    const int64_t first = block * lanes, row_begin = band * band_rows, row_end = std::min(Ho, row_begin + band_rows);
-    const int count = int(std::min<int64_t>(lanes, C - first));
-    if (row_begin >= row_end) continue;
-    Vec<Real> small[49];
-    std::vector<Vec<Real>> large;
-    Vec<Real>* w = small;
-    if (taps > 49) {
-      try {
-        large.resize(taps);
-      } catch (const std::bad_alloc&) {
-#pragma omp atomic write
-        failed = 1;
-        continue;
+  // tasks: output rows, split into groups of channel blocks when there are few rows, so every thread has a few
+  const int64_t groups = std::clamp<int64_t>((4 * threads + rows - 1) / rows, 1, blocks);
+  const int64_t group_blocks = (blocks + groups - 1) / groups, tasks = rows * groups;
+  std::vector<Vec<Real>> wt, biases;
+  try {
+    wt.resize(blocks * taps);
+    biases.resize(blocks);
+  } catch (const std::bad_alloc&) {
+    return 1;
+  }
+  const bool full = C % lanes == 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block) {  // (C, k * k) -> (blocks, k * k) vectors of channels
+      const int64_t first = block * lanes;
+      const int count = int(std::min<int64_t>(lanes, C - first));
+      for (int64_t t = 0; t < taps; ++t) {
+        Vec<Real> v{};
+        for (int l = 0; l < count; ++l) v[l] = weight[(first + l) * taps + t];
+        wt[block * taps + t] = v;
       }
-      w = large.data();
+      biases[block] = bias ? load(bias + first, count) : Vec<Real>{};
     }
-    for (int64_t t = 0; t < taps; ++t) {  // tap t of the block's channels (weight is (C, k * k))
-      w[t] = Vec<Real>{};
-      for (int l = 0; l < count; ++l) w[t][l] = weight[(first + l) * taps + t];
-    }
-    const Vec<Real> b_vec = bias ? load(bias + first, count) : Vec<Real>{};
-    const bool full = count == lanes;
-    switch (s.kernel * 2 + full) {
-#define CASE(K)                                                                                               \
-  case 2 * K + 1:                                                                                             \
-    conv_rows<Real, K, true>(s, x, w, b_vec, out, b, row_begin, row_end, first, count, activation, residual);  \
-    break;                                                                                                    \
-  case 2 * K:                                                                                                 \
-    conv_rows<Real, K, false>(s, x, w, b_vec, out, b, row_begin, row_end, first, count, activation, residual); \
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t row = task / groups, group = task % groups;
+      const int64_t b = row / Ho, i = row % Ho;
+      const int64_t block_begin = group * group_blocks, block_end = std::min(blocks, block_begin + group_blocks);
+      if (block_begin >= block_end) continue;
+      switch (s.kernel * 2 + full) {
+#define CASE(K)                                                                                                   \
+  case 2 * K + 1:                                                                                                 \
+    conv_row<Real, K, true>(s, x, wt.data(), biases.data(), out, b, i, block_begin, block_end, activation,        \
+                            residual);                                                                            \
+    break;                                                                                                        \
+  case 2 * K:                                                                                                     \
+    conv_row<Real, K, false>(s, x, wt.data(), biases.data(), out, b, i, block_begin, block_end, activation,       \
+                             residual);                                                                           \
     break;
-      CASE(3)
-      CASE(5)
-      CASE(7)
+        CASE(3)
+        CASE(5)
+        CASE(7)
 #undef CASE
-      default:
-        conv_rows<Real, 0, false>(s, x, w, b_vec, out, b, row_begin, row_end, first, count, activation, residual);
+        default:
+          conv_row<Real, 0, false>(s, x, wt.data(), biases.data(), out, b, i, block_begin, block_end, activation,
+                                   residual);
+      }
     }
   }
-  return failed;
+  return 0;
 }
 
 }  // namespace
