@@ -253,9 +253,12 @@ void advance_tile(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_
       if (y) {
         for (int j = 0; j < Width; ++j) {
           const int count = blk.channels(j);
-          if (a.merge) {
+          if (a.merge && K > 1) {  // added to the skip term and the other directions' outputs
             Real* yp = y + blk.sequence_offset(a, p, j);
             store(yp, load(yp, count) + acc[j], count);
+          } else if (a.merge) {  // one direction: y = its output plus the skip term, stored once
+            const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
+            store(y + blk.sequence_offset(a, p, j), acc[j] + blk.D_sum[j] * u, count);
           } else {
             const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
             store(y + blk.direction_offset(a, p, k, j), acc[j] + blk.D[k * Width + j] * u, count);
@@ -335,7 +338,7 @@ int forward(const ScanArgs<Real>& all, Real* y, int num_threads) {
       Real* y_a = split > 1 ? y + k * all.channels : y;  // y[b, p, k] is the direction's y[b, p, 0]
       const ChannelBlock<Real> blk(a, item / split, first_block, int(std::min<int64_t>(width, blocks - first_block)),
                                    tile_buffer);
-      if (a.merge) {  // y starts as the skip term, sum_k D_k u
+      if (a.merge && a.directions != 1) {  // y starts as the skip term, sum_k D_k u (one direction stores both at once)
         for (int64_t p = 0; p < L; ++p) {
           for (int j = 0; j < blk.width; ++j) {
             const int64_t offset = blk.sequence_offset(a, p, j);
