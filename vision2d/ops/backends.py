@@ -149,6 +149,26 @@ def call_op(op, *args):
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_tensors(op_name: str, tensors: Dict[str, Optional[torch.Tensor]], required: Sequence[str] = (),
+                  any_dtype: Sequence[str] = ()):
+    """Raises a TypeError / ValueError naming the bad argument of `op_name`: each of `tensors` (None allowed unless its
+    name is in `required`) must be a torch.Tensor of a float dtype (any dtype for names in `any_dtype`, which the op
+    checks itself) on the device of the first one."""
+    first_name, first = next(iter(tensors.items()))
+    for name, t in tensors.items():
+        if t is None and name not in required:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if name not in any_dtype and t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{op_name}: {name} has dtype {t.dtype}; expected one of {FLOAT_DTYPES}")
+        if t.device != first.device:
+            raise ValueError(f"{op_name}: {name} is on {t.device} but {first_name} is on {first.device}")
+
+
 def backward_op_grads(grads: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> List[torch.Tensor]:
     """What a backward custom op returns for `grads`: each gradient contiguous, as `backward_op_fake` promises
     (Inductor checks the strides a custom op returns), and an absent one (a custom op cannot return None) as an empty

@@ -14,12 +14,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 from .depthwise_conv_ref import ACTIVATIONS
 
 DEPTHWISE_CONV_BACKENDS = OpBackends("depthwise_conv2d", {"reference": "vision2d.ops.depthwise_conv_ref",
                                                           "cpu": "vision2d.ops.depthwise_conv_cpu"})
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::depthwise_conv2d")
@@ -63,15 +62,7 @@ _conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _check_inputs(x, weight, bias, stride, activation, residual):
     """Raises a TypeError / ValueError naming the bad argument."""
-    for name, t in dict(x=x, weight=weight, bias=bias).items():
-        if t is None and name == "bias":
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"depthwise_conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"depthwise_conv2d: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-        if t.device != x.device:
-            raise ValueError(f"depthwise_conv2d: {name} is on {t.device} but x is on {x.device}")
+    check_tensors("depthwise_conv2d", dict(x=x, weight=weight, bias=bias), required=("x", "weight"))
     if x.dim() != 4:
         raise ValueError(f"depthwise_conv2d: x must be 4-D channels-last (batch, H, W, C), got shape {tuple(x.shape)}")
     C, k = x.shape[-1], weight.shape[-1]

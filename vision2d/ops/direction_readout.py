@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 
 from . import direction_readout_ref
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import FLOAT_DTYPES, OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 
 DIRECTION_READOUT_BACKENDS = OpBackends("direction_readout", {"reference": "vision2d.ops.direction_readout_ref",
                                                               "cpu": "vision2d.ops.direction_readout_cpu"})
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::direction_readout")
@@ -67,7 +66,7 @@ def _check_inputs(y, **tensors):
     for name, t in dict(y=y, **tensors).items():
         if t is None:
             continue
-        if not isinstance(t, Tensor) or t.dtype not in _FLOAT_DTYPES:
+        if not isinstance(t, Tensor) or t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"direction_readout: {name} must be a float tensor, got "
                             f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
         if t.device != y.device:

@@ -11,13 +11,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 from .selective_scan_ref import identity_orders
 
 SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
                                                         "cpu": "vision2d.ops.selective_scan_cpu",
                                                         "triton": "vision2d.ops.selective_scan_triton"})
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::selective_scan")
@@ -69,15 +68,7 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias, order, delta_proj_weight):
     """Raises a TypeError / ValueError naming the bad argument and the expected shape or dtype."""
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, order=order,
                    delta_proj_weight=delta_proj_weight)
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if name != "order" and t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"selective_scan: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-        if t.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
+    check_tensors("selective_scan", tensors, any_dtype=("order",))
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be 3-D (batch, L, E), got shape {tuple(u.shape)}")
     if A.dim() != 3 or A.shape[1] != u.shape[2]:

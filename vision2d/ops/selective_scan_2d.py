@@ -11,13 +11,12 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 
 SCAN2D_BACKENDS = OpBackends("selective_scan_2d", {"reference": "vision2d.ops.scan2d_ref",
                                                    "cpu": "vision2d.ops.scan2d_cpu",
                                                    "triton": "vision2d.ops.scan2d_triton"})
 BACKENDS = SCAN2D_BACKENDS.names
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def backend_unavailable_reason(name: str, device: torch.device) -> Optional[str]:
@@ -75,16 +74,8 @@ _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D):
-    tensors = dict(u=u, delta_t=delta_t, delta_l=delta_l, A_t=A_t, A_l=A_l, B_t=B_t, B_l=B_l, C=C)
-    if D is not None:
-        tensors["D"] = D
-    for name, t in tensors.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"selective_scan_2d: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"selective_scan_2d: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-        if t.device != u.device:
-            raise ValueError(f"selective_scan_2d: {name} is on {t.device} but u is on {u.device}")
+    tensors = dict(u=u, delta_t=delta_t, delta_l=delta_l, A_t=A_t, A_l=A_l, B_t=B_t, B_l=B_l, C=C, D=D)
+    check_tensors("selective_scan_2d", tensors, required=[name for name in tensors if name != "D"])
     if u.dim() != 4:
         raise ValueError(f"selective_scan_2d: u must be 4-D (B, H, W, E) channels-last, got shape {tuple(u.shape)}")
     Bsz, H, W, E = u.shape
@@ -97,7 +88,7 @@ def _check_inputs(u, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D):
     expected = dict(delta_t=(Bsz, H, W, E), delta_l=(Bsz, H, W, E), A_t=(E, N), A_l=(E, N), B_t=(Bsz, H, W, N),
                     B_l=(Bsz, H, W, N), C=(Bsz, H, W, N), D=(E,))
     for name, shape in expected.items():
-        if name in tensors and tuple(tensors[name].shape) != shape:
+        if tensors[name] is not None and tuple(tensors[name].shape) != shape:
             raise ValueError(f"selective_scan_2d: {name} must have shape {shape} (from u {tuple(u.shape)} and "
                              f"A_t {tuple(A_t.shape)}), got {tuple(tensors[name].shape)}")
     for name in ("delta_t", "delta_l", "B_t", "B_l", "C"):

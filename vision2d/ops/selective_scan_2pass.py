@@ -19,13 +19,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 from .selective_scan_2pass_ref import NUM_DIRECTIONS
 
 SCAN_2PASS_BACKENDS = OpBackends("selective_scan_2pass", {"reference": "vision2d.ops.selective_scan_2pass_ref",
                                                           "cpu": "vision2d.ops.selective_scan_2pass_cpu",
                                                           "triton": "vision2d.ops.selective_scan_2pass_triton"})
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::selective_scan_2pass")
@@ -74,15 +73,7 @@ _scan_op.register_autograd(_backward, setup_context=_setup_context)
 def _check_inputs(u, delta, A, B, C, D, delta_bias, height, width):
     """Raises a TypeError / ValueError naming the bad argument and the expected shape or dtype."""
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"selective_scan_2pass: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"selective_scan_2pass: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-        if t.device != u.device:
-            raise ValueError(f"selective_scan_2pass: {name} is on {t.device} but u is on {u.device}")
+    check_tensors("selective_scan_2pass", tensors)
     if u.dim() != 3:
         raise ValueError(f"selective_scan_2pass: u must be 3-D (batch, H * W, E), got shape {tuple(u.shape)}")
     for name, value in (("height", height), ("width", width)):

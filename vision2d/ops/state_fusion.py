@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 
 STATE_FUSION_BACKENDS = OpBackends("state_fusion", {"reference": "vision2d.ops.state_fusion_ref",
                                                     "cpu": "vision2d.ops.state_fusion_cpu",
                                                     "triton": "vision2d.ops.state_fusion_triton"})
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::state_fusion")
@@ -64,13 +63,7 @@ def state_fusion(x: Tensor, weight: Tensor, backend: Optional[str] = None) -> Te
     x: (batch, H, W, C), any float dtype; weight: (C, k, k) with k odd, any float dtype. Accumulates in float32
     (float64 for float64 x); returns (batch, H, W, C) in x's dtype. Any strides are accepted.
     """
-    for name, t in dict(x=x, weight=weight).items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"state_fusion: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"state_fusion: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-    if weight.device != x.device:
-        raise ValueError(f"state_fusion: weight is on {weight.device} but x is on {x.device}")
+    check_tensors("state_fusion", dict(x=x, weight=weight), required=("x", "weight"))
     if x.dim() != 4:
         raise ValueError(f"state_fusion: x must be 4-D channels-last (batch, H, W, C), got shape {tuple(x.shape)}")
     C = x.shape[-1]

@@ -12,13 +12,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 from .scan2d_ref import state_dtype
 
 STATE_SCAN_BACKENDS = OpBackends("state_scan", {"reference": "vision2d.ops.state_scan_ref",
                                                 "cpu": "vision2d.ops.state_scan_cpu",
                                                 "triton": "vision2d.ops.state_scan_triton"})
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::state_scan")
@@ -63,15 +62,7 @@ _state_scan_op.register_autograd(_backward, setup_context=_setup_context)
 def _check_inputs(u, delta, A, B, delta_bias):
     """Raises a TypeError / ValueError naming the bad argument and the expected shape or dtype."""
     tensors = dict(u=u, delta=delta, A=A, B=B, delta_bias=delta_bias)
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"state_scan: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"state_scan: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-        if t.device != u.device:
-            raise ValueError(f"state_scan: {name} is on {t.device} but u is on {u.device}")
+    check_tensors("state_scan", tensors)
     if u.dim() != 3:
         raise ValueError(f"state_scan: u must be 3-D (batch, L, E), got shape {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != u.shape[2]:

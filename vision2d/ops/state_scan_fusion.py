@@ -23,14 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import state_fusion_cpu
-from .backends import backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
 from .scan2d_ref import state_dtype
 from .state_fusion import STATE_FUSION_BACKENDS
 from .state_fusion_ref import state_fusion_ref
 from .state_scan import STATE_SCAN_BACKENDS
 from .state_scan_ref import state_scan_ref
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _read_out(scan, fusion, u, delta, A, B, C, weight, D, delta_bias, delta_softplus):
@@ -172,15 +170,7 @@ def _check_inputs(u, delta, A, B, C, weight, D, delta_bias, norm_weight, norm_bi
     """Raises a TypeError / ValueError naming the bad argument and the expected shape or dtype."""
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, weight=weight, D=D, delta_bias=delta_bias,
                    norm_weight=norm_weight, norm_bias=norm_bias, gate=gate)
-    for name, t in tensors.items():
-        if t is None and name not in ("u", "delta", "A", "B", "C", "weight"):
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"state_scan_fusion: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"state_scan_fusion: {name} has dtype {t.dtype}; expected one of {_FLOAT_DTYPES}")
-        if t.device != u.device:
-            raise ValueError(f"state_scan_fusion: {name} is on {t.device} but u is on {u.device}")
+    check_tensors("state_scan_fusion", tensors, required=("u", "delta", "A", "B", "C", "weight"))
     if u.dim() != 4:
         raise ValueError(f"state_scan_fusion: u must be 4-D channels-last (batch, H, W, E), got shape "
                          f"{tuple(u.shape)}")

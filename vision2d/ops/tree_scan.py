@@ -22,12 +22,11 @@ import torch
 from torch import Tensor
 
 from . import tree_scan_ref
-from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
+from .backends import FLOAT_DTYPES, OpBackends, backward_op_fake, backward_op_grads, call_op, custom_op
 
 TREE_SCAN = OpBackends("tree_scan", {"reference": "vision2d.ops.tree_scan_ref", "cpu": "vision2d.ops.tree_scan_cpu",
                                      "triton": "vision2d.ops.tree_scan_triton"})
 BACKENDS = TREE_SCAN.names
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @custom_op("vision2d::tree_build")
@@ -132,8 +131,8 @@ def build_tree(guide: Tensor, backend: Optional[str] = None) -> Tuple[Tensor, Te
         raise TypeError(f"build_tree: guide must be a torch.Tensor, got {type(guide).__name__}")
     if guide.dim() != 4:
         raise ValueError(f"build_tree: guide must be 4-D (B, C, H, W), got shape {tuple(guide.shape)}")
-    if guide.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"build_tree: guide has dtype {guide.dtype}; expected one of {_FLOAT_DTYPES}")
+    if guide.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"build_tree: guide has dtype {guide.dtype}; expected one of {FLOAT_DTYPES}")
     if guide.shape[1] == 0:
         raise ValueError("build_tree: guide has no channels, so no similarities to build a tree from")
     return call_op(_build_op, guide.detach(), TREE_SCAN.check_name(backend))  # any layout (channels-last: no copy)
@@ -149,8 +148,8 @@ def _check_scan_inputs(x, decay, order, parent, op="tree_scan", decay_name="deca
             raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
     if x.dim() != 3:
         raise ValueError(f"{op}: x must be 3-D (B, L, D), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES or decay.dtype != x.dtype:
-        raise TypeError(f"{op}: x and {decay_name} must share one float dtype of {_FLOAT_DTYPES}, got {x.dtype} and "
+    if x.dtype not in FLOAT_DTYPES or decay.dtype != x.dtype:
+        raise TypeError(f"{op}: x and {decay_name} must share one float dtype of {FLOAT_DTYPES}, got {x.dtype} and "
                         f"{decay.dtype}")
     if decay.shape != x.shape:
         raise ValueError(f"{op}: {decay_name} must have x's shape {tuple(x.shape)}, got {tuple(decay.shape)}")
@@ -238,7 +237,7 @@ def tree_scan_readout(y: Tensor, x: Tensor, z: Tensor, C: Tensor, D: Tensor, h_n
     tensors = dict(y=y, x=x, z=z, C=C, D=D, h_norm_weight=h_norm_weight, h_norm_bias=h_norm_bias,
                    out_norm_weight=out_norm_weight, out_norm_bias=out_norm_bias)
     for name, t in tensors.items():
-        if not isinstance(t, Tensor) or t.dtype not in _FLOAT_DTYPES:
+        if not isinstance(t, Tensor) or t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"tree_scan_readout: {name} must be a floating-point torch.Tensor, got "
                             f"{getattr(t, 'dtype', type(t).__name__)}")
         if t.device != y.device:
