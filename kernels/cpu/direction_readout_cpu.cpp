@@ -29,34 +29,8 @@ int64_t blocks_of(int64_t channels) {
 }
 
 template <typename Real>
-const Real* ones() {  // kLanes ones
-  static const Vec<Real> v = splat<Real>(1);
-  return reinterpret_cast<const Real*>(&v);
-}
-
-template <typename Real>
 inline int count_of(int64_t channels, int64_t block) {
   return int(std::min<int64_t>(kLanes<Real>, channels - block * kLanes<Real>));
-}
-
-// (mean, 1 / sqrt(variance + eps)) of the E values at x, two-pass
-template <typename Real>
-inline void row_statistics(const Real* x, int64_t E, Real eps, Real* mean, Real* rstd) {
-  const int64_t blocks = blocks_of<Real>(E), full = E / kLanes<Real>;  // full: blocks without a tail
-  Vec<Real> sum{}, squares{};
-  for (int64_t i = 0; i < blocks; ++i) sum += load(x + i * kLanes<Real>, count_of<Real>(E, i));
-  const Real mu = hsum<Real>(sum) / Real(E);
-  for (int64_t i = 0; i < full; ++i) {
-    const Vec<Real> d = load(x + i * kLanes<Real>, kLanes<Real>) - mu;
-    squares += d * d;
-  }
-  if (full < blocks) {  // the tail: its missing lanes load as 0, which the mask keeps out of the deviations
-    const int count = int(E - full * kLanes<Real>);
-    const Vec<Real> d = (load(x + full * kLanes<Real>, count) - mu) * load(ones<Real>(), count);
-    squares += d * d;
-  }
-  *mean = mu;
-  *rstd = Real(1) / std::sqrt(hsum<Real>(squares) / Real(E) + eps);
 }
 
 // bands of pixels per batch item: a few per thread at batch 1
@@ -86,7 +60,7 @@ int readout(const Real* y, int64_t y_batch_stride, const Real* gate, const Real*
         store(target + c, sum, count);
       }
       Real mean, rstd;
-      row_statistics(target, E, eps, &mean, &rstd);
+      row_mean_rstd(target, E, eps, &mean, &rstd);
       const Real* gate_z = z + (b * length + l) * E;
       for (int64_t i = 0; i < blocks; ++i) {
         const int count = count_of<Real>(E, i);

@@ -310,8 +310,6 @@ int scan_fusion_forward(const ScanShape& s, const FusionShape& f, const Real* u,
     gamma[blk] = p.norm_weight ? load(p.norm_weight + blk * lanes, count(blk)) : splat<Real>(1);
     beta[blk] = p.norm_bias ? load(p.norm_bias + blk * lanes, count(blk)) : Vec<Real>{};
   }
-  Vec<Real> last_lanes{};  // 1 on the lanes of the last block that hold channels
-  for (int l = 0; l < count(blocks - 1); ++l) last_lanes[l] = 1;
   // the clamped source pixel of every (row, tap) and (column, tap), as offsets in a block's states buffer
   for (int64_t i = 0; i < H; ++i)
     for (int64_t t = 0; t < T; ++t) source_rows[i * T + t] = f.row(i, taps[t] / K) * W * N;
@@ -357,17 +355,7 @@ int scan_fusion_forward(const ScanShape& s, const FusionShape& f, const Real* u,
       for (int64_t pixel = b * L; pixel < (b + 1) * L; ++pixel) {
         Real* const o = out + pixel * E;
         Real mean = 0, rstd = 1;
-        if (p.norm) {  // two passes over the pixel's channels, as LayerNorm's mean and biased variance
-          Vec<Real> sum{}, squares{};
-          for (int64_t blk = 0; blk < blocks; ++blk) sum += load(o + blk * lanes, count(blk));
-          mean = hsum<Real>(sum) / Real(E);
-          for (int64_t blk = 0; blk < blocks; ++blk) {
-            Vec<Real> centred = load(o + blk * lanes, count(blk)) - mean;
-            if (blk == blocks - 1) centred *= last_lanes;
-            squares += centred * centred;
-          }
-          rstd = Real(1) / std::sqrt(hsum<Real>(squares) / Real(E) + p.eps);
-        }
+        if (p.norm) row_mean_rstd(o, E, p.eps, &mean, &rstd);  // LayerNorm's mean and biased variance
         for (int64_t blk = 0; blk < blocks; ++blk) {
           Vec<Real> v = load(o + blk * lanes, count(blk));
           if (p.norm) v = (v - mean) * rstd * gamma[blk] + beta[blk];

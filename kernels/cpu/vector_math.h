@@ -205,6 +205,30 @@ inline void store(Real* p, Vec<Real> v, int count) {
   }
 }
 
+// (mean, 1 / sqrt(biased variance + eps)) of the n values at x, as LayerNorm computes them: two passes (the mean,
+// then the mean square of the deviations); the lanes past the last value are kept out of the deviations
+template <typename Real>
+inline void row_mean_rstd(const Real* x, int64_t n, Real eps, Real* mean, Real* rstd) {
+  constexpr int L = kLanes<Real>;
+  const int64_t full = n / L;  // vectors without a tail
+  const int tail = int(n - full * L);
+  Vec<Real> sum{}, squares{};
+  for (int64_t i = 0; i < full; ++i) sum += load(x + i * L, L);
+  if (tail) sum += load(x + full * L, tail);
+  const Real mu = hsum<Real>(sum) / Real(n);
+  for (int64_t i = 0; i < full; ++i) {
+    const Vec<Real> d = load(x + i * L, L) - mu;
+    squares += d * d;
+  }
+  if (tail) {
+    Vec<Real> d = load(x + full * L, tail) - mu;
+    for (int l = tail; l < L; ++l) d[l] = 0;
+    squares += d * d;
+  }
+  *mean = mu;
+  *rstd = Real(1) / std::sqrt(hsum<Real>(squares) / Real(n) + eps);
+}
+
 // out[r] += the sum of the lanes of rows[r], r < count (rows are overwritten)
 template <typename Real>
 inline void add_lane_sums(Vec<Real>* rows, int64_t count, Real* out) {

@@ -11,7 +11,8 @@ states), the fusion with one depthwise 11x11 kernel merged from the three dilate
 (`merge_dilated_kernels`), as the official eval path does. Unlike the official module, which merges once on its
 first eval call and keeps that kernel forever, the merged kernel is built from the current parameters (121 x E
 numbers), in every forward where autograd records; without autograd it is kept between calls only while every
-parameter it reads keeps its storage and version counter (`derived`; so are A and the folded BatchNorms): loading weights, training or moving the model after an eval call can never serve a stale kernel.
+parameter it reads keeps its storage and version counter (`derived`; so are A and the folded BatchNorms): loading
+weights, training or moving the model after an eval call can never serve a stale kernel.
 Training uses the same merged kernel (the sum of the three convolutions is one convolution; its gradient flows back
 to the three kernels and alpha). The depthwise convolutions run with their residual or activation fused
 (`DepthwiseConv2d`: x + cpe(x), SiLU(conv(x)), the downsampling's ReLU(DWConv3x3/2(x))).
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import ClassifierHead, DropPath, Mlp
-from timm.models import build_model_with_cfg, register_model, register_notrace_function, register_notrace_module
+from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 

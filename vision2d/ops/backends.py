@@ -127,6 +127,9 @@ def custom_op(name: str):
     return wrap
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def call_op(op, *args):
     """`op(*args)` (a custom op made by `custom_op`), or `op.implementation(*args)`, the function itself, where the
     dispatcher has nothing to add: no autograd graph to record (no input requires grad, or grad mode is off), no
@@ -144,9 +147,6 @@ def call_op(op, *args):
                                             or a.device.type == "meta"):
             return op(*args)
     return op.implementation(*args)
-
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)

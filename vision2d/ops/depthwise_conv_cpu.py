@@ -10,7 +10,7 @@ import torch
 
 from .depthwise_conv_ref import ACTIVATIONS, backward_from_preactivation
 from .native import NativeLibrary
-from .scan2d_ref import state_dtype
+from .scan2d_ref import in_state_dtype, state_dtype
 
 
 def _declare(lib: ctypes.CDLL):
@@ -30,10 +30,6 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
     return LIBRARY.unavailable_reason()
 
 
-def _in_state_dtype(dtype, t):
-    return t if t is None or (t.dtype == dtype and t.is_contiguous()) else t.to(dtype).contiguous()
-
-
 _ENTRY = {torch.float32: "depthwise_conv_forward_f32", torch.float64: "depthwise_conv_forward_f64"}
 
 
@@ -43,7 +39,7 @@ def _forward(x, weight, bias, stride, activation, residual):
     (batch, H, W, C), k = x.shape, weight.shape[-1]
     out = torch.empty(batch, (H - 1) // stride + 1, (W - 1) // stride + 1, C, dtype=sd)
     if out.numel() > 0:
-        x, weight, bias = (_in_state_dtype(sd, t) for t in (x, weight, bias))  # referenced until the call returns
+        x, weight, bias = in_state_dtype(sd, x, weight, bias)  # referenced until the call returns
         LIBRARY.call(_ENTRY[sd], x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
                      out.data_ptr(), batch, H, W, C, k, stride, ACTIVATIONS.index(activation), int(residual),
                      torch.get_num_threads())

@@ -76,13 +76,6 @@ def _check_inputs(y, **tensors):
                              f"got {tuple(t.shape)}")
 
 
-def _dense(y: Tensor) -> Tensor:
-    """y as it is when only its batch stride is not contiguous's (the first L pixels of a padded scan output, which
-    the cpu kernel reads in place), else contiguous."""
-    batch, L, K, E = y.shape
-    return y if y.stride()[1:] == (K * E, E, 1) and y.stride(0) >= L * K * E else y.contiguous()
-
-
 @torch.jit.ignore  # TorchScript'ed models call it as Python (it validates with Python containers)
 def direction_readout(y: Tensor, gate: Tensor, z: Tensor, norm_weight: Optional[Tensor] = None,
                       norm_bias: Optional[Tensor] = None, eps: float = 1e-5, backend: Optional[str] = None) -> Tensor:
@@ -90,5 +83,7 @@ def direction_readout(y: Tensor, gate: Tensor, z: Tensor, norm_weight: Optional[
     norm_weight / norm_bias (E) or None -> (batch, L, E) in y's dtype. Any strides are accepted."""
     _check_inputs(y, gate=gate, z=z, norm_weight=norm_weight, norm_bias=norm_bias)
     backend = DIRECTION_READOUT_BACKENDS.check_name(backend)
-    return call_op(_readout_op, _dense(y), gate.contiguous(), z.contiguous(),
+    # y as it is: the backends take any strides (the cpu kernel reads the first L pixels of a padded scan output in
+    # place and copies other layouts)
+    return call_op(_readout_op, y, gate.contiguous(), z.contiguous(),
                    *(None if t is None else t.contiguous() for t in (norm_weight, norm_bias)), float(eps), backend)

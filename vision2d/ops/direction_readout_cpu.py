@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .native import NativeLibrary
-from .scan2d_ref import state_dtype
+from .scan2d_ref import in_state_dtype, state_dtype
 
 
 def _declare(lib: ctypes.CDLL):
@@ -29,12 +29,11 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
 
 def _pointers(dtype, y, *tensors):
     """(tensors in `dtype` kept referenced by the caller, y's batch stride, their data pointers (None for absent
-    ones)): y as it is when its pixels, directions and channels are dense (a prefix of a padded scan output), the
-    others contiguous"""
+    ones)): y as it is when its pixels, directions and channels are dense (the first L pixels of a padded scan output,
+    read in place), the others contiguous"""
     if y.dtype != dtype or y.stride()[1:] != (y.shape[2] * y.shape[3], y.shape[3], 1) or y.stride(0) < y[0].numel():
         y = y.to(dtype).contiguous()
-    kept = [y] + [t if t is None or (t.dtype == dtype and t.is_contiguous()) else t.to(dtype).contiguous()
-                  for t in tensors]
+    kept = [y] + in_state_dtype(dtype, *tensors)
     return kept, y.stride(0), [None if t is None else t.data_ptr() for t in kept]
 
 

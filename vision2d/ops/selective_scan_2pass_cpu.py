@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .native import NativeLibrary
-from .scan2d_ref import state_dtype
+from .scan2d_ref import in_state_dtype, state_dtype
 from .selective_scan_2pass_ref import NUM_DIRECTIONS
 
 # per thread: the backward recomputes all of a channel block's state rows when they fit, else segments of rows
@@ -42,10 +42,6 @@ def _pointer(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def _in_state_dtype(dtype, *tensors):
-    return [None if t is None else t.to(dtype).contiguous() for t in tensors]
-
-
 def _suffix(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
 
@@ -56,7 +52,7 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, height, width, mer
     (batch, L, E), N = u.shape, A.shape[2]
     y = torch.empty((batch, L, E) if merge else (batch, L, NUM_DIRECTIONS, E), dtype=sd)
     if y.numel() > 0:
-        inputs = _in_state_dtype(sd, u, delta, A, B, C, D, delta_bias)
+        inputs = in_state_dtype(sd, u, delta, A, B, C, D, delta_bias)
         LIBRARY.call(f"selective_scan_2pass_forward_{_suffix(sd)}", *map(_pointer, inputs), y.data_ptr(), batch,
                      height, width, E, N, int(delta_softplus), int(merge), torch.get_num_threads())
     return y.to(u.dtype)
@@ -77,7 +73,7 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, height, width
     dB, dC = (torch.zeros(groups, batch, L, K, N, dtype=sd) for _ in range(2))
     dD, d_bias = (None if t is None else alloc(batch, K, E, dtype=sd) for t in (D, delta_bias))
     if run:
-        inputs = _in_state_dtype(sd, dy, u, delta, A, B, C, D, delta_bias)
+        inputs = in_state_dtype(sd, dy, u, delta, A, B, C, D, delta_bias)
         LIBRARY.call(f"selective_scan_2pass_backward_{_suffix(sd)}", *map(_pointer, inputs),
                      *map(_pointer, (du, ddelta, dA, dB, dC, dD, d_bias)), batch, height, width, E, N,
                      int(delta_softplus), int(merge), groups, STATE_BUDGET_BYTES, threads)

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from .native import NativeLibrary
-from .scan2d_ref import state_dtype
+from .scan2d_ref import in_state_dtype, state_dtype
 from .selective_scan_ref import ORDER_ERROR, project_delta, project_delta_backward
 
 # per thread: the backward recomputes all of a channel block's states when they fit, else segments of steps restarted
@@ -53,12 +53,6 @@ def _checked_order(order: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def _in_state_dtype(dtype, *tensors):
-    """tensors (None kept) in `dtype`, contiguous; those already so as they are (~2 us per tensor less than the no-op
-    conversions)"""
-    return [t if t is None or (t.dtype == dtype and t.is_contiguous()) else t.to(dtype).contiguous() for t in tensors]
-
-
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
     """y in u's dtype, (batch, L, E) if `merge` else (batch, L, K, E); arguments as in `selective_scan_ref`."""
     sd = state_dtype(u.dtype)
@@ -69,7 +63,7 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delt
         delta, delta_proj_weight = delta.new_zeros(batch, L, K, E), None
     y = torch.empty((batch, L, E) if merge else (batch, L, K, E), dtype=sd)
     if y.numel() > 0:
-        inputs = _in_state_dtype(sd, u, delta, A, B, C, D, delta_bias, delta_proj_weight)  # weight (K, E, R)
+        inputs = in_state_dtype(sd, u, delta, A, B, C, D, delta_bias, delta_proj_weight)  # weight (K, E, R)
         rank = 0 if delta_proj_weight is None else delta_proj_weight.shape[2]
         LIBRARY.call(f"selective_scan_forward_{'f64' if sd == torch.float64 else 'f32'}", *map(_pointer, inputs),
                      rank, order.data_ptr(), y.data_ptr(), batch, L, K, E, N,
@@ -97,7 +91,7 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge,
     dB, dC = (torch.zeros(groups, batch, L, K, N, dtype=sd) for _ in range(2))
     dD, d_bias = (None if t is None else alloc(batch, K, E, dtype=sd) for t in (D, delta_bias))
     if run:
-        inputs = _in_state_dtype(sd, dy, u, delta, A, B, C, D, delta_bias)
+        inputs = in_state_dtype(sd, dy, u, delta, A, B, C, D, delta_bias)
         LIBRARY.call(f"selective_scan_backward_{'f64' if sd == torch.float64 else 'f32'}", *map(_pointer, inputs),
                      order.data_ptr(), *map(_pointer, (du, ddelta, dA, dB, dC, dD, d_bias)),
                      batch, L, K, E, N, int(delta_softplus), int(merge), groups, STATE_BUDGET_BYTES, threads)

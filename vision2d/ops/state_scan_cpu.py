@@ -3,14 +3,10 @@ the `state_fusion` kernel). Half-precision inputs are widened to float32 (the st
 """
 import torch
 
-from .scan2d_ref import state_dtype
+from .scan2d_ref import in_state_dtype, state_dtype
 from .state_fusion_cpu import LIBRARY, pointer, suffix, unavailable_reason  # noqa: F401 (backend interface)
 
 VECTOR_BYTES = 64  # the kernel's vector width: a channel block has 64 / itemsize channels
-
-
-def _in_state_dtype(dtype, *tensors):
-    return [None if t is None else t.to(dtype).contiguous() for t in tensors]
 
 
 def forward(u, delta, A, B, delta_bias, delta_softplus):
@@ -19,7 +15,7 @@ def forward(u, delta, A, B, delta_bias, delta_softplus):
     (batch, L, E), N = u.shape, A.shape[1]
     h = torch.empty(batch, L, N, E, dtype=sd)
     if h.numel() > 0:
-        inputs = _in_state_dtype(sd, u, delta, A, B, delta_bias)  # referenced until the call returns
+        inputs = in_state_dtype(sd, u, delta, A, B, delta_bias)  # referenced until the call returns
         LIBRARY.call(f"state_scan_forward_{suffix(sd)}", *map(pointer, inputs), h.data_ptr(), batch, L, E, N,
                      int(delta_softplus), torch.get_num_threads())
     return h
@@ -34,7 +30,7 @@ def backward(dh, u, delta, A, B, delta_bias, delta_softplus, h):
     dA, dB = torch.zeros(batch, N, E, dtype=sd), torch.zeros(blocks, batch, L, N, dtype=sd)
     d_bias = None if delta_bias is None else torch.zeros(batch, E, dtype=sd)
     if u.numel() > 0 and N > 0:
-        inputs = _in_state_dtype(sd, dh, u, delta, A, B, delta_bias, h)
+        inputs = in_state_dtype(sd, dh, u, delta, A, B, delta_bias, h)
         LIBRARY.call(f"state_scan_backward_{suffix(sd)}", *map(pointer, inputs),
                      *map(pointer, (du, ddelta, dA, dB, d_bias)), batch, L, E, N, int(delta_softplus),
                      torch.get_num_threads())
