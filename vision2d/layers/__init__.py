@@ -1,7 +1,8 @@
 """Blocks shared by model families."""
 from .depthwise_conv import DepthwiseConv2d
 from .derived import derived
+from .linear import Linear, linear
 from .rope import apply_rope_2d, rope_2d_angles
 from .star_relu import StarReLU
 
-__all__ = ["DepthwiseConv2d", "StarReLU", "derived", "apply_rope_2d", "rope_2d_angles"]
+__all__ = ["DepthwiseConv2d", "Linear", "StarReLU", "derived", "linear", "apply_rope_2d", "rope_2d_angles"]

@@ -25,6 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
+from ..layers import Linear, linear
 from ..ops import direction_readout, selective_scan
 from ..ops.scan_orders import local_scan_orders
 from .vmamba import SS2D, VMamba, check_pool_type, _NOT_BACKBONE, _strip_prefixes
@@ -134,14 +135,15 @@ class LocalSS2D(SS2D):
         super().__init__(dim, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, device=device, dtype=dtype)
         dd = dict(device=device, dtype=dtype)
         self.directions = tuple(directions)
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False, **dd)  # x and the gate z
+        self.in_proj = Linear(dim, 2 * self.d_inner, bias=False, **dd)  # x and the gate z
         self.attn = DirectionAttention(self.d_inner, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
         K, E, R, N = len(self.directions), self.d_inner, self.dt_rank, self.d_state
         # in_proj's two halves as two products: x dense, as the convolution reads it (a strided half is copied)
-        x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
+        weight = self.in_proj.weight
+        x, z = linear(x, weight[:E]), linear(x, weight[E:])
         u = self.conv(x).view(batch, H * W, E)  # SiLU(DWConv3x3(x))
         order = local_scan_orders(H, W, self.directions, device=u.device)
         # window padding: zero pixels after the map's, so u = 0 and, projected from it (no biases), delta before its
@@ -149,7 +151,7 @@ class LocalSS2D(SS2D):
         if torch.compiler.is_compiling() or order.shape[1] > H * W:
             u = F.pad(u, (0, 0, 0, order.shape[1] - H * W))
         L = u.shape[1]
-        x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, L, K, R + 2 * N)
+        x_dbl = linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, L, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
         A, D, delta_bias = self.scan_constants() if torch.jit.is_scripting() else self.eval_scan_constants()
         # the scan projects dts by dt_proj as it runs (delta (batch, L, K, E) is never stored)
@@ -190,7 +192,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm = nn.LayerNorm(4 * in_chs, **dd)
-        self.reduction = nn.Linear(4 * in_chs, out_chs, bias=False, **dd)
+        self.reduction = Linear(4 * in_chs, out_chs, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1:3]

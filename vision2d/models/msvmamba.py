@@ -19,7 +19,7 @@ from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._registry import generate_default_cfgs
 
-from ..layers import DepthwiseConv2d
+from ..layers import DepthwiseConv2d, Linear, linear
 from ..ops import selective_scan
 from ..ops.scan_orders import multiscale_scan_order
 from .localmamba import MergingVMamba, block_dims_and_rates, convert_state_dict, residual_add
@@ -69,7 +69,7 @@ class MultiScaleSS2D(SS2D):
                          device=device, dtype=dtype)
         dd = dict(device=device, dtype=dtype)
         E = self.d_inner
-        self.in_proj = nn.Linear(dim, 2 * E, bias=False, **dd)  # x and the gate z
+        self.in_proj = Linear(dim, 2 * E, bias=False, **dd)  # x and the gate z
         self.conv_low = DepthwiseConv2d(E, 7, stride=2, bias=conv_bias, activation="silu", **dd)
         self.se = SqueezeExcite(E, se_reduction, **dd)
 
@@ -78,7 +78,7 @@ class MultiScaleSS2D(SS2D):
         (copy c at positions c L .. (c + 1) L - 1), along `order` (1, segments L) (None: storage order). Returns
         (batch, segments L, E) by storage position."""
         R, N = self.dt_rank, self.d_state
-        x_dbl = F.linear(u, self.x_proj_weight[index])  # (batch, L, R + 2N), once per pixel
+        x_dbl = linear(u, self.x_proj_weight[index])  # (batch, L, R + 2N), once per pixel
         if segments > 1:
             u = u.repeat(1, segments, 1)
             x_dbl = x_dbl.repeat(1, segments, 1)
@@ -93,7 +93,8 @@ class MultiScaleSS2D(SS2D):
         batch, H, W, _ = x.shape
         E = self.d_inner
         # in_proj's two halves as two products: x dense, as the convolutions read it (a strided half is copied)
-        x, z = F.linear(x, self.in_proj.weight[:E]), F.linear(x, self.in_proj.weight[E:])
+        weight = self.in_proj.weight
+        x, z = linear(x, weight[:E]), linear(x, weight[E:])
         # SiLU(DWConv3x3(x)) and SiLU(DWConv7x7/2(x)); in-place sums on fresh results: fewer large allocations (each
         # one page-faults anew)
         full = self.conv(x).view(batch, H * W, E)
@@ -115,9 +116,9 @@ class ConvFFN(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         hidden = dim * expansion
-        self.fc1 = nn.Linear(dim, hidden, **dd)
+        self.fc1 = Linear(dim, hidden, **dd)
         self.dwconv = DepthwiseConv2d(hidden, 3, activation="gelu", residual=True, **dd)  # GELU(t + DWConv3x3(t))
-        self.fc2 = nn.Linear(hidden, dim, **dd)
+        self.fc2 = Linear(hidden, dim, **dd)
         self.drop1, self.drop2 = nn.Dropout(drop), nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

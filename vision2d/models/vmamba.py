@@ -25,7 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..layers import DepthwiseConv2d, derived
+from ..layers import DepthwiseConv2d, Linear, derived, linear
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
 from ..ops.selective_scan_ref import project_delta
 
@@ -113,7 +113,7 @@ class SS2D(nn.Module):
         inner = int(ssm_ratio * dim)
         self.d_inner, self.d_state, self.dt_rank = inner, d_state, math.ceil(dim / 16)
         K, R, N = num_directions, self.dt_rank, d_state
-        self.in_proj = nn.Linear(dim, inner, bias=False, **dd)
+        self.in_proj = Linear(dim, inner, bias=False, **dd)
         self.conv = DepthwiseConv2d(inner, 3, bias=conv_bias, activation="silu", **dd)  # SiLU(DWConv3x3(x))
         self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, inner, **dd))
         self.dt_projs_weight = nn.Parameter(torch.empty(K, inner, R, **dd))
@@ -121,7 +121,7 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(K * inner, N, **dd))
         self.Ds = nn.Parameter(torch.empty(K * inner, **dd))
         self.out_norm = nn.LayerNorm(inner, **dd)
-        self.out_proj = nn.Linear(inner, dim, bias=False, **dd)
+        self.out_proj = Linear(inner, dim, bias=False, **dd)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -153,7 +153,7 @@ class SS2D(nn.Module):
         K, E, R, N = NUM_DIRECTIONS, self.d_inner, self.dt_rank, self.d_state
         u = self.conv(self.in_proj(x)).view(batch, H * W, E)
         # per direction k, at every pixel: (dt_k, B_k, C_k) = x_proj_k(u); delta_k = dt_proj_k(dt_k)
-        x_dbl = F.linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
+        x_dbl = linear(u, self.x_proj_weight.reshape(K * (R + 2 * N), E)).view(batch, H * W, K, R + 2 * N)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)
         A, D, delta_bias = self.scan_constants() if torch.jit.is_scripting() else self.eval_scan_constants()
         if self.scan == "2pass":

@@ -130,23 +130,25 @@ def custom_op(name: str):
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def call_op(op, *args):
-    """`op(*args)` (a custom op made by `custom_op`), or `op.implementation(*args)`, the function itself, where the
-    dispatcher has nothing to add: no autograd graph to record (no input requires grad, or grad mode is off), no
-    compile, trace, export, forward-mode AD level, functorch transform or dispatch mode, plain tensors on a real
-    device. The result is the same; what is skipped is the custom op's Python layers, which cost 0.1-0.3 ms per call
-    once a forward's matrix products have flushed the caches (1 thread, one depthwise conv of a 14x14x256 map: 307 vs
-    104 us for the bare kernel), a few percent of a batch-1 forward with dozens of calls. Profiles of such calls show
-    the backend's ATen ops, not the custom op's row."""
+def unobserved(*args) -> bool:
+    """True where nothing observes a call with `args` but the call itself: no autograd graph to record (no tensor
+    requires grad, or grad mode is off), no compile, trace, export, forward-mode AD level, functorch transform or
+    dispatch mode, plain tensors on a real device (None and non-tensors pass)."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None
             or forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()):
-        return op(*args)
+        return False
     grad = torch.is_grad_enabled()
-    for a in args:
-        if isinstance(a, torch.Tensor) and ((grad and a.requires_grad) or type(a) not in _PLAIN_TENSORS
-                                            or a.device.type == "meta"):
-            return op(*args)
-    return op.implementation(*args)
+    return not any(isinstance(a, torch.Tensor) and ((grad and a.requires_grad) or type(a) not in _PLAIN_TENSORS
+                                                    or a.device.type == "meta") for a in args)
+
+
+def call_op(op, *args):
+    """`op(*args)` (a custom op made by `custom_op`), or `op.implementation(*args)`, the function itself, where the
+    dispatcher has nothing to add (`unobserved`). The result is the same; what is skipped is the custom op's Python
+    layers, which cost 0.1-0.3 ms per call once a forward's matrix products have flushed the caches (1 thread, one
+    depthwise conv of a 14x14x256 map: 307 vs 104 us for the bare kernel), a few percent of a batch-1 forward with
+    dozens of calls. Profiles of such calls show the backend's ATen ops, not the custom op's row."""
+    return op.implementation(*args) if unobserved(*args) else op(*args)
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
