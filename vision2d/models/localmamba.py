@@ -143,8 +143,8 @@ class LocalSS2D(SS2D):
         K, E, R, N = len(self.directions), self.d_inner, self.dt_rank, self.d_state
         # in_proj's two halves as two products: x dense, as the convolution reads it (a strided half is copied)
         weight = self.in_proj.weight
-        x, z = linear(x, weight[:E]), linear(x, weight[E:])
-        u = self.conv(x).view(batch, H * W, E)  # SiLU(DWConv3x3(x))
+        z = linear(x, weight[E:])
+        u = self.conv(linear(x, weight[:E])).view(batch, H * W, E)  # SiLU(DWConv3x3(x)); x's half freed at once
         order = local_scan_orders(H, W, self.directions, device=u.device)
         # window padding: zero pixels after the map's, so u = 0 and, projected from it (no biases), delta before its
         # bias = B = C = 0. Compiled graphs pad always (by 0 if need be): no branch on sizes that may be symbolic
