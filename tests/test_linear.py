@@ -1,19 +1,26 @@
-"""vision2d.layers.linear / Linear: F.linear's results, oneDNN's product in CPU float32 inference only."""
+"""vision2d.layers.linear / Linear / Mlp: F.linear's (and timm Mlp's) results, oneDNN's product in CPU float32
+inference only."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from vision2d.layers import Linear, linear
+from timm.layers import Mlp as TimmMlp
+
+from vision2d.layers import Linear, Mlp, linear
 
 ONEDNN_OP = "mkldnn::_linear_pointwise"
 
 
-def _ran_onednn(fn) -> bool:
+def _onednn_calls(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return any(event.key == ONEDNN_OP for event in prof.key_averages())
+    return sum(event.count for event in prof.key_averages() if event.key == ONEDNN_OP)
+
+
+def _ran_onednn(fn) -> bool:
+    return _onednn_calls(fn) > 0
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -57,3 +64,23 @@ def test_same_parameters_and_keys_as_nn_linear():
     assert list(layer.state_dict()) == list(reference.state_dict()) == ["weight"]
     layer.load_state_dict(reference.state_dict())
     assert isinstance(layer, nn.Linear)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("act_layer", [nn.GELU, nn.ReLU])
+def test_mlp_matches_timm_mlp_and_fuses_exact_gelu(act_layer):
+    torch.manual_seed(0)
+    mlp, reference = Mlp(16, 40, act_layer=act_layer), TimmMlp(16, 40, act_layer=act_layer)
+    assert list(mlp.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(mlp.state_dict())
+    x = torch.randn(2, 3, 5, 16) * 3  # pre-activations of both signs, some large
+    with torch.no_grad():
+        # fc1 + GELU in one oneDNN call; with ReLU (not fused) fc1 and fc2 each one
+        assert _onednn_calls(lambda: mlp(x)) == 2
+        assert mlp.fuses_gelu == (act_layer is nn.GELU)
+        torch.testing.assert_close(mlp(x), reference(x))
+    x.requires_grad_()
+    assert not _ran_onednn(lambda: mlp(x).sum().backward())
+    torch.testing.assert_close(mlp(x), reference(x))
+    with pytest.raises(ValueError, match="use_conv"):
+        Mlp(16, 40, use_conv=True)

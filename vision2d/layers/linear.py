@@ -1,28 +1,37 @@
-"""Linear layers whose CPU inference runs oneDNN's matrix product (`linear`, `Linear`)."""
+"""Linear layers whose CPU inference runs oneDNN's matrix product (`linear`, `Linear`, `Mlp`)."""
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timm.layers import Mlp as TimmMlp
 from timm.models import register_notrace_module
 
 from ..ops.backends import unobserved
 
-# oneDNN's linear, the op Inductor's CPU freezing pass uses (PyTorch builds with MKLDNN)
+# oneDNN's linear with fused post-ops, the op Inductor's CPU freezing pass uses (PyTorch builds with MKLDNN)
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear(x, weight, bias): x (..., in), weight (out, in) -> (..., out). In CPU float32 inference (grad mode off,
-    nothing compiled, traced or otherwise observing the call: `backends.unobserved`; a contiguous weight) the product
-    is oneDNN's, else ATen's (MKL). Same result to float rounding; oneDNN's is the faster on these models' shapes at
-    batch 1 (docs/benchmarks.md)."""
-    if (_ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32) and weight.is_contiguous()
-            and unobserved(x, weight, bias)):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
+    """True where `linear` runs oneDNN's product: CPU float32 inference (grad mode off, nothing compiled, traced or
+    otherwise observing the call: `backends.unobserved`) with a contiguous weight."""
+    return (_ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and weight.is_contiguous() and unobserved(x, weight, bias))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, gelu: bool = False
+           ) -> torch.Tensor:
+    """F.linear(x, weight, bias), then exact GELU if `gelu`: x (..., in), weight (out, in) -> (..., out). oneDNN's
+    product (the GELU fused into it) where `onednn_applies`, else ATen's (MKL). Same result to float rounding;
+    oneDNN's is the faster on these models' shapes at batch 1 (docs/benchmarks.md)."""
+    if onednn_applies(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
+                                                  "none" if gelu else "")
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
 
 
 @register_notrace_module  # torch.fx: one node, so that the product is chosen when run, not when traced
@@ -32,3 +41,27 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+@register_notrace_module  # torch.fx: one node (the fused path is chosen when run)
+class Mlp(TimmMlp):
+    """timm's Mlp on tokens (B, ..., C) (same arguments, modules, keys and initialisation) whose fc1 and fc2 are
+    `Linear`s; with an exact GELU (nn.GELU or a subclass) and no hidden norm, fc1 and the GELU are one oneDNN call
+    where `onednn_applies`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not (type(self.fc1) is type(self.fc2) is nn.Linear):
+            raise ValueError("vision2d.layers.Mlp: use_conv=True is not supported (its products are linears)")
+        for fc in (self.fc1, self.fc2):
+            fc.__class__ = Linear  # a subclass without state of its own: the same parameters, `linear`'s product
+        self.fuses_gelu = (isinstance(self.act, nn.GELU) and self.act.approximate == "none"
+                           and isinstance(self.norm, nn.Identity))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1 = self.fc1
+        if self.fuses_gelu and onednn_applies(x, fc1.weight, fc1.bias):
+            x = linear(x, fc1.weight, fc1.bias, gelu=True)
+        else:
+            x = self.act(fc1(x))
+        return self.drop2(self.fc2(self.norm(self.drop1(x))))

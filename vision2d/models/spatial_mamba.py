@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import ClassifierHead, DropPath, Mlp
+from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..layers import DepthwiseConv2d, derived
+from ..layers import DepthwiseConv2d, Linear, Mlp, derived, linear
 from ..ops import depthwise_conv2d, merge_dilated_kernels, state_scan_fusion
 from .vmamba import ChannelsLastStagesMixin, check_input, released_checkpoint_globals
 
@@ -88,7 +88,7 @@ class ConvNormAct(nn.Module):
             y = F.linear(x, self.conv.weight.flatten(1), self.conv.bias)
             return self.act(self.norm(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         weight, bias = self.folded_weight_and_bias()
-        return self.act(F.linear(x, weight.flatten(1), bias))
+        return self.act(linear(x, weight.flatten(1), bias))
 
 
 @torch.jit.unused
@@ -197,7 +197,7 @@ class StructureAwareSSM(nn.Module):
         inner = expand * dim
         self.d_inner, self.d_state, self.dt_rank = inner, d_state, math.ceil(dim / 16)
         R, N = self.dt_rank, d_state
-        self.in_proj = nn.Linear(dim, 2 * inner, bias=False, **dd)
+        self.in_proj = Linear(dim, 2 * inner, bias=False, **dd)
         self.conv = DepthwiseConv2d(inner, 3, activation="silu", **dd)  # SiLU(DWConv3x3(x))
         self.x_proj_weight = nn.Parameter(torch.empty(R + 2 * N, inner, **dd))
         self.dt_projs_weight = nn.Parameter(torch.empty(inner, R, **dd))
@@ -206,7 +206,7 @@ class StructureAwareSSM(nn.Module):
         self.Ds = nn.Parameter(torch.empty(inner, **dd))
         self.state_fusion = StateFusion(inner, **dd)
         self.out_norm = nn.LayerNorm(inner, **dd)
-        self.out_proj = nn.Linear(inner, dim, bias=False, **dd)
+        self.out_proj = Linear(inner, dim, bias=False, **dd)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -228,10 +228,10 @@ class StructureAwareSSM(nn.Module):
         E, R, N = self.d_inner, self.dt_rank, self.d_state
         # in_proj as its x and z halves: both contiguous, so the conv reads x in place
         weight_x, weight_z = self.in_proj.weight.chunk(2)  # (one concatenation in the backward)
-        x, z = F.linear(x, weight_x), F.linear(x, weight_z)
+        x, z = linear(x, weight_x), linear(x, weight_z)
         u = self.conv(x)
-        dts, Bs, Cs = F.linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
-        delta = F.linear(dts, self.dt_projs_weight.to(dts.dtype))
+        dts, Bs, Cs = linear(u, self.x_proj_weight.to(u.dtype)).split([R, N, N], dim=-1)
+        delta = linear(dts, self.dt_projs_weight.to(dts.dtype))
         if torch.jit.is_scripting():
             A, kernel = self.scan_constants()
         else:

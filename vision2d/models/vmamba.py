@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models import build_model_with_cfg, register_model, register_notrace_function, register_notrace_module
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from ..checkpoint import check_state_dict_fits
-from ..layers import DepthwiseConv2d, Linear, derived, linear
+from ..layers import DepthwiseConv2d, Linear, Mlp, derived, linear
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
 from ..ops.selective_scan_ref import project_delta
 
