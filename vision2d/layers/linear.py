@@ -22,16 +22,18 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
             and weight.is_contiguous() and unobserved(x, weight, bias))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, gelu: bool = False
-           ) -> torch.Tensor:
-    """F.linear(x, weight, bias), then exact GELU if `gelu`: x (..., in), weight (out, in) -> (..., out). oneDNN's
-    product (the GELU fused into it) where `onednn_applies`, else ATen's (MKL). Same result to float rounding;
-    oneDNN's is the faster on these models' shapes at batch 1 (docs/benchmarks.md)."""
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], post_op: str) -> torch.Tensor:
+    """oneDNN's x @ weight.T + bias with `post_op` ("none" or "gelu", exact) fused; for calls `onednn_applies` to."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], "none" if post_op == "gelu" else "")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, weight, bias): x (..., in), weight (out, in) -> (..., out). oneDNN's product where
+    `onednn_applies`, else ATen's (MKL). Same result to float rounding; oneDNN's is the faster on these models' shapes
+    at batch 1 (docs/benchmarks.md)."""
     if onednn_applies(x, weight, bias):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
+        return _onednn_linear(x, weight, bias, "none")
+    return F.linear(x, weight, bias)
 
 
 @register_notrace_module  # torch.fx: one node, so that the product is chosen when run, not when traced
@@ -61,7 +63,7 @@ class Mlp(TimmMlp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1 = self.fc1
         if self.fuses_gelu and onednn_applies(x, fc1.weight, fc1.bias):
-            x = linear(x, fc1.weight, fc1.bias, gelu=True)
+            x = _onednn_linear(x, fc1.weight, fc1.bias, "gelu")
         else:
             x = self.act(fc1(x))
         return self.drop2(self.fc2(self.norm(self.drop1(x))))
