@@ -1,6 +1,7 @@
 // SIMD helpers shared by the CPU scan kernels in this directory (each kernel is one translation unit that includes
 // this header; the loader hashes it with the kernel's source). Vectors are GCC vector extensions of kVectorBytes
-// bytes: kLanes<float> = 16, kLanes<double> = 8; -march=native picks the instructions.
+// bytes, one register of the widest vector unit -march=native enables: 64 with AVX-512 (kLanes<float> = 16), else 32
+// (AVX2: 8 floats; a 64-byte vector there is two registers, which the kernels' tiles spill to the stack).
 #pragma once
 
 #if defined(__AVX512F__)
@@ -17,7 +18,11 @@
 
 namespace {
 
+#if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
 
 template <typename Real>
 struct Simd;
@@ -252,3 +257,7 @@ class FlushDenormals {
 };
 
 }  // namespace
+
+// The vector width this library was compiled with, in bytes: its channel blocks hold kVectorBytes / sizeof(Real)
+// channels (the Python side sizes per-block buffers by it)
+extern "C" int vector_bytes() { return kVectorBytes; }

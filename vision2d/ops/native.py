@@ -176,6 +176,11 @@ class NativeLibrary:
                 raise RuntimeError(self._failure)
             return self._library
 
+    def channel_blocks(self, channels: int, itemsize: int) -> int:
+        """How many channel blocks the kernels split `channels` channels of `itemsize` bytes into: one vector each,
+        of the width the library was compiled with (64 bytes with AVX-512, 32 with AVX2)."""
+        return -(-channels // (self.load().vector_bytes() // itemsize))  # ctypes' default: () -> int
+
     def unavailable_reason(self) -> Optional[str]:
         try:
             self.load()

@@ -14,7 +14,6 @@ from .selective_scan_2pass_ref import NUM_DIRECTIONS
 # per thread: the backward recomputes all of a channel block's state rows when they fit, else segments of rows
 # restarted from checkpointed rows (one more forward sweep)
 STATE_BUDGET_BYTES = 4 << 20
-VECTOR_BYTES = 64  # the kernel's vector width: a channel block has 64 / itemsize channels
 
 
 def _declare(lib: ctypes.CDLL):
@@ -63,7 +62,7 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, height, width
     sd = state_dtype(u.dtype)
     (batch, L, E), (K, _, N) = u.shape, A.shape
     threads = torch.get_num_threads()
-    blocks = -(-E // (VECTOR_BYTES // torch.finfo(sd).bits * 8))
+    blocks = LIBRARY.channel_blocks(E, sd.itemsize)
     # channel blocks are split into groups so that every thread has tasks; each group sums its own dB / dC slice
     groups = max(1, min(blocks, -(-2 * threads // max(batch, 1))))
     run = u.numel() > 0

@@ -15,7 +15,6 @@ from .selective_scan_ref import ORDER_ERROR, project_delta, project_delta_backwa
 # per thread: the backward recomputes all of a channel block's states when they fit, else segments of steps restarted
 # from checkpointed states (one more forward pass)
 STATE_BUDGET_BYTES = 4 << 20
-VECTOR_BYTES = 64  # the kernel's vector width: a channel block has 64 / itemsize channels
 
 
 def _declare(lib: ctypes.CDLL):
@@ -81,7 +80,7 @@ def backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge,
     if delta_proj_weight is not None:
         delta = project_delta(low_rank, delta_proj_weight, sd)
     threads = torch.get_num_threads()
-    blocks = -(-E // (VECTOR_BYTES * 8 // torch.finfo(sd).bits))  # channel blocks of one vector each
+    blocks = LIBRARY.channel_blocks(E, sd.itemsize)
     # channel blocks are split into groups so that every thread has tasks; each group sums its own dB / dC slice
     groups = max(1, min(blocks, -(-2 * threads // max(batch, 1))))
     run = u.numel() > 0

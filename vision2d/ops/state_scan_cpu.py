@@ -6,7 +6,6 @@ import torch
 from .scan2d_ref import in_state_dtype, state_dtype
 from .state_fusion_cpu import LIBRARY, pointer, suffix, unavailable_reason  # noqa: F401 (backend interface)
 
-VECTOR_BYTES = 64  # the kernel's vector width: a channel block has 64 / itemsize channels
 
 
 def forward(u, delta, A, B, delta_bias, delta_softplus):
@@ -25,7 +24,7 @@ def backward(dh, u, delta, A, B, delta_bias, delta_softplus, h):
     """(du, ddelta, dA, dB, ddelta_bias) in the inputs' dtypes (None for an absent delta_bias)."""
     sd = state_dtype(u.dtype)
     (batch, L, E), N = u.shape, A.shape[1]
-    blocks = -(-E // (VECTOR_BYTES // torch.finfo(sd).bits * 8))
+    blocks = LIBRARY.channel_blocks(E, sd.itemsize)
     du, ddelta = torch.zeros(u.shape, dtype=sd), torch.zeros(delta.shape, dtype=sd)
     dA, dB = torch.zeros(batch, N, E, dtype=sd), torch.zeros(blocks, batch, L, N, dtype=sd)
     d_bias = None if delta_bias is None else torch.zeros(batch, E, dtype=sd)
