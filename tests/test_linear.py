@@ -1,5 +1,7 @@
 """vision2d.layers.linear / Linear / Mlp: F.linear's (and timm Mlp's) results, oneDNN's product in CPU float32
-inference only."""
+inference only, and only where chosen (CPUs with AVX-512; the tests of its path turn it on on any CPU)."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,8 @@ from torch.profiler import ProfilerActivity, profile
 from timm.layers import Mlp as TimmMlp
 
 from vision2d.layers import Linear, Mlp, linear
+
+linear_module = importlib.import_module("vision2d.layers.linear")  # the package exports the function of that name
 
 ONEDNN_OP = "mkldnn::_linear_pointwise"
 
@@ -23,11 +27,17 @@ def _ran_onednn(fn) -> bool:
     return _onednn_calls(fn) > 0
 
 
+@pytest.fixture
+def onednn(monkeypatch):
+    """oneDNN's path chosen, as on a CPU with AVX-512 (the op itself runs on any x86 CPU)."""
+    monkeypatch.setattr(linear_module, "_ONEDNN", True)
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 @pytest.mark.parametrize("shape", [(5, 12), (2, 3, 4, 12), (0, 12)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_inference_runs_onednn_with_f_linear_results(shape, bias, mode):
+def test_inference_runs_onednn_with_f_linear_results(onednn, shape, bias, mode):
     torch.manual_seed(0)
     layer = Linear(12, 7, bias=bias)
     x = torch.randn(shape)
@@ -38,7 +48,7 @@ def test_inference_runs_onednn_with_f_linear_results(shape, bias, mode):
         torch.testing.assert_close(linear(x, half), F.linear(x, half))
 
 
-def test_autograd_compile_and_other_dtypes_take_f_linear():
+def test_autograd_compile_and_other_dtypes_take_f_linear(onednn):
     torch.manual_seed(0)
     layer = Linear(12, 7)
     x = torch.randn(4, 12, requires_grad=True)
@@ -68,7 +78,7 @@ def test_same_parameters_and_keys_as_nn_linear():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 @pytest.mark.parametrize("act_layer", [nn.GELU, nn.ReLU])
-def test_mlp_matches_timm_mlp_and_fuses_exact_gelu(act_layer):
+def test_mlp_matches_timm_mlp_and_fuses_exact_gelu(onednn, act_layer):
     torch.manual_seed(0)
     mlp, reference = Mlp(16, 40, act_layer=act_layer), TimmMlp(16, 40, act_layer=act_layer)
     assert list(mlp.state_dict()) == list(reference.state_dict())
@@ -84,3 +94,14 @@ def test_mlp_matches_timm_mlp_and_fuses_exact_gelu(act_layer):
     torch.testing.assert_close(mlp(x), reference(x))
     with pytest.raises(ValueError, match="use_conv"):
         Mlp(16, 40, use_conv=True)
+
+
+def test_without_onednn_chosen_inference_takes_f_linear(monkeypatch):
+    monkeypatch.setattr(linear_module, "_ONEDNN", False)  # a CPU without AVX-512
+    torch.manual_seed(0)
+    mlp, reference = Mlp(16, 40), TimmMlp(16, 40)
+    reference.load_state_dict(mlp.state_dict())
+    x = torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        assert not _ran_onednn(lambda: mlp(x))
+        torch.testing.assert_close(mlp(x), reference(x))

@@ -4,7 +4,7 @@
 // (AVX2: 8 floats; a 64-byte vector there is two registers, which the kernels' tiles spill to the stack).
 #pragma once
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 #if defined(__SSE__)
@@ -80,9 +80,13 @@ inline Vec<float> vexp2(Vec<float> x) {
 template <int Degree = 6>
 inline Vec<float> vexp2(Vec<float> x) {
   typedef Simd<float>::Int Int;
+#if defined(__AVX__)  // one instruction each (a compare and a blend otherwise); NaN, the second operand, stays NaN
+  x = (Vec<float>)_mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-126.0f), (__m256)x));
+#else
   const Vec<float> lo = splat(-126.0f), hi = splat(127.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
+#endif
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
   const Vec<float> t = x + round_magic;
   const Int scale = ((Int)t - 0x4B400000 + 127) << 23;

@@ -10,13 +10,16 @@ from timm.models import register_notrace_module
 
 from ..ops.backends import unobserved
 
-# oneDNN's linear with fused post-ops, the op Inductor's CPU freezing pass uses (PyTorch builds with MKLDNN)
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's linear with fused post-ops, the op Inductor's CPU freezing pass uses (PyTorch builds with MKLDNN), on CPUs
+# with AVX-512, where it measured faster than ATen's MKL product in these models; with AVX2 alone (Zen 3) it measured
+# slower or no faster (docs/benchmarks.md)
+_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+           and torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
     """True where `linear` runs oneDNN's product: CPU float32 inference (grad mode off, nothing compiled, traced or
-    otherwise observing the call: `backends.unobserved`) with a contiguous weight."""
+    otherwise observing the call: `backends.unobserved`) with a contiguous weight, on a CPU with AVX-512."""
     return (_ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
             and weight.is_contiguous() and unobserved(x, weight, bias))
@@ -29,8 +32,8 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, weight, bias): x (..., in), weight (out, in) -> (..., out). oneDNN's product where
-    `onednn_applies`, else ATen's (MKL). Same result to float rounding; oneDNN's is the faster on these models' shapes
-    at batch 1 (docs/benchmarks.md)."""
+    `onednn_applies`, else ATen's (MKL). Same result to float rounding; with AVX-512, oneDNN's is the faster on these
+    models' shapes at batch 1 (docs/benchmarks.md)."""
     if onednn_applies(x, weight, bias):
         return _onednn_linear(x, weight, bias, "none")
     return F.linear(x, weight, bias)
