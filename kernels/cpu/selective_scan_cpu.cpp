@@ -193,8 +193,17 @@ void raw_step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int6
 template <typename Real>
 void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, Vec<Real>* dt,
                 Vec<Real>* dtu, Vec<Real>* slope) {
-  const int64_t K = a.directions;
+  const int64_t K = a.directions, vectors = (t1 - t0) * K * blk.width;
   for (int64_t k = 0; k < K; ++k) raw_step_sizes(a, blk, k, t0, t1, dt);
+  // one flat pass over the chunk's vectors: independent softplus chains that the compiler interleaves
+  if (a.delta_softplus && slope) {
+    for (int64_t i = 0; i < vectors; ++i) dt[i] = softplus<Real>(dt[i], slope + i);
+  } else if (a.delta_softplus) {
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < vectors; ++i) dt[i] = softplus<Real>(dt[i], nullptr);
+  } else if (slope) {
+    std::fill(slope, slope + vectors, splat<Real>(1));
+  }
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t k = 0; k < K; ++k) {
       if (t + kPrefetchDistance < a.length) {
@@ -203,10 +212,7 @@ void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t 
       }
       const int64_t p = a.position(k, t);
       for (int j = 0; j < blk.width; ++j, ++dt, ++dtu) {
-        if (slope) *slope = splat<Real>(1);
-        if (a.delta_softplus) *dt = softplus<Real>(*dt, slope);
         *dtu = *dt * load(a.u + blk.sequence_offset(a, p, j), blk.channels(j));
-        if (slope) ++slope;
       }
     }
   }
