@@ -145,3 +145,15 @@ def test_failure_is_remembered_until_reset(kernel, monkeypatch):
     assert kernel.unavailable_reason() == first  # one attempt per process, not one per call
     kernel.reset()
     assert kernel.unavailable_reason() is None or not HAS_COMPILER
+
+
+@needs_compiler
+@pytest.mark.skipif(native.platform.machine() not in ("x86_64", "AMD64"), reason="x86 vector units")
+def test_kernels_use_the_widest_vector_register_and_size_blocks_by_it():
+    from vision2d.ops import selective_scan_cpu, state_fusion_cpu
+    flags = native._cpu_description().split()
+    expected = 64 if "avx512f" in flags else 32  # -march=native: one AVX-512 register, else one AVX2 register
+    for library in (selective_scan_cpu.LIBRARY, state_fusion_cpu.LIBRARY):
+        assert library.load().vector_bytes() == expected
+        assert library.channel_blocks(100, 4) == -(-100 // (expected // 4))  # float32 channels per block
+        assert library.channel_blocks(100, 8) == -(-100 // (expected // 8))
