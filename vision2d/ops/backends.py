@@ -138,8 +138,10 @@ def unobserved(*args) -> bool:
             or forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()):
         return False
     grad = torch.is_grad_enabled()
-    return not any(isinstance(a, torch.Tensor) and ((grad and a.requires_grad) or type(a) not in _PLAIN_TENSORS
-                                                    or a.device.type == "meta") for a in args)
+    for a in args:  # a loop and `is_meta`: 4.8 us for a selective_scan's 13 arguments, 8.3 as a generator of devices
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSORS or a.is_meta or (grad and a.requires_grad)):
+            return False
+    return True
 
 
 def call_op(op, *args):
