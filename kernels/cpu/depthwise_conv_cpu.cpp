@@ -38,9 +38,7 @@ struct ConvShape {
 
 // erf(x) for float: x P(x^2) / Q(x^2) on x clamped to [-4, 4] (erf is +-1 in float beyond), 4e-7 absolute error
 inline Vec<float> verf(Vec<float> x) {
-  const Vec<float> lo = splat(-4.0f), hi = splat(4.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
+  x = clamp(x, -4.0f, 4.0f);
   const Vec<float> x2 = x * x;
   Vec<float> p = splat(-2.72614225801306e-10f);
   for (const float c : {2.77068142495902e-08f, -2.10102402082508e-06f, -5.69250639462346e-05f,

@@ -66,6 +66,17 @@ inline Vec<float> exp2_reduced(Vec<float> f) {
   return p;
 }
 
+// x limited to [lo, hi]; NaN stays NaN. With AVX2 one vmaxps and one vminps (NaN is their second operand, which they
+// return), else a compare and a select each (with AVX-512 the compares write mask registers)
+inline Vec<float> clamp(Vec<float> x, float lo, float hi) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  return (Vec<float>)_mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), (__m256)x));
+#else
+  x = x < lo ? splat(lo) : x;
+  return x > hi ? splat(hi) : x;
+#endif
+}
+
 #if defined(__AVX512F__)
 // 2^x = 2^k 2^(x - k) with k = round(x), the scaling by vscalefps: underflow gives 0 (see FlushDenormals), overflow
 // inf, NaN stays NaN. Degree: of the polynomial (exp2_reduced)
@@ -80,13 +91,7 @@ inline Vec<float> vexp2(Vec<float> x) {
 template <int Degree = 6>
 inline Vec<float> vexp2(Vec<float> x) {
   typedef Simd<float>::Int Int;
-#if defined(__AVX__)  // one instruction each (a compare and a blend otherwise); NaN, the second operand, stays NaN
-  x = (Vec<float>)_mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-126.0f), (__m256)x));
-#else
-  const Vec<float> lo = splat(-126.0f), hi = splat(127.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-#endif
+  x = clamp(x, -126.0f, 127.0f);
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
   const Vec<float> t = x + round_magic;
   const Int scale = ((Int)t - 0x4B400000 + 127) << 23;

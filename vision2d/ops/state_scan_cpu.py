@@ -7,7 +7,6 @@ from .scan2d_ref import in_state_dtype, state_dtype
 from .state_fusion_cpu import LIBRARY, pointer, suffix, unavailable_reason  # noqa: F401 (backend interface)
 
 
-
 def forward(u, delta, A, B, delta_bias, delta_softplus):
     """States h (batch, L, N, E) in the state dtype; arguments as in `state_scan_ref`."""
     sd = state_dtype(u.dtype)
