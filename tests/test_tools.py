@@ -3,6 +3,7 @@ only measured numbers reported, and bad input refused before any work starts."""
 import argparse
 import importlib.util
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -68,17 +69,28 @@ def test_benchmark_reports_only_measured_numbers_with_progress(capsys):
                     "--no-memory", "--threads", "1"])
     out, err = capsys.readouterr()
     assert "nan" not in out.lower() and "peak mem" not in out
-    assert re.search(r"\| test_mamba2d \| 0\.3 \| [\d.]+ \| 1\.00x \| [\d.]+ \| [\d.]+ \|", out), out
+    assert re.search(r"\| test_mamba2d \| 0\.3 \| [\d.]+ \| 1\.00x \| 1\.00-1\.00 \| [\d.]+ \| [\d.]+ \|", out), out
     assert "round 2/2" in err and "building test_mamba2d" in err
     benchmark.main(["test_mamba2d", "--img-size", "32", "--rounds", "1", "--warmup", "1", "--no-memory", "--threads",
                     "1", "--latency-only"])
     out, err = capsys.readouterr()
-    assert re.search(r"\| test_mamba2d \| 0\.3 \| [\d.]+ \| 1\.00x \|\n", out) and "img/s" not in out, out
+    assert re.search(r"\| test_mamba2d \| 0\.3 \| [\d.]+ \| 1\.00x \| 1\.00-1\.00 \|\n", out) and "img/s" not in out, out
     assert "'eval'" not in err and "'train'" not in err
     benchmark.main(["--op", "--shapes", "1x3x4x2x2", "--rounds", "1", "--threads", "1"])
     out, err = capsys.readouterr()
     assert "| 1x3x4x2x2 | float32 | reference |" in out and "nan" not in out.lower()
     assert "scan shape 1x3x4x2x2" in err
+
+
+def test_benchmark_ratio_pairs_rounds():
+    """The ratio is the median of per-round ratios: a round where the whole machine ran slow shifts neither model's
+    share (the ratio of the two medians would read 2x here)."""
+    benchmark = load_tool("benchmark")
+    ratios = benchmark.round_ratios([1.0, 2.0, 8.0], [1.0, 1.0, 8.0])
+    assert ratios == [1.0, 2.0, 1.0] and statistics.median(ratios) == 1.0
+    assert statistics.median([1.0, 2.0, 8.0]) / statistics.median([1.0, 1.0, 8.0]) == 2.0
+    with pytest.raises(ValueError):
+        benchmark.round_ratios([1.0], [1.0, 2.0])
 
 
 def test_benchmark_rejects_an_unknown_model_with_our_list():

@@ -8,7 +8,9 @@
 Models: eval latency (batch --latency-batch), eval throughput (batch --batch-size) and train step throughput, measured
 round-robin (model A, model B, A, B, ...) and reported as medians so machine noise hits every model alike (the
 latency of a round is the median of --latency-calls back-to-back calls: steady state, warm caches; --latency-only
-times nothing else, so no batch eval or train step runs between two models' latency calls). Peak memory
+times nothing else, so no batch eval or train step runs between two models' latency calls). The latency ratio to the
+last model is the median over rounds of the ratio within a round (a shared machine's speed drifts between rounds more
+than within one), with the lowest and highest round's ratio beside it. Peak memory
 is how far the resident set of a fresh process rises above its size after the imports while it builds the model and
 runs one eval and one train step (CPU, Linux), or torch.cuda.max_memory_allocated (CUDA).
 """
@@ -58,7 +60,8 @@ def progress(message: str):
 
 
 def _round_robin(tasks: dict, rounds: int, warmup: int, device, calls: dict = None) -> dict:
-    """Median seconds of each task, timing the tasks in turn for `rounds` rounds after `warmup` calls each.
+    """Seconds of each task in each round (a list per task), timing the tasks in turn for `rounds` rounds after
+    `warmup` calls each.
 
     In a round, task `name` runs `calls.get(name, 1)` times back to back and counts with the median of those calls.
     """
@@ -73,7 +76,16 @@ def _round_robin(tasks: dict, rounds: int, warmup: int, device, calls: dict = No
         for name, fn in tasks.items():
             times[name].append(statistics.median(_time_once(fn, device) for _ in range(calls.get(name, 1))))
         progress(f"round {round_index + 1}/{rounds} ({time.perf_counter() - start:.1f} s)")
+    return times
+
+
+def _medians(times: dict) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def round_ratios(times: list, reference_times: list) -> list:
+    """Each round's time over the reference's time in the same round."""
+    return [t / r for t, r in zip(times, reference_times, strict=True)]
 
 
 def _make_model_tasks(name, args, device):
@@ -147,27 +159,30 @@ def bench_models(args) -> str:
         params[name], model_tasks = _make_model_tasks(name, args, device)
         tasks.update({(name, kind): fn for kind, fn in model_tasks.items() if kind in kinds})
     latency_calls = {(name, "latency"): args.latency_calls for name in args.models}
-    medians = _round_robin(tasks, args.rounds, args.warmup, device, latency_calls)
+    times = _round_robin(tasks, args.rounds, args.warmup, device, latency_calls)
+    medians = _medians(times)
     memory = {}
     if not args.no_memory:
         for name in args.models:
             progress(f"peak memory of {name} (a fresh process)")
             memory[name] = peak_memory_mib(name, args)
     ref = args.models[-1]
-    columns = ["model", "params (M)", f"latency b={args.latency_batch} (ms)", "ratio"]
+    columns = ["model", "params (M)", f"latency b={args.latency_batch} (ms)", "ratio", "ratio range"]
     columns += [] if args.latency_only else [f"eval img/s b={args.batch_size}", f"train img/s b={args.batch_size}"]
     columns += ["peak mem (MiB)"] if memory else []  # only what was measured
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name in args.models:
-        lat = medians[(name, "latency")]
-        cells = [name, f"{params[name]:.1f}", f"{lat * 1e3:.1f}", f"{lat / medians[(ref, 'latency')]:.2f}x"]
+        ratios = round_ratios(times[(name, "latency")], times[(ref, "latency")])
+        cells = [name, f"{params[name]:.1f}", f"{medians[(name, 'latency')] * 1e3:.1f}",
+                 f"{statistics.median(ratios):.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}"]
         if not args.latency_only:
             cells += [f"{args.batch_size / medians[(name, kind)]:.1f}" for kind in ("eval", "train")]
         cells += [f"{memory[name]:.0f}"] if memory else []
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\nScan backend on {device.type}: `{resolve_backend(device)}`; ratio = latency / latency of "
-                 f"`{ref}`; medians of {args.rounds} round-robin rounds after {args.warmup} warm-up calls; "
-                 f"in each round the latency is the median of {args.latency_calls} back-to-back calls.")
+    lines.append(f"\nScan backend on {device.type}: `{resolve_backend(device)}`; medians of {args.rounds} round-robin "
+                 f"rounds after {args.warmup} warm-up calls; in each round the latency is the median of "
+                 f"{args.latency_calls} back-to-back calls; ratio = the median over rounds of a round's latency / "
+                 f"`{ref}`'s latency in that round, ratio range = the lowest and highest of those.")
     return "\n".join(lines)
 
 
@@ -225,7 +240,7 @@ def _backend_rows(label, backends, call, inputs, leaves, dy, args, device) -> li
             torch.autograd.grad(call(leaves, backend), leaves, dy)
         tasks[(backend, "fwd")] = fwd
         tasks[(backend, "fwd_bwd")] = fwd_bwd
-    medians = _round_robin(tasks, args.rounds, 1, device)
+    medians = _medians(_round_robin(tasks, args.rounds, 1, device))
     rows = []
     for backend in backends:
         speedup = medians[("reference", "fwd")] / medians[(backend, "fwd")]
