@@ -236,18 +236,6 @@ def test_eval_scan_constants_follow_every_change(name):
     assert not torch.equal(changed, before)
 
 
-def test_residual_add_keeps_the_sums_dtype():
-    """The blocks' residual sum goes into the branch's buffer only when that buffer has the sum's dtype (CUDA autocast:
-    a float16 branch on a float32 stream gets a new float32 sum, as x + branch)."""
-    x, branch = torch.randn(3, 5), torch.randn(3, 5)
-    expected = x + branch
-    out = localmamba.residual_add(x, branch)
-    assert out is branch and torch.equal(out, expected)
-    low = torch.randn(3, 5).to(torch.bfloat16)
-    out = localmamba.residual_add(x, low)
-    assert out.dtype == torch.float32 and torch.equal(out, x + low.float())
-
-
 def test_bfloat16_autocast_inference_is_close_to_float32():
     """Under CPU autocast the direction attention takes its plain path (no bf16 statistics' products)."""
     torch.manual_seed(0)

@@ -347,3 +347,19 @@ def test_train_configs_hold_the_official_recipe(variant, drop_path, tmp_path):
     assert (args.aa, args.mixup, args.cutmix, args.smoothing, args.reprob) == \
            ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25)
     assert (args.model_ema, args.model_ema_decay, args.amp, args.amp_dtype) == (True, 0.9999, True, "float16")
+
+
+def test_add_residual_writes_into_the_branch_only_where_safe():
+    """The blocks' residual sum goes into the branch's buffer in inference when that buffer has the sum's dtype; a
+    bfloat16 branch on a float32 stream (autocast) gets a new float32 sum, and so does a branch autograd needs."""
+    x, branch = torch.randn(3, 5), torch.randn(3, 5)
+    expected = x + branch
+    with torch.no_grad():
+        out = vmamba.add_residual(x, branch)
+        assert out is branch and torch.equal(out, expected)
+        low = torch.randn(3, 5).to(torch.bfloat16)
+        out = vmamba.add_residual(x, low)
+        assert out.dtype == torch.float32 and torch.equal(out, x + low.float())
+    tracked = torch.randn(3, 5, requires_grad=True) * 1
+    out = vmamba.add_residual(x, tracked)
+    assert out is not tracked and torch.equal(out, x + tracked)

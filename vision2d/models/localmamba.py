@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, register_model, register_notrace_function, register_notrace_module
+from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
@@ -28,7 +28,7 @@ from ..checkpoint import check_state_dict_fits
 from ..layers import Linear, linear
 from ..ops import direction_readout, selective_scan
 from ..ops.scan_orders import local_scan_orders
-from .vmamba import SS2D, VMamba, check_pool_type, _NOT_BACKBONE, _strip_prefixes
+from .vmamba import SS2D, VMamba, add_residual, check_pool_type, _NOT_BACKBONE, _strip_prefixes
 
 __all__ = ["LocalMamba", "checkpoint_filter_fn", "TINY_DIRECTIONS", "SMALL_DIRECTIONS"]
 
@@ -75,15 +75,6 @@ def pixel_mean_of_layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     row_weights = rstd.to(x.dtype).transpose(1, 2).contiguous().unsqueeze(2)  # (B, K, 1, L), dense rows for bmm
     weighted = torch.stack([torch.bmm(w, sample.transpose(0, 1)) for w, sample in zip(row_weights, x)]).squeeze(2)
     return (weighted - (mean * rstd).sum(1).unsqueeze(-1).to(x.dtype)) / length
-
-
-@register_notrace_function  # torch.fx keeps it as one node: it branches on dtypes
-def residual_add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """x + branch, written into the branch's fresh output (no new buffer) when that holds the sum's dtype (under
-    autocast a bf16 branch added to a float32 stream makes a new float32 tensor, as x + branch does)."""
-    if branch.dtype == torch.promote_types(branch.dtype, x.dtype):
-        return branch.add_(x)
-    return x + branch
 
 
 class DirectionAttention(nn.Module):
@@ -180,7 +171,7 @@ class LocalVSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return residual_add(x, self.drop_path(self.mixer(self.norm1(x))))
+        return add_residual(x, self.drop_path(self.mixer(self.norm1(x))))
 
 
 @register_notrace_module  # torch.fx keeps it as one node: it pads by the input's size

@@ -22,9 +22,9 @@ from timm.models._registry import generate_default_cfgs
 from ..layers import DepthwiseConv2d, Linear, linear
 from ..ops import selective_scan
 from ..ops.scan_orders import multiscale_scan_order
-from .localmamba import MergingVMamba, block_dims_and_rates, convert_state_dict, residual_add
+from .localmamba import MergingVMamba, block_dims_and_rates, convert_state_dict
 from .localmamba import _rename_official_key as _rename_v1_skeleton_key
-from .vmamba import SS2D, overwritable, released_checkpoint_globals
+from .vmamba import SS2D, add_residual, overwritable, released_checkpoint_globals
 
 __all__ = ["MSVMamba", "checkpoint_filter_fn"]
 
@@ -140,8 +140,8 @@ class MSVSSBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = residual_add(x, self.drop_path1(self.mixer(self.norm1(x))))
-        return residual_add(x, self.drop_path2(self.ffn(self.norm2(x))))
+        x = add_residual(x, self.drop_path1(self.mixer(self.norm1(x))))
+        return add_residual(x, self.drop_path2(self.ffn(self.norm2(x))))
 
 
 class MSVMamba(MergingVMamba):

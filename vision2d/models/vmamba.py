@@ -72,10 +72,14 @@ def cached_cross_scan_orders(H: int, W: int, device: torch.device) -> torch.Tens
     return _stored_cross_scan_orders(H, W, device)
 
 
-@register_notrace_function  # torch.fx keeps it as one node: it branches on autograd's state
+@register_notrace_function  # torch.fx keeps it as one node: it branches on autograd's state and dtypes
 def add_residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """x + branch, written into branch (a block's freshly made output) where autograd does not need it."""
-    return branch.add_(x) if overwritable(branch) else x + branch
+    """x + branch, written into branch (a block's freshly made output: no new buffer) where autograd does not need it
+    and branch holds the sum's dtype (under autocast a bf16 branch added to a float32 stream makes a new float32
+    tensor, as x + branch does)."""
+    if overwritable(branch) and branch.dtype == torch.promote_types(branch.dtype, x.dtype):
+        return branch.add_(x)
+    return x + branch
 
 
 class GELU(nn.GELU):
