@@ -9,7 +9,7 @@ Tensors inside stages are channels-last (B, H, W, C); returned features are NCHW
 with index-map orders (`multiscale_scan_order` reads three stored copies of the small map, a quarter of the full one).
 """
 import re
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model, register_notrace_module
 from timm.models._registry import generate_default_cfgs
 
-from ..layers import DepthwiseConv2d, Linear, linear
+from ..layers import DepthwiseConv2d, Linear, derived, linear
 from ..ops import selective_scan
 from ..ops.scan_orders import multiscale_scan_order
 from .localmamba import MergingVMamba, block_dims_and_rates, convert_state_dict
@@ -73,21 +73,40 @@ class MultiScaleSS2D(SS2D):
         self.conv_low = DepthwiseConv2d(E, 7, stride=2, bias=conv_bias, activation="silu", **dd)
         self.se = SqueezeExcite(E, se_reduction, **dd)
 
-    def _scan(self, u: torch.Tensor, index: int, order: torch.Tensor = None, segments: int = 1) -> torch.Tensor:
-        """Scan with the parameters of branch `index`: u (batch, L, E) repeated `segments` times along the sequence
-        (copy c at positions c L .. (c + 1) L - 1), along `order` (1, segments L) (None: storage order). Returns
-        (batch, segments L, E) by storage position."""
+    def branch_parameters(self) -> Tuple[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                                         Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The scan parameters of the LOW and FULL branches, each (x_proj weight (R + 2N, E), A (1, E, N), D (1, E),
+        delta_bias (1, E), dt_proj weight (1, E, R)); A, D and delta_bias from `scan_constants`."""
+        A, D, delta_bias = self.scan_constants()
+        low = (self.x_proj_weight[LOW], A[LOW:LOW + 1], D[LOW:LOW + 1], delta_bias[LOW:LOW + 1],
+               self.dt_projs_weight[LOW:LOW + 1])
+        full = (self.x_proj_weight[FULL], A[FULL:FULL + 1], D[FULL:FULL + 1], delta_bias[FULL:FULL + 1],
+                self.dt_projs_weight[FULL:FULL + 1])
+        return low, full
+
+    @torch.jit.unused
+    def eval_branch_parameters(self):
+        """`branch_parameters`, kept while the parameters are unchanged where no gradient is recorded (`derived`: an
+        eval forward then skips its slices and constants, ~1 ms of Python per MSVMamba-T forward)."""
+        return derived(self, "branch_parameters", self.branch_parameters, self.A_logs, self.Ds, self.dt_projs_bias,
+                       self.x_proj_weight, self.dt_projs_weight)
+
+    def _scan(self, u: torch.Tensor, parameters: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                       torch.Tensor],
+              order: Optional[torch.Tensor] = None, segments: int = 1) -> torch.Tensor:
+        """Scan with one branch's `parameters` (`branch_parameters`): u (batch, L, E) repeated `segments` times along
+        the sequence (copy c at positions c L .. (c + 1) L - 1), along `order` (1, segments L) (None: storage order).
+        Returns (batch, segments L, E) by storage position."""
         R, N = self.dt_rank, self.d_state
-        x_dbl = linear(u, self.x_proj_weight[index])  # (batch, L, R + 2N), once per pixel
+        x_proj_weight, A, D, delta_bias, dt_proj_weight = parameters
+        x_dbl = linear(u, x_proj_weight)  # (batch, L, R + 2N), once per pixel
         if segments > 1:
             u = u.repeat(1, segments, 1)
             x_dbl = x_dbl.repeat(1, segments, 1)
         dts, Bs, Cs = x_dbl.unsqueeze(2).split([R, N, N], dim=-1)
-        A, D, delta_bias = self.scan_constants() if torch.jit.is_scripting() else self.eval_scan_constants()
-        i, j = index, index + 1
         # the scan projects dts by dt_proj as it runs (delta (batch, L, 1, E) is never stored)
-        return selective_scan(u, dts, A[i:j], Bs, Cs, D[i:j], delta_bias[i:j], delta_softplus=True, order=order,
-                              delta_proj_weight=self.dt_projs_weight[i:j])
+        return selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order,
+                              delta_proj_weight=dt_proj_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
@@ -100,9 +119,12 @@ class MultiScaleSS2D(SS2D):
         full = self.conv(x).view(batch, H * W, E)
         low = self.conv_low(x)
         h, w = low.shape[1:3]
-        y_low = self._scan(low.reshape(batch, h * w, E), LOW, multiscale_scan_order(h, w, device=x.device), segments=3)
+        low_parameters, full_parameters = (self.branch_parameters() if torch.jit.is_scripting()
+                                           else self.eval_branch_parameters())
+        y_low = self._scan(low.reshape(batch, h * w, E), low_parameters, multiscale_scan_order(h, w, device=x.device),
+                           segments=3)
         # the shared LayerNorm per token of both branches (the low branch's functionally: each module runs once)
-        y = self.out_norm(self._scan(full, FULL)).view(batch, H, W, E)
+        y = self.out_norm(self._scan(full, full_parameters)).view(batch, H, W, E)
         y_low = F.layer_norm(y_low, (E,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
         y_low = y_low.view(batch, 3, h, w, E).sum(1).permute(0, 3, 1, 2)
         y = y.add_(F.interpolate(y_low, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1))
