@@ -6,6 +6,7 @@ device), "cpu" (`selective_scan_cpu`, compiled C++/OpenMP), "triton" (`selective
 TRITON_INTERPRET=1). The backend is resolved inside the op, so compiled graphs
 keep the name (default "auto") as a constant.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -64,6 +65,20 @@ def _backward(ctx, dy):
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@functools.lru_cache(maxsize=32)
+def _stored_identity_orders(K: int, L: int, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):  # an ordinary tensor, usable by autograd after an inference-mode call
+        return identity_orders(K, L, device).contiguous()  # as the op passes it on
+
+
+def _identity_orders(K: int, L: int, device: torch.device) -> Tensor:
+    """`identity_orders` built once per size and device (the op only reads it; its blocks scan the same sizes); built
+    afresh while compiling and on the meta device."""
+    if torch.compiler.is_compiling() or device.type == "meta":
+        return identity_orders(K, L, device)
+    return _stored_identity_orders(K, L, device)
+
+
 def _check_inputs(u, delta, A, B, C, D, delta_bias, order, delta_proj_weight):
     """Raises a TypeError / ValueError naming the bad argument and the expected shape or dtype."""
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, order=order,
@@ -112,7 +127,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     _check_inputs(u, delta, A, B, C, D, delta_bias, order, delta_proj_weight)
     backend = SELECTIVE_SCAN_BACKENDS.check_name(backend)
     if order is None:
-        order = identity_orders(A.shape[0], u.shape[1], u.device)
+        order = _identity_orders(A.shape[0], u.shape[1], u.device)
     args = [t.contiguous() for t in (u, delta, A, B, C)]
     optional = [None if t is None else t.contiguous() for t in (D, delta_bias)]
     weight = None if delta_proj_weight is None else delta_proj_weight.contiguous()
