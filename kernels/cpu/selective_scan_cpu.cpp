@@ -207,8 +207,8 @@ void raw_step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int6
 
 // Step sizes of steps [t0, t1) of every direction and block, entry ((t - t0) K + k) width + j: dt = softplus(delta +
 // bias) (or without softplus), dt u and, when `slope` is given, d dt / d delta; `lows`: raw_step_sizes' buffer (null
-// without a delta projection). Computed ahead of the recurrence, so
-// that the independent softplus evaluations pipeline instead of lengthening its dependency chain.
+// without a delta projection). Computed ahead of the recurrence, so that the independent softplus evaluations
+// pipeline instead of lengthening its dependency chain.
 template <typename Real>
 void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t t0, int64_t t1, Vec<Real>* dt,
                 Vec<Real>* dtu, Vec<Real>* slope, Real* lows) {
