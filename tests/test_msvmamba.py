@@ -79,12 +79,13 @@ def test_fixture_discriminates_the_carried_state(fixture, tmp_path, monkeypatch)
     model = create(save(official_state_dict(fixture), tmp_path / "raw.pth"))
     scan = msvmamba.MultiScaleSS2D._scan
 
-    def restarting(self, u, index, order=None, segments=1):
+    def restarting(self, u, parameters, order=None):
         if order is None:
-            return scan(self, u, index)
-        orders = order.view(segments, -1)  # each segment visits one stored copy: scan the copies one by one
-        length = orders.shape[1]
-        return torch.cat([scan(self, u, index, (orders[c] - c * length)[None]) for c in range(segments)], dim=1)
+            return scan(self, u, parameters)
+        length = u.shape[1]  # each segment visits one copy of u: scan the segments one by one
+        orders = order.view(-1, length)
+        return torch.cat([scan(self, u, parameters, (segment - c * length)[None]) for c, segment in enumerate(orders)],
+                         dim=1)
 
     monkeypatch.setattr(msvmamba.MultiScaleSS2D, "_scan", restarting)
     case = fixture["cases"][0]

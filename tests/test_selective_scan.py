@@ -199,6 +199,43 @@ def test_opcheck(backend, merge):
     torch.library.opcheck(torch.ops.vision2d.selective_scan.default, (*low_rank, order, True, merge, backend, weight))
 
 
+def assert_periodic_inputs_match_written_out_copies(backend, merge, low_rank, device="cpu", copies=3):
+    """An order over `copies` L positions with per-pixel inputs of L positions equals the scan of the inputs written
+    out `copies` times (forward, and every gradient through the copies)."""
+    make = (lambda: make_low_rank_inputs(2, 5, 2, 6, 3, 2)) if low_rank else (lambda: make_inputs(2, 5, 2, 6, 3))
+    inputs = [None if t is None else t.to(device).requires_grad_() for t in make()]
+    u, delta, A, B, C, D, bias, *weight = inputs
+    order = random_orders(2, copies * 5, seed=2, device=device)
+    weight = weight[0] if weight else None
+    y = selective_scan(u, delta, A, B, C, D, bias, True, order, merge, backend, weight)
+    repeated = [t.repeat(1, copies, *([1] * (t.dim() - 2))) for t in (u, delta, B, C)]
+    y_copies = selective_scan(repeated[0], repeated[1], A, repeated[2], repeated[3], D, bias, True, order, merge,
+                              backend, weight)
+    assert y.shape == y_copies.shape == ((2, copies * 5, 6) if merge else (2, copies * 5, 2, 6))
+    torch.testing.assert_close(y, y_copies, rtol=1e-5, atol=1e-5)
+    leaves = [t for t in inputs if t is not None]
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    for g, g_copies in zip(torch.autograd.grad(y, leaves, dy), torch.autograd.grad(y_copies, leaves, dy)):
+        torch.testing.assert_close(g, g_copies, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("low_rank", [True, False])
+def test_periodic_inputs_match_written_out_copies(backend, merge, low_rank):
+    """MSVMamba's three-segment scan reads the small map three times without copying it."""
+    _require(backend)
+    assert_periodic_inputs_match_written_out_copies(backend, merge, low_rank)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_periodic_inputs(backend):
+    _require(backend)
+    *low_rank, weight = [a.requires_grad_() for a in make_low_rank_inputs(2, 4, 1, 3, 2, 2)]
+    torch.library.opcheck(torch.ops.vision2d.selective_scan.default,
+                          (*low_rank, random_orders(1, 12), True, True, backend, weight))
+
+
 def test_non_contiguous_inputs_work():
     u, delta, A, B, C, D, bias = make_inputs(2, 6, 2, 3, 4)
     proj = torch.cat([delta, torch.cat([B, C], dim=-1)], dim=-1)  # B, C as views of one projection, like the model
@@ -228,8 +265,10 @@ def test_bad_inputs_raise_clear_errors():
         selective_scan(u, delta, A, B.double(), C)
     with pytest.raises(TypeError, match="u has dtype torch.int32"):
         selective_scan(u.int(), delta, A, B, C)
-    with pytest.raises(ValueError, match=r"order must have shape \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"order must be \(K, L\) = \(2, 6\), or \(K, s L\)"):
         selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3))
+    with pytest.raises(ValueError, match=r"order must be \(K, L\) = \(2, 6\).*got \(2, 9\)"):
+        selective_scan(u, delta, A, B, C, order=random_orders(2, 9))
     with pytest.raises(TypeError, match="order must be int64"):
         selective_scan(u, delta, A, B, C, order=cross_scan_orders(2, 3)[:2].int())
     with pytest.raises(ValueError, match="unknown scan backend"):

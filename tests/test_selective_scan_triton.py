@@ -11,7 +11,8 @@ from vision2d.ops.selective_scan import SELECTIVE_SCAN_BACKENDS
 from op_harness import DTYPES, run_file_under_triton_interpreter, shard, triton_cpu_reason, triton_importable
 from selective_scan_cases import make_inputs, random_orders
 from test_selective_scan import (assert_backend_matches_reference,
-                                 assert_backend_with_delta_projection_matches_reference)
+                                 assert_backend_with_delta_projection_matches_reference,
+                                 assert_periodic_inputs_match_written_out_copies)
 
 CPU_REASON = triton_cpu_reason(SELECTIVE_SCAN_BACKENDS)
 TRITON_IMPORTABLE = triton_importable(SELECTIVE_SCAN_BACKENDS)
@@ -93,6 +94,12 @@ def test_options(options):
 @pytest.mark.parametrize("merge", shard([pytest.param(True, id="merge"), pytest.param(False, id="split")]))
 def test_delta_projection(merge):
     assert_backend_with_delta_projection_matches_reference("triton", (2, 5, 4, 3, 2, 2), torch.float32, merge=merge)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("merge", shard([pytest.param(True, id="merged")]))
+def test_periodic_inputs(merge):
+    assert_periodic_inputs_match_written_out_copies("triton", merge, low_rank=True, copies=2)
 
 
 @needs_interpreter

@@ -7,7 +7,8 @@
 // (batch, L, K, E). The forward also takes a delta projection (K, E, R) (each direction's dt_proj weight; copied as
 // rows (K, R, E), so that a vector of channels is contiguous): delta is then the low-rank (batch, L, K, R) input,
 // projected as the step sizes are computed (the (batch, L, K, E) delta is never stored); the backward takes the
-// projected delta.
+// projected delta. The forward's per-pixel inputs (u, delta, B, C) may hold L / s positions (periodic inputs: the
+// sequence is s copies of them, read at position mod L / s; the backward takes them repeated).
 // Build: g++ -O3 -march=native -fopenmp -ffp-contract=fast -std=c++17 -shared -fPIC.
 //
 // A vector holds kLanes consecutive channels (channels-last: contiguous at every position), so y, du and ddelta need
@@ -50,12 +51,17 @@ struct ScanArgs {
   const Real* delta_proj = nullptr;  // rows (K, R, E) or null
   int64_t rank = 0;                  // R
   int64_t stored_directions = directions;  // K of the per-pixel tensors' layout (`directions`: those scanned)
+  // periodic inputs: step t of direction k reads the per-pixel inputs (u, delta, B, C; `period` positions per batch
+  // item) at input_order[k, t] = order[k, t] mod period and writes y (`length` positions) at order[k, t]
+  const int64_t* input_order = order;
+  int64_t period = length;
 
   // the arguments of direction k alone: its parameters, order row and per-pixel inputs (offsets keep the K layout)
   ScanArgs direction(int64_t k) const {
     ScanArgs d = *this;
     d.directions = 1;
     d.order += k * length;
+    d.input_order += k * length;
     d.A += k * channels * state;
     if (D) d.D += k * channels;
     if (delta_bias) d.delta_bias += k * channels;
@@ -67,19 +73,21 @@ struct ScanArgs {
   }
 
   int64_t blocks() const { return (channels + kLanes<Real> - 1) / kLanes<Real>; }
-  int64_t position(int64_t k, int64_t t) const { return order[k * length + t]; }
-  // offsets of (b, p, first channel) in a (batch, L, E) tensor, of (b, p, k, first) in a (batch, L, K, E) tensor and
-  // of (b, p, k, 0) in a (batch, L, K, N) tensor
+  int64_t position(int64_t k, int64_t t) const { return order[k * length + t]; }  // of y
+  int64_t input_position(int64_t k, int64_t t) const { return input_order[k * length + t]; }  // of u, delta, B, C
+  // offsets of (b, p, first channel) in a (batch, L, E) tensor and of (b, p, k, first) in a (batch, L, K, E) tensor
+  // (y, and the backward's gradients), of (b, q, first) in u and of (b, q, k, 0) in B and C ((batch, period, K, N))
   int64_t sequence_offset(int64_t b, int64_t p, int64_t first) const { return (b * length + p) * channels + first; }
   int64_t direction_offset(int64_t b, int64_t p, int64_t k, int64_t first) const {
     return ((b * length + p) * stored_directions + k) * channels + first;
   }
-  int64_t state_offset(int64_t b, int64_t p, int64_t k) const {
-    return ((b * length + p) * stored_directions + k) * state;
+  int64_t input_offset(int64_t b, int64_t q, int64_t first) const { return (b * period + q) * channels + first; }
+  int64_t state_offset(int64_t b, int64_t q, int64_t k) const {
+    return ((b * period + q) * stored_directions + k) * state;
   }
-  // offset of the step size's first input: delta[b, p, k, first], or the low-rank delta[b, p, k, 0]
-  int64_t delta_offset(int64_t b, int64_t p, int64_t k, int64_t first) const {
-    return delta_proj ? ((b * length + p) * stored_directions + k) * rank : direction_offset(b, p, k, first);
+  // offset of the step size's first input: delta[b, q, k, first], or the low-rank delta[b, q, k, 0]
+  int64_t delta_offset(int64_t b, int64_t q, int64_t k, int64_t first) const {
+    return ((b * period + q) * stored_directions + k) * (delta_proj ? rank : channels) + (delta_proj ? 0 : first);
   }
 };
 
@@ -131,14 +139,17 @@ struct ChannelBlock {
   int64_t direction_offset(const ScanArgs<Real>& a, int64_t p, int64_t k, int j = 0) const {
     return a.direction_offset(batch_index, p, k, first + j * kLanes<Real>);
   }
-  const Real* B(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
-    return a.B + a.state_offset(batch_index, p, k);
+  int64_t input_offset(const ScanArgs<Real>& a, int64_t q, int j = 0) const {
+    return a.input_offset(batch_index, q, first + j * kLanes<Real>);
   }
-  const Real* C(const ScanArgs<Real>& a, int64_t p, int64_t k) const {
-    return a.C + a.state_offset(batch_index, p, k);
+  const Real* B(const ScanArgs<Real>& a, int64_t q, int64_t k) const {
+    return a.B + a.state_offset(batch_index, q, k);
   }
-  int64_t delta_offset(const ScanArgs<Real>& a, int64_t p, int64_t k, int j = 0) const {
-    return a.delta_offset(batch_index, p, k, first + j * kLanes<Real>);
+  const Real* C(const ScanArgs<Real>& a, int64_t q, int64_t k) const {
+    return a.C + a.state_offset(batch_index, q, k);
+  }
+  int64_t delta_offset(const ScanArgs<Real>& a, int64_t q, int64_t k, int j = 0) const {
+    return a.delta_offset(batch_index, q, k, first + j * kLanes<Real>);
   }
 };
 
@@ -167,23 +178,23 @@ void raw_step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int6
   if (!a.delta_proj) {
     for (int64_t i = 0; i < steps; ++i) {
       if (t0 + i + kPrefetchDistance < a.length) {
-        const int64_t ahead = a.position(k, t0 + i + kPrefetchDistance);
-        for (int j = 0; j < width; ++j) __builtin_prefetch(a.delta + blk.direction_offset(a, ahead, k, j));
+        const int64_t ahead = a.input_position(k, t0 + i + kPrefetchDistance);
+        for (int j = 0; j < width; ++j) __builtin_prefetch(a.delta + blk.delta_offset(a, ahead, k, j));
       }
-      const int64_t p = a.position(k, t0 + i);
+      const int64_t q = a.input_position(k, t0 + i);
       for (int j = 0; j < width; ++j) {
         dt[(i * K + k) * width + j] =
-            load(a.delta + blk.direction_offset(a, p, k, j), blk.channels(j)) + blk.bias[k * width + j];
+            load(a.delta + blk.delta_offset(a, q, k, j), blk.channels(j)) + blk.bias[k * width + j];
       }
     }
     return;
   }
   const int64_t R = a.rank;
   for (int64_t i = 0; i < kChunk; ++i) {
-    const Real* low = a.delta + blk.delta_offset(a, a.position(k, t0 + (i < steps ? i : 0)), k);
+    const Real* low = a.delta + blk.delta_offset(a, a.input_position(k, t0 + (i < steps ? i : 0)), k);
     for (int64_t r = 0; r < R; ++r) lows[r * kChunk + i] = low[r];
     if (t0 + i + kChunk < a.length) {
-      __builtin_prefetch(a.delta + blk.delta_offset(a, a.position(k, t0 + i + kChunk), k));
+      __builtin_prefetch(a.delta + blk.delta_offset(a, a.input_position(k, t0 + i + kChunk), k));
     }
   }
   for (int j = 0; j < width; ++j) {
@@ -226,12 +237,12 @@ void step_sizes(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_t 
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t k = 0; k < K; ++k) {
       if (t + kPrefetchDistance < a.length) {
-        const int64_t ahead = a.position(k, t + kPrefetchDistance);
-        for (int j = 0; j < blk.width; ++j) __builtin_prefetch(a.u + blk.sequence_offset(a, ahead, j));
+        const int64_t ahead = a.input_position(k, t + kPrefetchDistance);
+        for (int j = 0; j < blk.width; ++j) __builtin_prefetch(a.u + blk.input_offset(a, ahead, j));
       }
-      const int64_t p = a.position(k, t);
+      const int64_t q = a.input_position(k, t);
       for (int j = 0; j < blk.width; ++j, ++dt, ++dtu) {
-        *dtu = *dt * load(a.u + blk.sequence_offset(a, p, j), blk.channels(j));
+        *dtu = *dt * load(a.u + blk.input_offset(a, q, j), blk.channels(j));
       }
     }
   }
@@ -247,20 +258,21 @@ void advance_tile(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_
   const int64_t K = a.directions, N = a.state;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t k = 0; k < K; ++k, dt += Width, dtu += Width) {
-      const int64_t p = a.position(k, t);
+      const int64_t p = a.position(k, t), q = a.input_position(k, t);
       if (t + kPrefetchDistance < a.length) {
         const int64_t ahead = a.position(k, t + kPrefetchDistance);
+        const int64_t input_ahead = a.input_position(k, t + kPrefetchDistance);
         for (int64_t n = 0; n < N; n += kLanes<Real>) {  // B and C: one line per 64 bytes of N
-          __builtin_prefetch(blk.B(a, ahead, k) + n);
-          __builtin_prefetch(blk.C(a, ahead, k) + n);
+          __builtin_prefetch(blk.B(a, input_ahead, k) + n);
+          __builtin_prefetch(blk.C(a, input_ahead, k) + n);
         }
         for (int j = 0; y && j < Width; ++j) {
           __builtin_prefetch(y + (a.merge ? blk.sequence_offset(a, ahead, j) : blk.direction_offset(a, ahead, k, j)),
                              1);
         }
       }
-      const Real* b = blk.B(a, p, k);
-      const Real* c = blk.C(a, p, k);
+      const Real* b = blk.B(a, q, k);
+      const Real* c = blk.C(a, q, k);
       const Vec<Real>* A2 = blk.A2 + k * N * Width;
       Vec<Real>* hk = h + k * N * Width;
       Vec<Real> step_dt[Width], step_dtu[Width], acc[Width];
@@ -284,10 +296,10 @@ void advance_tile(const ScanArgs<Real>& a, const ChannelBlock<Real>& blk, int64_
             Real* yp = y + blk.sequence_offset(a, p, j);
             store(yp, load(yp, count) + acc[j], count);
           } else if (a.merge) {  // one direction: y = its output plus the skip term, stored once
-            const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
+            const Vec<Real> u = load(a.u + blk.input_offset(a, q, j), count);
             store(y + blk.sequence_offset(a, p, j), acc[j] + blk.D_sum[j] * u, count);
           } else {
-            const Vec<Real> u = load(a.u + blk.sequence_offset(a, p, j), count);
+            const Vec<Real> u = load(a.u + blk.input_offset(a, q, j), count);
             store(y + blk.direction_offset(a, p, k, j), acc[j] + blk.D[k * Width + j] * u, count);
           }
         }
@@ -369,8 +381,8 @@ int forward(const ScanArgs<Real>& all, Real* y, int num_threads) {
       if (a.merge && a.directions != 1) {  // y starts as the skip term, sum_k D_k u (one direction stores both at once)
         for (int64_t p = 0; p < L; ++p) {
           for (int j = 0; j < blk.width; ++j) {
-            const int64_t offset = blk.sequence_offset(a, p, j);
-            store(y_a + offset, blk.D_sum[j] * load(a.u + offset, blk.channels(j)), blk.channels(j));
+            const Vec<Real> u = load(a.u + blk.input_offset(a, p % a.period, j), blk.channels(j));
+            store(y_a + blk.sequence_offset(a, p, j), blk.D_sum[j] * u, blk.channels(j));
           }
         }
       }
@@ -652,17 +664,22 @@ extern "C" int selective_scan_orders_are_permutations(const int64_t* order, int6
 }
 
 // C entry points: 0 on success, 1 when scratch memory could not be allocated. The forward's delta_proj (K, E, R) may
-// be null (then delta is (batch, L, K, E) and rank is ignored). The backward adds dB / dC into
+// be null (then delta is (batch, L, K, E) and rank is ignored); its per-pixel inputs have `period` positions per batch
+// item (period divides length), read at input_order (K, length) = order mod period (order itself when period ==
+// length). The backward takes period == length. The backward adds dB / dC into
 // (groups, batch, L, K, N) slices (zeroed by the caller) and writes dA (batch, K, E, N) and dD, ddelta_bias
 // (batch, K, E) per batch item.
 #define SELECTIVE_SCAN_ENTRY_POINTS(Real, suffix)                                                                    \
   extern "C" int selective_scan_forward_##suffix(const Real* u, const Real* delta, const Real* A, const Real* B,     \
                                                  const Real* C, const Real* D, const Real* delta_bias,                \
-                                                 const Real* delta_proj, int64_t rank, const int64_t* order, Real* y, \
-                                                 int64_t batch, int64_t length, int64_t directions, int64_t channels, \
-                                                 int64_t state, int delta_softplus, int merge, int num_threads) {     \
-    const ScanArgs<Real> args = make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions,         \
-                                          channels, state, delta_softplus, merge);                                    \
+                                                 const Real* delta_proj, int64_t rank, const int64_t* order,          \
+                                                 const int64_t* input_order, int64_t period, Real* y, int64_t batch,  \
+                                                 int64_t length, int64_t directions, int64_t channels, int64_t state, \
+                                                 int delta_softplus, int merge, int num_threads) {                    \
+    ScanArgs<Real> args = make_args(u, delta, A, B, C, D, delta_bias, order, batch, length, directions, channels,     \
+                                    state, delta_softplus, merge);                                                    \
+    args.input_order = input_order;                                                                                   \
+    args.period = period;                                                                                             \
     return forward(args, delta_proj, rank, y, num_threads);                                                           \
   }                                                                                                                   \
   extern "C" int selective_scan_backward_##suffix(                                                                    \

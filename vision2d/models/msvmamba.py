@@ -6,7 +6,7 @@ YuHengsss/MSVMamba, main branch, `classification/models/vmamba.py` with the `ms_
 ``multiscale_4scan_12``, every stage multi-scale, ConvFFN and SE).
 
 Tensors inside stages are channels-last (B, H, W, C); returned features are NCHW. Both scans run on `selective_scan`
-with index-map orders (`multiscale_scan_order` reads three stored copies of the small map, a quarter of the full one).
+with index-map orders (`multiscale_scan_order`: three segments over the small map, read three times, not copied).
 """
 import re
 from typing import Dict, Optional, Tuple
@@ -58,9 +58,8 @@ class MultiScaleSS2D(SS2D):
     align_corners=False) onto the full map; the sum -> squeeze-excitation -> times SiLU(z) -> out_proj (no bias).
     Scan parameters as VMamba's SS2D with K = 2 (LOW, FULL).
 
-    The low branch's scan reads three stored copies of the low-resolution map (a quarter of the full map each; the
-    scan op's orders are permutations of its storage positions); its x_proj runs once per pixel and only its narrow
-    output (dt, B, C) is repeated per segment.
+    The low branch's scan is one sequence of three copies of the low-resolution map that the scan op reads from one
+    (periodic inputs: its order covers 3 h w positions, the inputs h w); x_proj runs once per pixel.
     """
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, conv_bias: bool = True,
@@ -93,16 +92,13 @@ class MultiScaleSS2D(SS2D):
 
     def _scan(self, u: torch.Tensor, parameters: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                        torch.Tensor],
-              order: Optional[torch.Tensor] = None, segments: int = 1) -> torch.Tensor:
-        """Scan with one branch's `parameters` (`branch_parameters`): u (batch, L, E) repeated `segments` times along
-        the sequence (copy c at positions c L .. (c + 1) L - 1), along `order` (1, segments L) (None: storage order).
-        Returns (batch, segments L, E) by storage position."""
+              order: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scan with one branch's `parameters` (`branch_parameters`): u (batch, L, E) along `order` (1, s L) (None:
+        storage order), a sequence of s copies of u (copy c at positions c L .. (c + 1) L - 1) read from u. Returns
+        (batch, s L, E) by position."""
         R, N = self.dt_rank, self.d_state
         x_proj_weight, A, D, delta_bias, dt_proj_weight = parameters
         x_dbl = linear(u, x_proj_weight)  # (batch, L, R + 2N), once per pixel
-        if segments > 1:
-            u = u.repeat(1, segments, 1)
-            x_dbl = x_dbl.repeat(1, segments, 1)
         dts, Bs, Cs = x_dbl.unsqueeze(2).split([R, N, N], dim=-1)
         # the scan projects dts by dt_proj as it runs (delta (batch, L, 1, E) is never stored)
         return selective_scan(u, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=order,
@@ -121,8 +117,7 @@ class MultiScaleSS2D(SS2D):
         h, w = low.shape[1:3]
         low_parameters, full_parameters = (self.branch_parameters() if torch.jit.is_scripting()
                                            else self.eval_branch_parameters())
-        y_low = self._scan(low.reshape(batch, h * w, E), low_parameters, multiscale_scan_order(h, w, device=x.device),
-                           segments=3)
+        y_low = self._scan(low.reshape(batch, h * w, E), low_parameters, multiscale_scan_order(h, w, device=x.device))
         # the shared LayerNorm per token of both branches (the low branch's functionally: each module runs once)
         y = self.out_norm(self._scan(full, full_parameters)).view(batch, H, W, E)
         y_low = F.layer_norm(y_low, (E,), self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)

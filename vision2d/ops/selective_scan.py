@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
-from .selective_scan_ref import identity_orders
+from .selective_scan_ref import identity_orders, periodic_inputs
 
 SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
                                                         "cpu": "vision2d.ops.selective_scan_cpu",
@@ -30,15 +30,23 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
 
 @_scan_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, order, delta_softplus, merge, backend, delta_proj_weight=None):
-    return u.new_empty(u.shape if merge else (*delta.shape[:3], u.shape[2]))
+    batch, T, K, E = u.shape[0], order.shape[1], A.shape[0], u.shape[2]
+    return u.new_empty((batch, T, E) if merge else (batch, T, K, E))
 
 
 @torch.library.custom_op("vision2d::selective_scan_backward", mutates_args=())
 def _scan_backward_op(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                       delta_bias: Optional[Tensor], order: Tensor, delta_softplus: bool, merge: bool,
                       backend: str, delta_proj_weight: Optional[Tensor] = None) -> list[Tensor]:
-    grads = SELECTIVE_SCAN_BACKENDS.backward(backend, dy.contiguous(), u, delta, A, B, C, D, delta_bias,
-                                             delta_softplus, order, merge, delta_proj_weight)
+    # periodic inputs: the backends' backward runs on them written out, and their gradients sum over the copies
+    L, T = u.shape[1], order.shape[1]
+    repeated_u, repeated_delta, repeated_B, repeated_C = periodic_inputs(T, u, delta, B, C)
+    grads = list(SELECTIVE_SCAN_BACKENDS.backward(backend, dy.contiguous(), repeated_u, repeated_delta, A, repeated_B,
+                                                  repeated_C, D, delta_bias, delta_softplus, order, merge,
+                                                  delta_proj_weight))
+    if T != L:
+        for i in (0, 1, 3, 4):  # du, ddelta, dB, dC
+            grads[i] = grads[i].view(grads[i].shape[0], T // L, L, *grads[i].shape[2:]).sum(1)
     return backward_op_grads(grads, u)  # the low-rank delta gradient of an einsum is not contiguous
 
 
@@ -95,7 +103,12 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias, order, delta_proj_weight):
                          f"{tuple(A.shape)}, E from u {tuple(u.shape)}), got {tuple(delta_proj_weight.shape)}")
     rank = None if delta_proj_weight is None else delta_proj_weight.shape[2]
     expected = dict(delta=(batch, L, K, E if rank is None else rank), B=(batch, L, K, N), C=(batch, L, K, N),
-                    D=(K, E), delta_bias=(K, E), order=(K, L))
+                    D=(K, E), delta_bias=(K, E))
+    whole_copies = order is not None and order.dim() == 2 and (
+        order.shape[1] == L if L == 0 else order.shape[1] >= L and order.shape[1] % L == 0)
+    if order is not None and not (whole_copies and order.shape[0] == K):
+        raise ValueError(f"selective_scan: order must be (K, L) = ({K}, {L}), or (K, s L) for s copies of the inputs "
+                         f"(K from A {tuple(A.shape)}, L from u {tuple(u.shape)}), got {tuple(order.shape)}")
     for name, shape in expected.items():
         if tensors[name] is not None and tuple(tensors[name].shape) != shape:
             rank_from = f"; R from delta_proj_weight {tuple(delta_proj_weight.shape)}" \
@@ -118,7 +131,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
     u: (batch, L, E); delta: (batch, L, K, E); A: (K, E, N); B, C: (batch, L, K, N); D, delta_bias: (K, E) or None;
     order: int64 (K, L) or None (identity), row k a permutation of 0..L-1 (step t of direction k visits position
-    order[k, t]; see `scan_orders`). delta_proj_weight: (K, E, R) or None; when given, delta is the low-rank
+    order[k, t]; see `scan_orders`), or (K, s L), a permutation of 0..s L - 1: a sequence of s copies of the
+    per-pixel inputs (position p reads u, delta, B, C at p mod L) without storing them, y then (batch, s L, ...). delta_proj_weight: (K, E, R) or None; when given, delta is the low-rank
     (batch, L, K, R) input of each direction's delta projection (Mamba's dt_proj, no bias: delta_bias adds after it),
     which the cpu kernel computes as it scans (the projected delta is never stored). Per-pixel inputs share one dtype
     (fp32, bf16, fp16 or fp64); A, D, delta_bias and delta_proj_weight may be any float dtype. Returns y in u's

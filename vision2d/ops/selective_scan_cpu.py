@@ -21,7 +21,7 @@ def _declare(lib: ctypes.CDLL):
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix in ("f32", "f64"):
         forward = getattr(lib, f"selective_scan_forward_{suffix}")
-        forward.argtypes = [ptr] * 8 + [i64, ptr, ptr] + [i64] * 5 + [i32] * 3
+        forward.argtypes = [ptr] * 8 + [i64, ptr, ptr, i64, ptr] + [i64] * 5 + [i32] * 3
         forward.restype = i32
         backward = getattr(lib, f"selective_scan_backward_{suffix}")
         backward.argtypes = [ptr] * 16 + [i64] * 5 + [i32] * 2 + [i64, i64, i32]
@@ -53,19 +53,22 @@ def _checked_order(order: torch.Tensor) -> torch.Tensor:
 
 
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
-    """y in u's dtype, (batch, L, E) if `merge` else (batch, L, K, E); arguments as in `selective_scan_ref`."""
+    """y in u's dtype, (batch, T, E) if `merge` else (batch, T, K, E) for order (K, T); arguments as in
+    `selective_scan_ref` (T a multiple of L: periodic inputs, read in place at order mod L)."""
     sd = state_dtype(u.dtype)
-    (batch, L, E), (K, _, N) = u.shape, A.shape
+    (batch, period, E), (K, _, N) = u.shape, A.shape
     order = _checked_order(order)
+    T = order.shape[1]
+    input_order = order if T == period else order % period
     if delta_proj_weight is not None and delta_proj_weight.shape[2] == 0:
         # rank 0 projects to 0; the kernel would read the empty weight's null pointer as no projection
-        delta, delta_proj_weight = delta.new_zeros(batch, L, K, E), None
-    y = torch.empty((batch, L, E) if merge else (batch, L, K, E), dtype=sd)
+        delta, delta_proj_weight = delta.new_zeros(batch, period, K, E), None
+    y = torch.empty((batch, T, E) if merge else (batch, T, K, E), dtype=sd)
     if y.numel() > 0:
         inputs = in_state_dtype(sd, u, delta, A, B, C, D, delta_bias, delta_proj_weight)  # weight (K, E, R)
         rank = 0 if delta_proj_weight is None else delta_proj_weight.shape[2]
         LIBRARY.call(f"selective_scan_forward_{'f64' if sd == torch.float64 else 'f32'}", *map(_pointer, inputs),
-                     rank, order.data_ptr(), y.data_ptr(), batch, L, K, E, N,
+                     rank, order.data_ptr(), input_order.data_ptr(), period, y.data_ptr(), batch, T, K, E, N,
                      int(delta_softplus), int(merge), torch.get_num_threads())
     return y.to(u.dtype)
 

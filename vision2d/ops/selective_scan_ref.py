@@ -11,6 +11,9 @@ p = order[k, t]:
     y_k[b, p, e] = C[b, p, k] . h_t + D[k, e] * u[b, p, e]
 merge=True returns sum_k y_k (batch, L, E), else y (batch, L, K, E); y is in u's dtype. The state is float32
 (float64 for float64 inputs).
+
+Periodic inputs: order may be (K, s L) for per-pixel inputs (u, delta, B, C) of L positions: the sequence is then s
+copies of them (position p reads them at p mod L; `periodic_inputs` writes the copies out) and y has s L positions.
 """
 from typing import Optional
 
@@ -27,6 +30,12 @@ def identity_orders(K: int, L: int, device=None) -> Tensor:
 
 
 ORDER_ERROR = "selective_scan: every row of order must be a permutation of 0..L-1"
+
+
+def periodic_inputs(length: int, *tensors: Tensor):
+    """The per-pixel inputs (batch, L, ...) of a sequence of `length` = s L positions: each repeated s times along its
+    positions (as they are when length == L)."""
+    return [t if t.shape[1] == length else t.repeat(1, length // t.shape[1], *([1] * (t.dim() - 2))) for t in tensors]
 
 
 def check_orders(order: Tensor):
@@ -130,6 +139,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     """Reference selective scan, one step of all directions at a time; differentiable by autograd."""
     if order is not None:
         check_orders(order)
+        u, delta, B, C = periodic_inputs(order.shape[1], u, delta, B, C)
     s = _prepare(u, delta, A, B, C, delta_bias, delta_softplus, order, delta_proj_weight)
     y = _scatter_steps(torch.einsum("btken,btkn->btke", _states(s), s["C"]), s["steps"])  # (batch, L, K, E)
     if D is not None:

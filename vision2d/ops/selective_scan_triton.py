@@ -33,7 +33,8 @@ import torch
 
 from . import scan2d_triton
 from .scan2d_ref import state_dtype
-from .selective_scan_ref import ORDER_ERROR, check_orders, identity_orders, project_delta, project_delta_backward
+from .selective_scan_ref import (ORDER_ERROR, check_orders, identity_orders, periodic_inputs, project_delta,
+                                 project_delta_backward)
 
 triton = scan2d_triton.triton
 TILE = 2048  # max elements of a [BLOCK_L, BLOCK_E, BLOCK_N] tile
@@ -244,6 +245,7 @@ def _check_orders(order):
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus, order, merge, delta_proj_weight=None):
     """y in u's dtype, (batch, L, E) if `merge` else (batch, L, K, E)."""
     _check_orders(order)
+    u, delta, B, C = periodic_inputs(order.shape[1], u, delta, B, C)
     (batch, L, E), (K, _, N) = u.shape, A.shape
     if delta_proj_weight is not None:
         delta = project_delta(delta, delta_proj_weight, state_dtype(u.dtype))
