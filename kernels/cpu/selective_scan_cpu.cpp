@@ -380,8 +380,9 @@ int forward(const ScanArgs<Real>& all, Real* y, int num_threads) {
                                    tile_buffer);
       if (a.merge && a.directions != 1) {  // y starts as the skip term, sum_k D_k u (one direction stores both at once)
         for (int64_t p = 0; p < L; ++p) {
+          const int64_t q = p % a.period;
           for (int j = 0; j < blk.width; ++j) {
-            const Vec<Real> u = load(a.u + blk.input_offset(a, p % a.period, j), blk.channels(j));
+            const Vec<Real> u = load(a.u + blk.input_offset(a, q, j), blk.channels(j));
             store(y_a + blk.sequence_offset(a, p, j), blk.D_sum[j] * u, blk.channels(j));
           }
         }
@@ -666,7 +667,7 @@ extern "C" int selective_scan_orders_are_permutations(const int64_t* order, int6
 // C entry points: 0 on success, 1 when scratch memory could not be allocated. The forward's delta_proj (K, E, R) may
 // be null (then delta is (batch, L, K, E) and rank is ignored); its per-pixel inputs have `period` positions per batch
 // item (period divides length), read at input_order (K, length) = order mod period (order itself when period ==
-// length). The backward takes period == length. The backward adds dB / dC into
+// length). The backward takes period == length and adds dB / dC into
 // (groups, batch, L, K, N) slices (zeroed by the caller) and writes dA (batch, K, E, N) and dD, ddelta_bias
 // (batch, K, E) per batch item.
 #define SELECTIVE_SCAN_ENTRY_POINTS(Real, suffix)                                                                    \

@@ -8,7 +8,6 @@ compute the same per-pixel math. The stem, the downsampling convs and returned f
 directions are index maps (`cross_scan_orders`) read by `selective_scan`, which also sums them back (no copies of the
 map in scan order).
 """
-import functools
 import math
 import re
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from timm.models._registry import generate_default_cfgs
 from ..checkpoint import check_state_dict_fits
 from ..layers import DepthwiseConv2d, Linear, Mlp, derived, linear
 from ..ops import cross_scan_orders, selective_scan, selective_scan_2pass
+from ..ops.scan_orders import stored_per_device
 from ..ops.selective_scan_ref import project_delta
 
 __all__ = ["VMamba", "checkpoint_filter_fn", "released_checkpoint_globals"]
@@ -58,18 +58,8 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x) if overwritable(x) else F.gelu(x)
 
 
-@functools.lru_cache(maxsize=32)
-def _stored_cross_scan_orders(H: int, W: int, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode(False):  # an ordinary tensor, usable by autograd after an inference-mode call
-        return cross_scan_orders(H, W, device=device)
-
-
-def cached_cross_scan_orders(H: int, W: int, device: torch.device) -> torch.Tensor:
-    """`cross_scan_orders(H, W)` on `device`, built once per size and device (every block of a stage scans the same
-    map; the ops only read it). Built afresh while compiling and on the meta device."""
-    if torch.compiler.is_compiling() or device.type == "meta":
-        return cross_scan_orders(H, W, device=device)
-    return _stored_cross_scan_orders(H, W, device)
+# cached_cross_scan_orders(H, W, device): `cross_scan_orders` kept per size and device
+cached_cross_scan_orders = stored_per_device(cross_scan_orders)
 
 
 @register_notrace_function  # torch.fx keeps it as one node: it branches on autograd's state and dtypes

@@ -48,6 +48,24 @@ def _host_cached(maxsize: int):
     return wrap
 
 
+def stored_per_device(builder):
+    """Decorator for `builder(*sizes, device)`, a tensor its callers only read (a scan order): eager calls build it
+    once per (sizes, device) and keep it (an LRU of 32; every block of a stage scans the same sizes), made outside
+    inference mode so that autograd can use it after an inference-mode call; compiled graphs and the meta device build
+    it afresh."""
+    @functools.lru_cache(maxsize=32)
+    def stored(*args):
+        with torch.inference_mode(False):
+            return builder(*args)
+
+    @functools.wraps(builder)
+    def lookup(*args):
+        if torch.compiler.is_compiling() or args[-1].type == "meta":
+            return builder(*args)
+        return stored(*args)
+    return lookup
+
+
 MOVE_START, MOVE_RIGHT, MOVE_LEFT, MOVE_UP, MOVE_DOWN = range(5)
 
 

@@ -6,13 +6,13 @@ device), "cpu" (`selective_scan_cpu`, compiled C++/OpenMP), "triton" (`selective
 TRITON_INTERPRET=1). The backend is resolved inside the op, so compiled graphs
 keep the name (default "auto") as a constant.
 """
-import functools
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .backends import OpBackends, backward_op_fake, backward_op_grads, call_op, check_tensors, custom_op
+from .scan_orders import stored_per_device
 from .selective_scan_ref import identity_orders, periodic_inputs
 
 SELECTIVE_SCAN_BACKENDS = OpBackends("selective_scan", {"reference": "vision2d.ops.selective_scan_ref",
@@ -73,18 +73,10 @@ def _backward(ctx, dy):
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@functools.lru_cache(maxsize=32)
-def _stored_identity_orders(K: int, L: int, device: torch.device) -> Tensor:
-    with torch.inference_mode(False):  # an ordinary tensor, usable by autograd after an inference-mode call
-        return identity_orders(K, L, device).contiguous()  # as the op passes it on
-
-
+@stored_per_device
 def _identity_orders(K: int, L: int, device: torch.device) -> Tensor:
-    """`identity_orders` built once per size and device (the op only reads it; its blocks scan the same sizes); built
-    afresh while compiling and on the meta device."""
-    if torch.compiler.is_compiling() or device.type == "meta":
-        return identity_orders(K, L, device)
-    return _stored_identity_orders(K, L, device)
+    """`identity_orders`, contiguous as the op passes it on; kept per size and device."""
+    return identity_orders(K, L, device).contiguous()
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias, order, delta_proj_weight):
@@ -132,7 +124,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     u: (batch, L, E); delta: (batch, L, K, E); A: (K, E, N); B, C: (batch, L, K, N); D, delta_bias: (K, E) or None;
     order: int64 (K, L) or None (identity), row k a permutation of 0..L-1 (step t of direction k visits position
     order[k, t]; see `scan_orders`), or (K, s L), a permutation of 0..s L - 1: a sequence of s copies of the
-    per-pixel inputs (position p reads u, delta, B, C at p mod L) without storing them, y then (batch, s L, ...). delta_proj_weight: (K, E, R) or None; when given, delta is the low-rank
+    per-pixel inputs (position p reads u, delta, B, C at p mod L) without storing them, y then (batch, s L, ...).
+    delta_proj_weight: (K, E, R) or None; when given, delta is the low-rank
     (batch, L, K, R) input of each direction's delta projection (Mamba's dt_proj, no bias: delta_bias adds after it),
     which the cpu kernel computes as it scans (the projected delta is never stored). Per-pixel inputs share one dtype
     (fp32, bf16, fp16 or fp64); A, D, delta_bias and delta_proj_weight may be any float dtype. Returns y in u's
